@@ -1,0 +1,40 @@
+"""thawline: fine-tune pretrained image classifiers and compare freezing/thawing strategies side by side.
+
+Python API mirrors the CLI:
+    thawline.train(config) -> RunResult
+    thawline.compare(config, strategies) -> CompareResult
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from thawline.compare import CompareResult
+    from thawline.config import TrainConfig
+    from thawline.trainer import RunResult
+
+
+def train(config: TrainConfig, **kwargs: Any) -> RunResult:
+    from thawline.trainer import train as _train
+
+    return _train(config, **kwargs)
+
+
+def compare(config: TrainConfig, strategies: Any = None, **kwargs: Any) -> CompareResult:
+    from thawline.compare import DEFAULT_STRATEGIES
+    from thawline.compare import compare as _compare
+
+    return _compare(config, strategies or DEFAULT_STRATEGIES, **kwargs)
+
+
+def make_config(**options: Any) -> TrainConfig:
+    """`TrainConfig` from keyword options with presets and validation, e.g. make_config(data="d", epochs=3)."""
+    from thawline.config import make_config as _make
+
+    return _make(options)
+
+
+__all__ = ["__version__", "compare", "make_config", "train"]

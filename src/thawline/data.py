@@ -1,0 +1,189 @@
+"""ImageFolder-style discovery (train/val/test, classes from train) and batches built from cached uint8 rows."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from thawline.errors import ThawlineError
+from thawline.images import IMAGE_EXTENSIONS
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class SplitFiles:
+    name: str
+    paths: list[str]
+    labels: list[int]
+
+
+@dataclass
+class Discovered:
+    root: Path
+    classes: list[str]
+    splits: dict[str, SplitFiles]
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Discovered:
+    """Find root/{train,val[,test]}/<class>/**/<image>. Classes come from train/; nothing is dropped silently."""
+    root = Path(root)
+    if not root.exists():
+        raise ThawlineError(
+            f"data folder '{root}' not found; pass --data DIR with DIR/train/<class>/ and DIR/val/<class>/ "
+            "(or run `thawline data prepare fashion-mnist --out DIR`)"
+        )
+    if not root.is_dir():
+        raise ThawlineError(f"--data '{root}' is a file; pass the folder holding train/ and val/")
+    for required in ("train", "val"):
+        if not (root / required).is_dir():
+            raise ThawlineError(
+                f"data folder '{root}' has no {required}/ folder; expected {root}/{required}/<class name>/<images>"
+            )
+    skipped: list[Skipped] = []
+    warnings: list[str] = []
+    train_classes = _class_dirs(root / "train")
+    classes = []
+    for name in train_classes:
+        if any(True for _ in _images(root / "train" / name, [])):
+            classes.append(name)
+        else:
+            warnings.append(f"class '{name}' in {root / 'train'} has no images and is left out")
+            skipped.append(Skipped(str(root / "train" / name), "class folder with no images"))
+    if len(classes) < 2:
+        raise ThawlineError(
+            f"'{root / 'train'}' has {len(classes)} class folder(s) with images; a classifier needs at least 2"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    splits: dict[str, SplitFiles] = {}
+    for split in SPLITS:
+        d = root / split
+        if not d.is_dir():
+            continue
+        paths: list[str] = []
+        labels: list[int] = []
+        for name in _class_dirs(d):
+            if name not in index:
+                if split != "train":
+                    raise ThawlineError(
+                        f"class '{name}' is in {d} but not in {root / 'train'}; add training images for it "
+                        "or remove/rename the folder"
+                    )
+                continue
+            files = sorted(_images(d / name, skipped))
+            if max_per_class is not None and split == "train":
+                files = files[:max_per_class]
+            paths.extend(files)
+            labels.extend([index[name]] * len(files))
+        for f in sorted(d.iterdir()):
+            if f.is_file():
+                skipped.append(Skipped(str(f), f"file directly in {split}/ (not in a class folder)"))
+        missing = [c for c in classes if c not in set(_class_dirs(d))]
+        if missing and split != "train":
+            warnings.append(f"{split}/ has no folder for class(es) {', '.join(missing[:5])}")
+        if not paths:
+            raise ThawlineError(f"'{d}' holds no images in class folders; add images under {d}/<class name>/")
+        splits[split] = SplitFiles(split, paths, labels)
+    return Discovered(root, classes, splits, skipped, warnings)
+
+
+def _class_dirs(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(d: Path, skipped: list[Skipped]) -> Iterator[str]:
+    """Image files below d (nested folders included); other files are recorded as skipped."""
+    for dirpath, dirnames, filenames in os.walk(
+        d, onerror=lambda e: skipped.append(Skipped(str(e.filename), "unreadable folder"))
+    ):
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield path
+            else:
+                skipped.append(Skipped(path, "not an image file extension"))
+
+
+class Batches:
+    """Minibatches from uint8 rows: random order and horizontal flips from one seeded generator per epoch.
+
+    Rows are either decoded images (N, H, W, 3 uint8 -> normalised float NCHW) or cached features with a
+    view axis (N, V, ...): view 1 is the flipped image's features, so flip augmentation stays exact.
+    """
+
+    def __init__(
+        self,
+        read_rows,  # callable(indices ndarray) -> ndarray rows
+        labels: np.ndarray,
+        indices: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        hflip: bool,
+        seed: int,
+        transform=None,  # callable(uint8 NHWC tensor) -> float NCHW tensor; None for feature rows
+        has_views: bool = False,
+        drop_last: bool = False,
+    ) -> None:
+        self.read_rows = read_rows
+        self.labels = labels
+        self.indices = indices
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.hflip = hflip
+        self.seed = seed
+        self.transform = transform
+        self.has_views = has_views
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        order = self.indices
+        if self.shuffle:
+            order = self.indices[torch.randperm(len(self.indices), generator=gen).numpy()]
+        flips = torch.rand(len(order), generator=gen) < 0.5 if self.hflip else torch.zeros(len(order), dtype=torch.bool)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            flip = flips[b * self.batch_size : (b + 1) * self.batch_size]
+            y = torch.from_numpy(self.labels[idx].astype(np.int64))
+            rows = torch.from_numpy(self.read_rows(idx))
+            if self.has_views:
+                view = flip.long() if rows.shape[1] > 1 else torch.zeros_like(flip, dtype=torch.long)
+                x = rows[torch.arange(len(idx)), view].float()
+            else:
+                if flip.any():
+                    rows[flip] = rows[flip].flip(2)  # NHWC: width is axis 2
+                x = self.transform(rows) if self.transform else rows
+            yield x, y
+
+
+class Normalize:
+    """uint8 NHWC -> float NCHW normalised; optional channels_last memory format for conv speed."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False) -> None:
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+        self.channels_last = channels_last
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        x = rows.permute(0, 3, 1, 2).float()
+        x = (x - self.mean) * self.inv_std
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

@@ -1,0 +1,196 @@
+"""The one training loop: train_one_epoch / evaluate, the optimizer across phases, and the LR schedule.
+
+Every strategy runs through these functions; a strategy only changes which parameters are trainable and
+what the forward function is (the whole model, or the trainable suffix over cached frozen-prefix features).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thawline.config import TrainConfig
+from thawline.errors import ThawlineError
+from thawline.models import StageMap
+from thawline.strategies import ResolvedPhase
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    logits: torch.Tensor  # (N, C) float32, in batch order
+    labels: torch.Tensor  # (N,)
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def train_one_epoch(
+    forward: Forward,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    set_lr: Callable[[], None],
+    device: torch.device,
+    amp: bool = False,
+    params: list[nn.Parameter] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+    dropout: float = 0.0,
+) -> EpochStats:
+    """One pass over `batches`; `set_lr` is called before every step (the schedule is a pure function of it)."""
+    start = time.perf_counter()
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = 0
+    seen = 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        set_lr()
+        with autocast(device, amp):
+            if dropout > 0:
+                x = F.dropout(x, p=dropout, training=True)
+            logits = forward(x)
+            loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(float(loss.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        total_loss += loss.detach().double().cpu() * n
+        correct += int((logits.argmax(1) == y).sum())
+        seen += n
+        if progress:
+            progress(n, float(loss.detach()))
+    seconds = time.perf_counter() - start
+    return EpochStats(float(total_loss) / max(seen, 1), correct / max(seen, 1), seen, seconds)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, value: float) -> None:
+        super().__init__(f"loss became {value}")
+        self.value = value
+
+
+@torch.inference_mode()
+def evaluate(
+    forward: Forward,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    amp: bool = False,
+) -> EvalResult:
+    all_logits, all_labels = [], []
+    for x, y in batches:
+        with autocast(device, amp):
+            all_logits.append(forward(x.to(device, non_blocking=True)).float().cpu())
+        all_labels.append(y)
+    logits = torch.cat(all_logits) if all_logits else torch.zeros(0, 0)
+    labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+    if len(labels) == 0:
+        return EvalResult(float("nan"), float("nan"), logits, labels)
+    loss = float(F.cross_entropy(logits, labels))
+    acc = float((logits.argmax(1) == labels).float().mean())
+    return EvalResult(loss, acc, logits, labels)
+
+
+# ---- optimizer across phases -------------------------------------------------------------------------
+
+
+def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=groups[0]["lr"])
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=0.9, nesterov=True)
+
+
+def stage_groups(model: nn.Module, smap: StageMap, stages: Iterable[int], config: TrainConfig) -> list[dict]:
+    """Param groups, one or two per stage: no weight decay on biases and norm weights (1-d tensors)."""
+    params = dict(model.named_parameters())
+    groups = []
+    for s in stages:
+        named = [(n, params[n]) for n in smap.params[s]]
+        decay = [p for n, p in named if p.ndim > 1]
+        no_decay = [p for n, p in named if p.ndim <= 1]
+        wd = config.weight_decay if config.optimizer != "adam" else 0.0
+        for ps, w, tag in ((decay, wd, True), (no_decay, 0.0, False)):
+            if ps:
+                groups.append({"params": ps, "weight_decay": w, "stage": s, "decay": tag, "lr": 0.0, "base_lr": 0.0})
+    return groups
+
+
+def enter_phase(
+    optimizer: torch.optim.Optimizer | None,
+    model: nn.Module,
+    smap: StageMap,
+    phase: ResolvedPhase,
+    config: TrainConfig,
+    lr_scale: float,
+) -> torch.optim.Optimizer:
+    """Keep optimizer state of parameters already training; add newly thawed stages as new param groups."""
+    present = {g["stage"] for g in optimizer.param_groups} if optimizer else set()
+    new = [s for s in phase.trainable if s not in present]
+    if optimizer is None:
+        optimizer = build_optimizer(config, stage_groups(model, smap, new, config))
+    else:
+        for g in stage_groups(model, smap, new, config):
+            optimizer.add_param_group(g)
+    top = smap.head
+    for g in optimizer.param_groups:
+        active = g["stage"] in phase.trainable
+        # Layer-wise LR decay: the head gets the phase LR, each stage below it one more factor of decay.
+        g["base_lr"] = phase.lr * lr_scale * phase.layer_decay ** (top - g["stage"]) if active else 0.0
+        g["lr"] = g["base_lr"]
+    return optimizer
+
+
+def rebuild_optimizer(
+    model: nn.Module, smap: StageMap, config: TrainConfig, stage_order: list[int]
+) -> torch.optim.Optimizer:
+    """The optimizer with param groups in the saved order, ready for `load_state_dict` on resume."""
+    seen: list[int] = []
+    for s in stage_order:
+        if s not in seen:
+            seen.append(s)
+    return build_optimizer(config, stage_groups(model, smap, seen, config))
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up then cosine to 1% (or constant), within one phase."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] * factor
+
+
+def check_finite(value: float, where: str, config: TrainConfig) -> None:
+    if not math.isfinite(value):
+        raise ThawlineError(
+            f"loss became {value} in {where}; lower the learning rate (--lr) and rerun; "
+            "last.pt keeps the last good epoch"
+        )

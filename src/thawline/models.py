@@ -1,0 +1,164 @@
+"""Stages of a timm model (from its own `group_matcher`), freezing, and the frozen-prefix/trainable-suffix split.
+
+No strategy knows layer names: it selects stage indices, and this module maps them onto parameters and
+modules. Body stages are 0..n-1 (stem first); the head (the group holding the classifier) is index n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StageMap:
+    names: tuple[str, ...]  # body stage names, then "head"
+    params: tuple[tuple[str, ...], ...]  # parameter names per stage, same order
+
+    @property
+    def n_stages(self) -> int:
+        """Number of body stages (the head is not counted)."""
+        return len(self.names) - 1
+
+    @property
+    def head(self) -> int:
+        return len(self.names) - 1
+
+    def stage_of(self) -> dict[str, int]:
+        return {p: i for i, names in enumerate(self.params) for p in names}
+
+
+def stage_map(model: nn.Module) -> StageMap:
+    """Coarse timm groups (ResNet-50: stem, layer1..4, head); the classifier's group becomes the head."""
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    ordered = [tuple(groups[k]) for k in sorted(groups)]
+    classifier = model.get_classifier()
+    head_names = {n for n, p in model.named_parameters() if any(p is q for q in classifier.parameters())}
+    head_idx = next((i for i, g in enumerate(ordered) if head_names & set(g)), None)
+    if head_idx is None or head_idx != len(ordered) - 1:
+        # The classifier is not a group of its own at the top: treat it alone as the head.
+        ordered = [tuple(n for n in g if n not in head_names) for g in ordered]
+        ordered = [g for g in ordered if g] + [tuple(n for n, _ in model.named_parameters() if n in head_names)]
+    names = tuple(_stage_name(g[0], i) for i, g in enumerate(ordered[:-1])) + ("head",)
+    return StageMap(names, tuple(ordered))
+
+
+def _stage_name(first_param: str, index: int) -> str:
+    if index == 0:
+        return "stem"
+    parts = first_param.split(".")
+    if parts[0] in ("blocks", "stages", "layers", "features") and len(parts) > 1 and parts[1].isdigit():
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
+
+
+def apply_freezing(model: nn.Module, smap: StageMap, trainable: set[int], bn: str = "frozen") -> int:
+    """Set requires_grad per stage and the train/eval mode of frozen modules; returns trainable param count.
+
+    Frozen parameters get requires_grad=False, so autograd records nothing for a frozen prefix (no saved
+    activations, no backward through it). With bn="frozen" every module whose parameters all lie in frozen
+    stages goes to eval(): BatchNorm statistics stay untouched and dropout is off there.
+    """
+    stage_of = smap.stage_of()
+    count = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(stage_of[name] in trainable)
+        count += p.numel() if p.requires_grad else 0
+    model.train()
+    for _, module in model.named_modules():
+        own = list(module.parameters())
+        if not own or any(p.requires_grad for p in own):
+            continue
+        is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if bn == "frozen" or not is_bn:
+            module.eval()
+    if bn == "train":  # BN layers in frozen stages keep updating their running statistics
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
+    return count
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Split:
+    """`prefix` runs frozen stages (no grad, eval); `suffix` maps its output to logits and holds all trainables."""
+
+    first_trainable: int
+    prefix: Forward
+    suffix: Forward
+    dropout: float = 0.0
+
+
+def split_at(model: nn.Module, smap: StageMap, first_trainable: int) -> Split | None:
+    """The model as prefix (stages < first_trainable) + suffix, or None when this model cannot be split there.
+
+    Head-only works for every timm model (forward_features / forward_head). Splitting inside the body needs
+    the model's forward order, known here for the EfficientNet/MobileNet and ResNet families.
+    """
+    if first_trainable <= 0:
+        return None
+    head_only_classifier = set(smap.params[smap.head]) == {
+        n for n, p in model.named_parameters() if any(p is q for q in model.get_classifier().parameters())
+    }
+    if first_trainable == smap.head:
+        if head_only_classifier:
+            drop = float(getattr(model, "drop_rate", 0.0) or 0.0)
+            return Split(
+                first_trainable,
+                prefix=lambda x: model.forward_head(model.forward_features(x), pre_logits=True),
+                suffix=model.get_classifier(),
+                dropout=drop,
+            )
+        return Split(first_trainable, prefix=model.forward_features, suffix=model.forward_head)
+    body = _body_modules(model)
+    if body is None or len(body) != smap.n_stages:
+        return None
+    before, after = body[:first_trainable], body[first_trainable:]
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:
+        for stage in before:
+            x = stage(x)
+        return x
+
+    def suffix(x: torch.Tensor) -> torch.Tensor:
+        for stage in after:
+            x = stage(x)
+        return model.forward_head(x)
+
+    return Split(first_trainable, prefix, suffix)
+
+
+def _body_modules(model: nn.Module) -> list[nn.Module] | None:
+    """forward_features as one callable per coarse stage, for families whose forward order we know."""
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.resnet import ResNet
+
+    if isinstance(model, EfficientNet) and not getattr(model, "grad_checkpointing", False):
+        stem = nn.Sequential(model.conv_stem, model.bn1)
+        blocks = list(model.blocks)
+        last = nn.Sequential(blocks[-1], model.conv_head, model.bn2)
+        return [stem, *blocks[:-1], last]
+    if isinstance(model, ResNet) and not getattr(model, "grad_checkpointing", False):
+        stem = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool)
+        return [stem, model.layer1, model.layer2, model.layer3, model.layer4]
+    return None
+
+
+def first_trainable(trainable: set[int] | tuple[int, ...]) -> int:
+    return min(trainable)
+
+
+def is_suffix(trainable: set[int] | tuple[int, ...], n_total: int) -> bool:
+    """True when the trainable stages are exactly a top block (everything from some stage up)."""
+    t = sorted(trainable)
+    return t == list(range(t[0], n_total))

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny generated image folders and an isolated cache folder for every test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("circle", "stripes", "square")
+
+
+def _draw(kind: str, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A class-specific pattern with random colour jitter and noise, so tiny models can learn it."""
+    img = rng.integers(0, 60, (size, size, 3)).astype(np.int32)
+    yy, xx = np.mgrid[:size, :size]
+    c = size / 2 + rng.uniform(-3, 3, 2)
+    if kind == "circle":
+        mask = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size / 3.5) ** 2
+    elif kind == "stripes":
+        mask = (xx // 4) % 2 == 0
+    else:
+        mask = (abs(yy - c[0]) < size / 4) & (abs(xx - c[1]) < size / 4)
+    img[mask] += rng.integers(150, 195, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_image_folder(
+    root: Path, per_class: dict[str, int] | None = None, classes=CLASSES, seed: int = 0, size: int = 32
+) -> Path:
+    per_class = per_class or {"train": 16, "val": 8, "test": 8}
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(_draw(cls, rng, size)).save(d / f"{cls}_{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("THAWLINE_CACHE_DIR", str(cache))
+    return cache
