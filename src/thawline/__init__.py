@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from thawline.compare import CompareResult
+    from thawline.comparison import CompareResult
     from thawline.config import TrainConfig
     from thawline.trainer import RunResult
 
@@ -24,8 +24,8 @@ def train(config: TrainConfig, **kwargs: Any) -> RunResult:
 
 
 def compare(config: TrainConfig, strategies: Any = None, **kwargs: Any) -> CompareResult:
-    from thawline.compare import DEFAULT_STRATEGIES
-    from thawline.compare import compare as _compare
+    from thawline.comparison import DEFAULT_STRATEGIES
+    from thawline.comparison import compare as _compare
 
     return _compare(config, strategies or DEFAULT_STRATEGIES, **kwargs)
 

@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from thawline.compare import DEFAULT_STRATEGIES, compare
+    from thawline.comparison import DEFAULT_STRATEGIES, compare
 
     if args.data is None and args.config is None:
         args.data = _prepare_demo(args.quiet)

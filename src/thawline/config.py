@@ -39,6 +39,10 @@ class TrainConfig:
     warmup_epochs: float = 0.25  # warm-up length at the start of every phase, in epochs
     hflip: bool = True  # random horizontal flip on train images (the seeds' only augmentation)
     drop_rate: float = 0.0  # dropout before the classifier
+    # BatchNorm momentum in training stages. TF-ported models (tf_efficientnet_*) carry TF's 0.01, which lets
+    # running stats lag far behind the batch stats on a new domain for hundreds of steps, so validation (which
+    # uses running stats) collapses after a thaw; 0.1 is PyTorch's default. None keeps the model's own.
+    bn_momentum: float | None = 0.1
     seed: int = 0
     preset: str = "default"  # default | seed (the seed scripts' exact recipe)
     device: str = "auto"  # auto | cpu | cuda
@@ -67,6 +71,8 @@ class TrainConfig:
             raise ThawlineError(f"label_smoothing {self.label_smoothing}: must be in [0, 1)")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.drop_rate < 1:
             raise ThawlineError("weight_decay and warmup_epochs must be >= 0, drop_rate in [0, 1)")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
+            raise ThawlineError(f"bn_momentum {self.bn_momentum}: must be in (0, 1], e.g. 0.1")
         if self.max_per_class is not None:
             _positive("max_per_class", self.max_per_class)
         return self
@@ -143,6 +149,7 @@ def _check_types(config: TrainConfig) -> None:
         "label_smoothing": float,
         "warmup_epochs": float,
         "drop_rate": float,
+        "bn_momentum": float,
     }
     for name, kind in numeric.items():
         value = getattr(config, name)

@@ -96,12 +96,25 @@ def evaluate(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     amp: bool = False,
+    model: nn.Module | None = None,
 ) -> EvalResult:
+    """Loss and accuracy over `batches`; `model` (the module behind `forward`) runs in eval mode meanwhile.
+
+    Without eval mode, BatchNorm in training stages would normalise each (class-sorted) val batch by its own
+    statistics; the train/eval mode of every module is restored afterwards, so the phase's freezing holds."""
     all_logits, all_labels = [], []
-    for x, y in batches:
-        with autocast(device, amp):
-            all_logits.append(forward(x.to(device, non_blocking=True)).float().cpu())
-        all_labels.append(y)
+    modes = [(m, m.training) for m in model.modules()] if model is not None else []
+    if model is not None:
+        model.eval()
+    try:
+        with torch.inference_mode():
+            for x, y in batches:
+                with autocast(device, amp):
+                    all_logits.append(forward(x.to(device, non_blocking=True)).float().cpu())
+                all_labels.append(y)
+    finally:
+        for m, training in modes:
+            m.training = training
     logits = torch.cat(all_logits) if all_logits else torch.zeros(0, 0)
     labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
     if len(labels) == 0:

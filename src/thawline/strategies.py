@@ -56,7 +56,7 @@ class ResolvedPhase:
     layer_decay: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "trainable": list(self.trainable)}  # JSON/YAML-plain
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -141,10 +141,27 @@ def load_strategies_file(path: str) -> dict[str, Strategy]:
     return {name: strategy_from_dict(str(name), spec, f"strategy in '{path}'") for name, spec in block.items()}
 
 
+def partial_with_fraction(name: str) -> Strategy | None:
+    """`partial-1/2` or `partial:0.5`: the partial strategy with another frozen fraction."""
+    kind, sep, frac = name.replace("-", ":", 1).partition(":")
+    if kind != "partial" or not sep:
+        return None
+    try:
+        value = Fraction(frac)
+    except (ValueError, ZeroDivisionError):
+        return None
+    if not 0 <= value < 1:
+        raise ThawlineError(f"strategy '{name}': the frozen fraction must be in [0, 1), e.g. partial-1/2")
+    base = STRATEGIES["partial"].phases[0]
+    return Strategy(name, (Phase(f"after:{frac}", 1, base.lr, base.bn),), f"freeze the first {frac} of the stages")
+
+
 def get_strategy(name: str, strategies_file: str | None = None) -> Strategy:
     registry = dict(STRATEGIES)
     if strategies_file:
         registry.update(load_strategies_file(strategies_file))
+    if name not in registry and (variant := partial_with_fraction(name)) is not None:
+        return variant
     if name not in registry:
         raise ThawlineError(
             f"unknown strategy '{name}'{close_matches(name, registry)}; "

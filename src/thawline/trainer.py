@@ -164,6 +164,14 @@ class MemoryMeter:
         return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
 
 
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
+    if momentum is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -195,6 +203,7 @@ def train(
     seed_everything(config.seed)  # the new head's init must not depend on what ran before
     model, weights_info = build_model_with_info(config.model, weights, len(classes), config.drop_rate)
     img_size, interpolation, mean, std = data_settings(model, config)
+    set_bn_momentum(model, config.bn_momentum)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -320,7 +329,7 @@ def train(
                 ) from None
             finally:
                 bar.close()
-            val = engine.evaluate(source.eval_forward, source.val_batches(), device, amp)
+            val = engine.evaluate(source.eval_forward, source.val_batches(), device, amp, model=model)
             seconds = stats.seconds + source.take_setup_seconds()
             global_epoch += 1
             row = {
@@ -366,7 +375,7 @@ def train(
     eval_split = "test" if "test" in data.splits else "val"
     split = data.splits[eval_split]
     batches = _image_batches(split, config.batch_size * 2, normalize, shuffle=False, hflip=False, seed=0)
-    result = engine.evaluate(model, batches, device, amp)
+    result = engine.evaluate(model, batches, device, amp, model=model)
     _write_predictions(out / "predictions.csv", split, result, classes, eval_split)
     wall = time.perf_counter() - started
     train_seconds = sum(r["seconds"] for r in metrics)
@@ -376,10 +385,10 @@ def train(
         "model": config.model,
         "weights": weights_info.get("source"),
         "classes": classes,
-        "best_val_acc": best_acc,
+        "best_val_acc": round(best_acc, 6),
         "best_epoch": best_epoch,
-        "test_acc": result.acc if eval_split == "test" else None,
-        "test_loss": result.loss if eval_split == "test" else None,
+        "test_acc": round(result.acc, 6) if eval_split == "test" else None,
+        "test_loss": round(result.loss, 6) if eval_split == "test" else None,
         "epochs": sum(p.epochs for p in phases),
         "phases": [p.to_dict() for p in phases],
         "trainable_params": trainable_per_phase,
@@ -592,7 +601,7 @@ def _checkpoint(
         "group_stages": [g["stage"] for g in optimizer.param_groups],
         "global_epoch": global_epoch,
         "phase": phase.index,
-        "best_val_acc": best_acc,
+        "best_val_acc": round(best_acc, 6),
         "best_epoch": best_epoch,
         "config": config,
         "torch_rng": torch.get_rng_state(),

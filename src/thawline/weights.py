@@ -9,6 +9,8 @@ must match, so a changed package cannot silently give wrong weights.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -151,8 +153,24 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return OrderedDict((k.removeprefix("module.").removeprefix("_orig_mod."), v) for k, v in obj.items())
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so an offline machine fails in seconds instead of after the hub client's retries."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def create_hub_model(name: str, num_classes: int, drop_rate: float, hub_file: str | None = None) -> nn.Module:
     """timm's pretrained loading; `hub_file` points it at a local file (how tests cover this path offline)."""
+    if not hub_file and not hub_reachable():
+        raise ThawlineError(
+            f"cannot reach huggingface.co to download pretrained weights for '{name}' (offline?); use --weights "
+            "default (embedded tf_efficientnet_lite0) or --weights PATH to a local file"
+        )
     kwargs: dict[str, Any] = {"pretrained": True, "num_classes": num_classes, "drop_rate": drop_rate}
     if hub_file:
         kwargs["pretrained_cfg_overlay"] = {"file": str(hub_file)}

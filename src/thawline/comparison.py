@@ -11,7 +11,7 @@ from typing import Any
 
 from thawline.config import TrainConfig, atomic_write_text, replace, save_yaml
 from thawline.errors import ThawlineError
-from thawline.strategies import all_strategies, get_strategy
+from thawline.strategies import get_strategy
 from thawline.trainer import RunResult, data_settings, next_run_dir, prepare_data, train
 from thawline.weights import build_model_with_info
 
@@ -65,7 +65,6 @@ def compare(
 ) -> CompareResult:
     """Train every strategy with the same config (only `strategy` differs) and write comparison.csv."""
     names = parse_strategies(strategies, config.strategies_file)
-    registry = all_strategies(config.strategies_file)
     out_dir = Path(out or config.out or next_run_dir(Path("runs"), "compare"))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +84,8 @@ def compare(
                 print(f"[{name}] already finished in {run_dir}; skipped", flush=True)
             continue
         cfg = replace(config, strategy=name, out=str(run_dir))
-        runs[name] = train(cfg, data=data, run_dir=run_dir, resume=resume, quiet=quiet, strategy=registry[name])
+        strategy = get_strategy(name, config.strategies_file)
+        runs[name] = train(cfg, data=data, run_dir=run_dir, resume=resume, quiet=quiet, strategy=strategy)
     rows = ranked_rows(runs)
     write_comparison(out_dir, rows)
     if not quiet:

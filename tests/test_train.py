@@ -1,0 +1,164 @@
+"""End to end on tiny models and generated folders: run folder contents, caches, resume, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import make_image_folder
+
+import thawline
+from thawline import trainer
+from thawline.checkpoint import load_checkpoint
+from thawline.comparison import format_table
+
+METRIC_KEYS = {
+    "strategy",
+    "phase",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+    "images_per_s",
+}
+
+
+def tiny_config(data: Path, **overrides) -> thawline.config.TrainConfig:
+    options = {
+        "data": str(data),
+        "model": "test_efficientnet",
+        "weights": "none",
+        "img_size": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "workers": 1,
+        "lr": 3e-3,
+    }
+    return thawline.make_config(**{**options, **overrides})
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_train_writes_a_complete_run_folder(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = thawline.train(tiny_config(image_folder, strategy="two-phase"), run_dir=out, quiet=True)
+    for name in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "summary.json", "predictions.csv"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*")), "TensorBoard event file missing"
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["phase"] for r in rows] == [1, 2]
+    assert all(set(r) >= METRIC_KEYS for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == result.summary
+    for key in ("best_val_acc", "test_acc", "wall_time_s", "trainable_params", "images_per_s", "peak_rss_mb"):
+        assert summary[key] is not None, key
+    # head only, then everything: trainable params per phase are measured, not assumed
+    n_head = sum(
+        p.numel() for p in thawline.weights.build_model("test_efficientnet", "none", 3).get_classifier().parameters()
+    )
+    assert summary["trainable_params"][0] == n_head
+    assert summary["trainable_params"][1] == summary["total_params"]
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in rows)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["strategy"] == "two-phase" and config["classes"] == ["circle", "square", "stripes"]
+    assert [p["trainable"] for p in config["phases"]][0] == [summary["phases"][0]["trainable"][0]]
+    best = load_checkpoint(out / "best.pt")
+    assert best["global_epoch"] == summary["best_epoch"]
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert lines[0].startswith("split,path,label,pred") and len(lines) == 1 + summary["num_test"]
+
+
+def test_training_learns_well_above_chance(tmp_path: Path) -> None:
+    # scratch-trained tiny model on learnable patterns: accuracy must clearly beat 1/3
+    data = make_image_folder(tmp_path / "data", {"train": 48, "val": 16})
+    result = thawline.train(tiny_config(data, strategy="full", epochs=5, lr=1e-2), run_dir=tmp_path / "r", quiet=True)
+    assert result.best_val_acc > 0.6
+
+
+def test_feature_cache_matches_uncached_path(image_folder: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(image_folder, strategy="partial", epochs=2, hflip=False, weights="none")
+    cached = thawline.train(cfg, run_dir=tmp_path / "cached", quiet=True)
+    plain = thawline.train(thawline.config.replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
+    rows_c, rows_p = read_jsonl(tmp_path / "cached/metrics.jsonl"), read_jsonl(tmp_path / "plain/metrics.jsonl")
+    assert all(r["feature_cache"] for r in rows_c) and not any(r["feature_cache"] for r in rows_p)
+    for a, b in zip(rows_c, rows_p, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-3)
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=0.005)
+    assert cached.summary["test_acc"] == pytest.approx(plain.summary["test_acc"], abs=0.005)
+
+
+def test_resume_after_interrupt_equals_uninterrupted(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_config(image_folder, strategy="layer-wise", epochs=3)
+    straight = thawline.train(cfg, run_dir=tmp_path / "straight", quiet=True)
+
+    real_save = trainer.save_checkpoint
+    calls = {"last": 0}
+
+    def crash_after_first_epoch(path, payload):
+        real_save(path, payload)
+        if Path(path).name == "last.pt":
+            calls["last"] += 1
+            if calls["last"] == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        thawline.train(cfg, run_dir=tmp_path / "resumed", quiet=True)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    resumed = thawline.train(cfg, run_dir=tmp_path / "resumed", resume=True, quiet=True)
+
+    rows_a = read_jsonl(tmp_path / "straight/metrics.jsonl")
+    rows_b = read_jsonl(tmp_path / "resumed/metrics.jsonl")
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3]
+    for a, b in zip(rows_a, rows_b, strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert a[key] == b[key], key
+    wa = load_checkpoint(tmp_path / "straight/last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "resumed/last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed.summary["best_val_acc"] == straight.summary["best_val_acc"]
+
+
+def test_seed_preset_is_the_seed_recipe() -> None:
+    cfg = thawline.make_config(preset="seed")
+    assert (cfg.optimizer, cfg.weight_decay, cfg.label_smoothing, cfg.schedule, cfg.batch_size, cfg.img_size) == (
+        "adam",
+        0.0,
+        0.0,
+        "constant",
+        32,
+        224,
+    )
+    assert cfg.warmup_epochs == 0
+
+
+def test_compare_ranks_strategies_on_the_same_data(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    result = thawline.compare(tiny_config(image_folder, epochs=2), ["head-only", "full"], out=out, quiet=True)
+    assert set(result.runs) == {"head-only", "full"}
+    for name in ("head-only", "full"):
+        assert (out / name / "summary.json").is_file()
+    csv = (out / "comparison.csv").read_text().splitlines()
+    assert csv[0].startswith("rank,strategy,best_val_acc") and len(csv) == 3
+    accs = [r["best_val_acc"] for r in result.rows]
+    assert accs == sorted(accs, reverse=True) and result.winner == result.rows[0]["strategy"]
+    full = next(r for r in result.rows if r["strategy"] == "full")
+    head = next(r for r in result.rows if r["strategy"] == "head-only")
+    assert int(head["trainable_params"]) < int(full["trainable_params"])
+    table = format_table(result.rows)
+    assert "head-only" in table and "full" in table
+    # resume skips finished strategies
+    again = thawline.compare(
+        tiny_config(image_folder, epochs=2), ["head-only", "full"], out=out, resume=True, quiet=True
+    )
+    assert again.rows[0]["strategy"] == result.rows[0]["strategy"]
