@@ -13,7 +13,7 @@ from thawline.errors import ThawlineError
 # `thawline compare` with no arguments: the embedded data and model, sized to finish in minutes on 2 CPU cores.
 DEMO_DATA = "data/fashion-mnist-demo"
 DEMO_PREPARE = {"per_class": 100, "val_per_class": 50, "test_per_class": 100}
-DEMO_OPTIONS = {"img_size": 112, "epochs": 4}
+DEMO_OPTIONS = {"img_size": 112, "epochs": 6}
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ class TrainConfig:
     seed: int = 0
     preset: str = "default"  # default | seed (the seed scripts' exact recipe)
     device: str = "auto"  # auto | cpu | cuda
-    channels_last: bool | None = None  # None = on for CUDA
+    channels_last: bool | None = None  # None = on (faster convolutions on CPU and CUDA)
     amp: bool | None = None  # bf16 autocast; None = on for CUDA (slower than fp32 on AVX2 CPUs)
     feature_cache: bool = True  # train only the suffix on cached frozen-prefix features when possible
     cache_dir: str | None = None  # decode-once and feature caches; default ~/.cache/thawline

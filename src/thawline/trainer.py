@@ -192,7 +192,8 @@ def train(
     strategy = strategy or get_strategy(config.strategy, config.strategies_file)
     device = pick_device(config)
     amp = config.amp if config.amp is not None else device.type == "cuda"
-    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    # channels_last: 1.7x faster lite0 training on this AVX2 CPU (9 -> 15 img/s at 224) and faster on CUDA
+    channels_last = config.channels_last if config.channels_last is not None else True
     seed_everything(config.seed)
     if data is None:
         probe = build_model_with_info(config.model, "none", 2)[0]
