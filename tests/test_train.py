@@ -162,3 +162,12 @@ def test_compare_ranks_strategies_on_the_same_data(image_folder: Path, tmp_path:
         tiny_config(image_folder, epochs=2), ["head-only", "full"], out=out, resume=True, quiet=True
     )
     assert again.rows[0]["strategy"] == result.rows[0]["strategy"]
+
+
+def test_phase_results_with_test_each_phase(image_folder: Path, tmp_path: Path) -> None:
+    result = thawline.train(tiny_config(image_folder, strategy="two-phase", test_each_phase=True),
+                            run_dir=tmp_path / "r", quiet=True)
+    phases = result.summary["phase_results"]
+    assert [p["phase"] for p in phases] == [1, 2] and [p["train"] for p in phases] == ["head", "all"]
+    assert all(0 <= p["test_acc_at_end"] <= 1 for p in phases)
+    assert phases[1]["last_val_acc"] == result.metrics[-1]["val_acc"]

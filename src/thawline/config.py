@@ -51,6 +51,7 @@ class TrainConfig:
     feature_cache: bool = True  # train only the suffix on cached frozen-prefix features when possible
     cache_dir: str | None = None  # decode-once and feature caches; default ~/.cache/thawline
     workers: int | None = None  # processes that decode images once; None = CPU count
+    test_each_phase: bool = False  # also measure test accuracy at the end of every phase (summary.phase_results)
     max_per_class: int | None = None  # cap train images per class (quick experiments)
     out: str | None = None  # run folder; default runs/<strategy>-N
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run

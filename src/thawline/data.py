@@ -135,7 +135,7 @@ class Batches:
         shuffle: bool,
         hflip: bool,
         seed: int,
-        transform=None,  # callable(uint8 NHWC tensor) -> float NCHW tensor; None for feature rows
+        transform=None,  # images: uint8 NHWC -> float NCHW; features: float -> float (memory layout)
         has_views: bool = False,
         drop_last: bool = False,
     ) -> None:
@@ -168,6 +168,7 @@ class Batches:
             if self.has_views:
                 view = flip.long() if rows.shape[1] > 1 else torch.zeros_like(flip, dtype=torch.long)
                 x = rows[torch.arange(len(idx)), view].float()
+                x = self.transform(x) if self.transform else x
             else:
                 if flip.any():
                     rows[flip] = rows[flip].flip(2)  # NHWC: width is axis 2

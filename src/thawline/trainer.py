@@ -186,6 +186,7 @@ def train(
     resume: bool = False,
     quiet: bool = False,
     strategy: Strategy | None = None,
+    on_epoch=None,
 ) -> RunResult:
     """Train one strategy and write its run folder (config.yaml, metrics.jsonl, best/last.pt, summary.json)."""
     started = time.perf_counter()
@@ -272,6 +273,7 @@ def train(
         log(f"[{strategy.name}] resuming after epoch {start_epoch}", quiet)
 
     trainable_per_phase: list[int] = []
+    phase_test: dict[int, float] = {}
     global_epoch = 0
     for phase in phases:
         n_trainable = apply_freezing(model, smap, set(phase.trainable), phase.bn)
@@ -352,6 +354,8 @@ def train(
             }
             metrics.append(row)
             _append_jsonl(out / "metrics.jsonl", row)
+            if on_epoch is not None:
+                on_epoch(row)
             for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
                 if row[key] is not None:
                     tb.add_scalar(key, row[key], global_epoch)
@@ -368,6 +372,11 @@ def train(
                 _checkpoint(model, optimizer, resolved_config, global_epoch, best_acc, best_epoch, phase),
             )
         source.close()
+        if config.test_each_phase and "test" in data.splits:
+            test_batches = _image_batches(
+                data.splits["test"], config.batch_size * 2, normalize, shuffle=False, hflip=False, seed=0
+            )
+            phase_test[phase.index] = engine.evaluate(model, test_batches, device, amp, model=model).acc
 
     # Test (or val) predictions of the best epoch's weights, on full images.
     if best_state is not None:
@@ -393,6 +402,7 @@ def train(
         "epochs": sum(p.epochs for p in phases),
         "phases": [p.to_dict() for p in phases],
         "trainable_params": trainable_per_phase,
+        "phase_results": _phase_results(phases, metrics, phase_test),
         "total_params": count_params(model),
         "wall_time_s": round(wall, 2),
         "train_time_s": round(train_seconds, 2),
@@ -506,6 +516,10 @@ def _phase_source(
     # _features put the model in eval to compute the prefix; restore the phase's train/eval modes.
     apply_freezing(model, smap, set(phase.trainable), phase.bn)
     positions = np.arange(len(train))
+
+    def layout(x: torch.Tensor) -> torch.Tensor:  # feature maps in the model's memory format (no conv reorders)
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and normalize.channels_last else x
+
     return PhaseSource(
         split.suffix,
         split.suffix,
@@ -517,10 +531,19 @@ def _phase_source(
             shuffle=True,
             hflip=config.hflip,
             seed=config.seed * 1_000_003 + epoch,
+            transform=layout,
             has_views=True,
         ),
         lambda: Batches(
-            val_store.read, val.labels, np.arange(len(val)), bs * 2, shuffle=False, hflip=False, seed=0, has_views=True
+            val_store.read,
+            val.labels,
+            np.arange(len(val)),
+            bs * 2,
+            shuffle=False,
+            hflip=False,
+            seed=0,
+            transform=layout,
+            has_views=True,
         ),
         len(train),
         cached=True,
@@ -681,6 +704,26 @@ def _write_predictions(
             ]
         )
     atomic_write_text(path, buf.getvalue())
+
+
+def _phase_results(
+    phases: list[ResolvedPhase], metrics: list[dict[str, Any]], phase_test: dict[int, float]
+) -> list[dict[str, Any]]:
+    """Per phase: best and last val accuracy, and test accuracy at the phase's end when measured."""
+    out = []
+    for phase in phases:
+        rows = [r for r in metrics if r["phase"] == phase.index + 1]
+        out.append(
+            {
+                "phase": phase.index + 1,
+                "train": phase.train,
+                "epochs": phase.epochs,
+                "best_val_acc": max((r["val_acc"] for r in rows), default=None),
+                "last_val_acc": rows[-1]["val_acc"] if rows else None,
+                "test_acc_at_end": round(phase_test[phase.index], 6) if phase.index in phase_test else None,
+            }
+        )
+    return out
 
 
 def _layer_drift(model: nn.Module, initial: dict[str, torch.Tensor], smap: StageMap) -> dict[str, float]:

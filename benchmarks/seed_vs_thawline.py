@@ -1,0 +1,153 @@
+"""The seeds' plain training loop against thawline, back to back on the same data, model, image size and recipe.
+
+Prints one line per workload with both throughputs and their ratio, then a summary line. Ratios come from this
+one run on this machine (never compare absolute img/s across machines).
+
+    python benchmarks/seed_vs_thawline.py                          # lite0 at 224 and 112, resnet50 at 112
+    python benchmarks/seed_vs_thawline.py --models resnet50 --sizes 224 --images 1000
+    python benchmarks/seed_vs_thawline.py --rss                    # + peak RSS at 10k and 60k images
+
+The seed loop is copied from the seed scripts: torchvision ImageFolder + PIL transforms per sample (Resize,
+RandomHorizontalFlip, ToTensor, Normalize), DataLoader batch 32, Adam, cross-entropy, freezing only by
+`requires_grad=False` with the whole model in train mode. Its throughput is measured over `--seed-batches`
+batches after one warm-up batch (each of its epochs costs the same); thawline trains whole epochs and reports
+its own per-epoch img/s in metrics.jsonl. Random-init weights: timing does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision import transforms
+
+import thawline
+from thawline.fashion_mnist import prepare_fashion_mnist
+from thawline.models import stage_map
+from thawline.strategies import get_strategy, resolve
+from thawline.weights import build_model
+
+WORKLOADS = ("head-only", "partial", "full")
+
+
+def seed_throughput(data: Path, model_name: str, size: int, strategy: str, batches: int, mean, std) -> float:
+    """Images/s of the seeds' loop for the first phase of `strategy` (freezing by requires_grad only)."""
+    torch.manual_seed(0)
+    tf = transforms.Compose([
+        transforms.Resize((size, size)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+    dataset = torchvision.datasets.ImageFolder(str(data / "train"), tf)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True, num_workers=2)
+    model = build_model(model_name, "none", len(dataset.classes))
+    smap = stage_map(model)
+    trainable = set(resolve(get_strategy(strategy), smap.n_stages, None)[0].trainable)
+    stage_of = smap.stage_of()
+    for name, p in model.named_parameters():
+        p.requires_grad = stage_of[name] in trainable
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    seen, start = 0, None
+    for i, (x, y) in enumerate(loader):
+        if i == 1:
+            start, seen = time.perf_counter(), 0
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+        if i >= batches:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def thawline_run(data: Path, model_name: str, size: int, strategy: str, epochs: int, out: Path) -> dict:
+    cfg = thawline.make_config(data=str(data), model=model_name, weights="none", strategy=strategy, epochs=epochs,
+                               img_size=size, preset="seed", cache_dir=str(out / "cache"))
+    started = time.perf_counter()
+    result = thawline.train(cfg, run_dir=out / f"{model_name}-{size}-{strategy}", quiet=True)
+    rows = result.metrics
+    return {"epochs": [r["images_per_s"] for r in rows], "wall": time.perf_counter() - started,
+            "rss": result.summary["peak_rss_mb"]}
+
+
+def rss_for(n_per_class: int, size: int, workdir: Path) -> float:
+    """Peak RSS of a thawline head-only run over n_per_class*10 images at `size` px, in a fresh process."""
+    data = workdir / f"rss-{n_per_class}"
+    prepare_fashion_mnist(data, per_class=n_per_class, val_per_class=10, test_per_class=1)
+    out = workdir / f"rss-run-{n_per_class}"
+    cmd = [sys.executable, "-m", "thawline", "train", "--data", str(data), "--model", "test_efficientnet",
+           "--weights", "none", "--strategy", "head-only", "--epochs", "1", "--img-size", str(size),
+           "--out", str(out), "--cache-dir", str(workdir / "cache"), "--quiet"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "summary.json").read_text())["peak_rss_mb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="tf_efficientnet_lite0,resnet50")
+    parser.add_argument("--sizes", default="224,112")
+    parser.add_argument("--images", type=int, default=1000, help="train images (Fashion-MNIST, balanced)")
+    parser.add_argument("--seed-batches", type=int, default=12, help="timed batches of the seed loop")
+    parser.add_argument("--epochs", type=int, default=3, help="thawline epochs per workload (cache in epoch 1)")
+    parser.add_argument("--skip", default="resnet50@224", help="model@size pairs to skip (slowest on 2 cores)")
+    parser.add_argument("--rss", action="store_true", help="also measure peak RSS at 10k and 60k images")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="thawline-bench-"))
+    data = work / f"fmnist-{args.images}"
+    prepare_fashion_mnist(data, per_class=max(1, args.images // 10), val_per_class=10, test_per_class=1)
+    print(f"data: {data} ({args.images} train images), threads {torch.get_num_threads()}", flush=True)
+    ratios: dict[str, list[float]] = {}
+    skip = set(filter(None, args.skip.split(",")))
+    for model_name in args.models.split(","):
+        probe = build_model(model_name, "none", 10)
+        cfg = probe.pretrained_cfg
+        mean, std = cfg.get("mean"), cfg.get("std")
+        for size in (int(s) for s in args.sizes.split(",")):
+            if f"{model_name}@{size}" in skip:
+                print(f"{model_name}@{size}: skipped (--skip)", flush=True)
+                continue
+            seed_ips = {}
+            for workload in WORKLOADS:
+                seed = seed_throughput(data, model_name, size, workload, args.seed_batches, mean, std)
+                seed_ips[workload] = seed
+                ours = thawline_run(data, model_name, size, workload, args.epochs, work)
+                later = ours["epochs"][1:] or ours["epochs"]
+                first, steady = ours["epochs"][0], sum(later) / len(later)
+                mean_all = args.epochs * args.images / sum(args.images / e for e in ours["epochs"])
+                key = f"{workload} (epochs after the first)" if workload == "head-only" else f"{workload} per epoch"
+                value = steady if workload == "head-only" else mean_all
+                ratios.setdefault(key, []).append(value / seed)
+                print(f"{model_name:>22} {size:>4}px {workload:<10} seed {seed:8.1f} img/s | thawline epoch1 "
+                      f"{first:9.1f}, later {steady:9.1f}, mean {mean_all:9.1f} img/s | ratio {value / seed:7.1f}x "
+                      f"| rss {ours['rss']:.0f} MB", flush=True)
+            # the whole seed two-phase recipe (1 head epoch + 1 full epoch), wall clock
+            two = thawline_run(data, model_name, size, "two-phase", 2, work)
+            seed_wall = args.images / seed_ips["head-only"] + args.images / seed_ips["full"]
+            ratio = seed_wall / two["wall"]
+            ratios.setdefault("two-phase recipe wall clock", []).append(ratio)
+            print(f"{model_name:>22} {size:>4}px two-phase  seed {seed_wall:8.1f} s (from its img/s) | thawline "
+                  f"{two['wall']:8.1f} s (measured, incl. caches and eval) | ratio {ratio:7.1f}x", flush=True)
+    if args.rss:
+        small, large = rss_for(1000, 224, work), rss_for(6000, 224, work)
+        print(f"peak RSS at 224px: 10k images {small:.0f} MB, 60k images {large:.0f} MB "
+              f"(growth {100 * (large / small - 1):+.1f}%)", flush=True)
+    summary = ", ".join(f"{k}: min {min(v):.1f}x" for k, v in ratios.items())
+    print(f"SUMMARY {summary}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
