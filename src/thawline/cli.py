@@ -16,6 +16,16 @@ DEMO_PREPARE = {"per_class": 100, "val_per_class": 50, "test_per_class": 100}
 DEMO_OPTIONS = {"img_size": 112, "epochs": 6}
 
 
+def _learning_rate(text: str) -> float | str:
+    """--lr: a number, or `auto` (the LR range test of `thawline lr-find` picks it)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number such as 1e-4, nor auto") from None
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="ImageFolder root with train/ and val/ (test/ optional)")
     p.add_argument("--model", help="timm model name (default tf_efficientnet_lite0)")
@@ -23,7 +33,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="total epoch budget, split across the strategy's phases")
     p.add_argument("--img-size", type=int, dest="img_size", help="input resolution (default: the model's)")
     p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--lr", type=float, help="LR of the first phase; later phases keep the strategy's ratios")
+    p.add_argument(
+        "--lr",
+        type=_learning_rate,
+        help="LR of the first phase (later phases keep the strategy's ratios), or auto: the LR range test's pick",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--preset", help="default | seed (Adam, plain CE, constant LR, batch 32, 224 px)")
     p.add_argument("--optimizer", help="adamw | adam | sgd")
@@ -34,6 +48,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-per-class", type=int, dest="max_per_class", help="cap train images per class")
     p.add_argument("--no-hflip", action="store_false", dest="hflip", default=None, help="no flip augmentation")
     p.add_argument(
+        "--test-each-phase",
+        action="store_true",
+        dest="test_each_phase",
+        default=None,
+        help="also measure test accuracy at the end of every phase",
+    )
+    p.add_argument(
         "--no-feature-cache",
         action="store_false",
         dest="feature_cache",
@@ -42,6 +63,33 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache-dir", dest="cache_dir", help="image/feature cache folder (default ~/.cache/thawline)")
     p.add_argument("--workers", type=int, help="processes that decode images (default: CPU count)")
+    p.add_argument(
+        "--allow-leakage",
+        action="store_true",
+        dest="allow_leakage",
+        default=None,
+        help="train even when identical images are in train and val/test (a warning instead of an error)",
+    )
+    p.add_argument(
+        "--class-weights",
+        dest="class_weights",
+        choices=("auto",),
+        help="auto: weight the loss by inverse class frequency (skewed folders)",
+    )
+    p.add_argument(
+        "--balanced-sampler",
+        action="store_true",
+        dest="balanced_sampler",
+        default=None,
+        help="draw train batches so every class is equally likely (skewed folders)",
+    )
+    p.add_argument(
+        "--wandb",
+        nargs="?",
+        const="thawline",
+        metavar="PROJECT",
+        help="also log to Weights & Biases (project, default thawline; offline when the server is unreachable)",
+    )
     p.add_argument("--strategies-file", dest="strategies_file", help="YAML file with your own strategies")
     p.add_argument("--config", help="YAML file of options (flags given here win over it)")
     p.add_argument("--out", help="output folder")
@@ -66,9 +114,14 @@ TRAIN_KEYS = (
     "device",
     "max_per_class",
     "hflip",
+    "test_each_phase",
     "feature_cache",
     "cache_dir",
     "workers",
+    "allow_leakage",
+    "class_weights",
+    "balanced_sampler",
+    "wandb",
     "strategies_file",
     "out",
 )
@@ -169,6 +222,93 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return check_folder(args.dir, as_json=args.json)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from thawline.inference import evaluate_run, format_evaluation
+
+    ev = evaluate_run(args.run, args.split, which=args.checkpoint, batch_size=args.batch_size, device=args.device)
+    print(format_evaluation(ev))
+    for path in ev.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from thawline.inference import format_predictions, predict
+
+    results = predict(
+        args.run, args.paths, top_k=args.top_k, batch_size=args.batch_size, which=args.checkpoint, device=args.device
+    )
+    text = format_predictions(results, args.format, args.top_k)
+    if text:
+        print(text)
+    ok = sum(r.ok for r in results)
+    failed = len(results) - ok
+    if not ok:
+        print(f"thawline: error: none of the {failed} input(s) could be predicted (reasons above)", file=sys.stderr)
+        return 1
+    print(f"predicted {ok} image(s), {failed} failed", file=sys.stdout if args.format == "table" else sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from thawline.export import TOLERANCE, export_onnx
+
+    result = export_onnx(args.run, args.out, dynamic_batch=args.dynamic_batch, which=args.checkpoint, opset=args.opset)
+    print(f"wrote {result.onnx_path} and {result.preprocessing_path}")
+    batches = ", ".join(str(b) for b in result.batch_sizes)
+    line = f"onnxruntime vs PyTorch: max abs logit difference {result.max_abs_diff:.3g} on {result.inputs}"
+    print(f"{line} (batch sizes {batches})")
+    if not result.ok:
+        print(
+            f"thawline: error: ONNX output differs from PyTorch by {result.max_abs_diff:.3g} (limit {TOLERANCE:g}); "
+            f"do not deploy {result.onnx_path}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from thawline.lrfind import lr_find
+    from thawline.trainer import next_run_dir
+
+    config = _config_from_args(args, strategy=args.strategy)
+    out = Path(config.out) if config.out else next_run_dir(Path("runs"), "lr-find")
+    result = lr_find(config, out=out, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps, quiet=args.quiet)
+    stop = f", stopped at {result.lrs[-1]:.2e} (loss diverged)" if result.stopped_early else ""
+    print(
+        f"lr-find {config.model} / {result.info['strategy']} phase 1 ({result.info['phase']['train']}): "
+        f"{len(result.lrs)} steps{stop}; min smoothed loss at lr {result.min_loss_lr:.2e}"
+    )
+    others = f"steepest {result.steepest_lr:.2e}, " if result.steepest_lr else ""
+    print(
+        f"suggested lr: {result.suggested_lr:.2e} ({result.method}; {others}min/10 {result.min_loss_lr / 10:.2e}); "
+        f"use it as --lr {result.suggested_lr:.2g}"
+    )
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from thawline.sweep import DEFAULT_STRATEGIES, sweep
+
+    config = _config_from_args(args)
+    strategies = args.strategies.split(",") if args.strategies else list(DEFAULT_STRATEGIES)
+    sweep(
+        config,
+        strategies,
+        trials=args.trials,
+        storage=args.storage,
+        study_name=args.study,
+        timeout=args.timeout,
+        out=args.out,
+        quiet=args.quiet,
+        verbose=args.verbose,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thawline", description="Compare fine-tuning strategies for image classifiers."
@@ -209,6 +349,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion of a run on a split or folder")
+    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
+    p.add_argument("--split", help="test | val | train | DIR of class sub-folders (default: test, else val)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--batch-size", type=int, dest="batch_size", default=64)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels for image files and folders")
+    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
+    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--top-k", type=int, dest="top_k", default=3)
+    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    p.add_argument("--batch-size", type=int, dest="batch_size", default=32)
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run to ONNX, checked against PyTorch in onnxruntime")
+    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--dynamic-batch", action="store_true", dest="dynamic_batch", help="any batch size at run time")
+    p.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; preprocessing.json goes beside it)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("lr-find", help="LR range test for a strategy's first phase (plot + suggested --lr)")
+    for flag, kw in (
+        ("--data", {"help": "ImageFolder root with train/ and val/"}),
+        ("--model", {}),
+        ("--strategy", {"help": "whose first phase is tested (default two-phase)"}),
+        ("--weights", {}),
+        ("--img-size", {"type": int, "dest": "img_size"}),
+        ("--batch-size", {"type": int, "dest": "batch_size"}),
+        ("--epochs", {"type": int, "help": "budget used to resolve the strategy's phases"}),
+        ("--seed", {"type": int}),
+        ("--preset", {}),
+        ("--optimizer", {}),
+        ("--weight-decay", {"type": float, "dest": "weight_decay"}),
+        ("--label-smoothing", {"type": float, "dest": "label_smoothing"}),
+        ("--device", {}),
+        ("--max-per-class", {"type": int, "dest": "max_per_class"}),
+        ("--cache-dir", {"dest": "cache_dir"}),
+        ("--workers", {"type": int}),
+        ("--allow-leakage", {"action": "store_true", "dest": "allow_leakage", "default": None}),
+        ("--strategies-file", {"dest": "strategies_file"}),
+        ("--config", {}),
+        ("--out", {"help": "folder for lr_find.png and lr_find.json (default runs/lr-find-N)"}),
+    ):
+        p.add_argument(flag, **kw)
+    p.add_argument("--start-lr", type=float, dest="start_lr", default=1e-7)
+    p.add_argument("--end-lr", type=float, dest="end_lr", default=10.0)
+    p.add_argument("--steps", type=int, default=100, help="number of LR steps (minibatches)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("sweep", help="Optuna search over strategy, LRs, epoch split, partial fraction, layer decay")
+    _add_train_options(p)
+    p.add_argument(
+        "--strategies", help="comma-separated strategies to search (default: head-only,two-phase,layer-wise,"
+        "partial,gradual,full)"
+    )
+    p.add_argument("--trials", type=int, default=20, help="total finished trials (all workers); rerun to resume")
+    p.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUT/sweep.db; postgresql://... to share)")
+    p.add_argument("--study", help="study name (default thawline-sweep)")
+    p.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    p.add_argument("--verbose", action="store_true", help="print every trial's epoch lines")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -31,7 +31,7 @@ class TrainConfig:
     epochs: int | None = None  # total epoch budget split across phases; None = the strategy's own epochs
     img_size: int | None = None  # None = the model's pretrained input size
     batch_size: int = 32
-    lr: float | None = None  # rescales the strategy's LRs so that its first phase uses this LR
+    lr: float | str | None = None  # rescales the strategy's LRs so its first phase uses this LR; "auto" = lr-find
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
@@ -53,7 +53,11 @@ class TrainConfig:
     workers: int | None = None  # processes that decode images once; None = CPU count
     test_each_phase: bool = False  # also measure test accuracy at the end of every phase (summary.phase_results)
     max_per_class: int | None = None  # cap train images per class (quick experiments)
+    allow_leakage: bool = False  # train even when identical images sit in train and val/test
+    class_weights: str | None = None  # None | auto: loss weights inversely proportional to class frequency
+    balanced_sampler: bool = False  # draw train batches with equal expected counts per class
     out: str | None = None  # run folder; default runs/<strategy>-N
+    wandb: str | None = None  # W&B project to log to as well as TensorBoard (offline when W&B is unreachable)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run
 
     def validate(self) -> TrainConfig:
@@ -66,7 +70,9 @@ class TrainConfig:
             _positive("epochs", self.epochs)
         if self.img_size is not None and not 16 <= self.img_size <= 1024:
             raise ThawlineError(f"--img-size {self.img_size}: must be between 16 and 1024")
-        if self.lr is not None and not 0 < self.lr < 10:
+        if self.class_weights not in (None, "auto", "none"):
+            raise ThawlineError(f"--class-weights {self.class_weights}: must be auto (or left out)")
+        if self.lr is not None and self.lr != "auto" and not 0 < self.lr < 10:
             raise ThawlineError(f"--lr {self.lr}: must be a positive learning rate such as 1e-4")
         if not 0 <= self.label_smoothing < 1:
             raise ThawlineError(f"label_smoothing {self.label_smoothing}: must be in [0, 1)")
@@ -154,7 +160,11 @@ def _check_types(config: TrainConfig) -> None:
     }
     for name, kind in numeric.items():
         value = getattr(config, name)
-        if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+        if (
+            value is None
+            or (isinstance(value, kind) and not isinstance(value, bool))
+            or (name, value) == ("lr", "auto")
+        ):
             continue
         try:
             coerced = kind(value)

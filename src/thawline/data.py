@@ -55,14 +55,17 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
             )
     skipped: list[Skipped] = []
     warnings: list[str] = []
-    train_classes = _class_dirs(root / "train")
+    train_classes = _class_dirs(root / "train", skipped)
     classes = []
     for name in train_classes:
-        if any(True for _ in _images(root / "train" / name, [])):
+        errors: list[Skipped] = []
+        if any(True for _ in _images(root / "train" / name, errors)):
             classes.append(name)
         else:
             warnings.append(f"class '{name}' in {root / 'train'} has no images and is left out")
-            skipped.append(Skipped(str(root / "train" / name), "class folder with no images"))
+            unreadable = [e.reason for e in errors if e.reason.startswith("unreadable")]
+            why = f"{unreadable[0]}; make it readable (chmod +rx)" if unreadable else "class folder with no images"
+            skipped.append(Skipped(str(root / "train" / name), why))
     if len(classes) < 2:
         raise ThawlineError(
             f"'{root / 'train'}' has {len(classes)} class folder(s) with images; a classifier needs at least 2"
@@ -75,9 +78,13 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
             continue
         paths: list[str] = []
         labels: list[int] = []
-        for name in _class_dirs(d):
+        present: set[str] = set()
+        for name in _class_dirs(d, skipped if split != "train" else []):
             if name not in index:
                 if split != "train":
+                    if not any(True for _ in _images(d / name, [])):
+                        skipped.append(Skipped(str(d / name), "class folder with no images"))
+                        continue
                     raise ThawlineError(
                         f"class '{name}' is in {d} but not in {root / 'train'}; add training images for it "
                         "or remove/rename the folder"
@@ -86,36 +93,74 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
             files = sorted(_images(d / name, skipped))
             if max_per_class is not None and split == "train":
                 files = files[:max_per_class]
+            if files:
+                present.add(name)
+            elif split != "train":
+                skipped.append(Skipped(str(d / name), "class folder with no images"))
             paths.extend(files)
             labels.extend([index[name]] * len(files))
         for f in sorted(d.iterdir()):
             if f.is_file():
-                skipped.append(Skipped(str(f), f"file directly in {split}/ (not in a class folder)"))
-        missing = [c for c in classes if c not in set(_class_dirs(d))]
+                skipped.append(Skipped(_shown(str(f)), f"file directly in {split}/ (not in a class folder)"))
+        missing = [c for c in classes if c not in present]
         if missing and split != "train":
-            warnings.append(f"{split}/ has no folder for class(es) {', '.join(missing[:5])}")
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            warnings.append(f"{split}/ has no images of class(es) {', '.join(missing[:5])}{more}")
         if not paths:
             raise ThawlineError(f"'{d}' holds no images in class folders; add images under {d}/<class name>/")
         splits[split] = SplitFiles(split, paths, labels)
     return Discovered(root, classes, splits, skipped, warnings)
 
 
-def _class_dirs(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _shown(path: str) -> str:
+    """`path` as printable UTF-8 text (bytes that are not UTF-8 become U+FFFD)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _class_dirs(d: Path, skipped: list[Skipped] | None = None) -> list[str]:
+    """Class folder names in d; a name that is not valid UTF-8 is skipped (and recorded when `skipped` is given)."""
+    try:
+        names = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise ThawlineError(f"cannot read folder '{d}' ({e.strerror}); make it readable (chmod +rx)") from None
+    if skipped is not None:
+        skipped.extend(
+            Skipped(_shown(str(d / n)), "folder name is not valid UTF-8; rename it") for n in names if not _utf8(n)
+        )
+    return [n for n in names if _utf8(n)]
 
 
 def _images(d: Path, skipped: list[Skipped]) -> Iterator[str]:
     """Image files below d (nested folders included); other files are recorded as skipped."""
-    for dirpath, dirnames, filenames in os.walk(
-        d, onerror=lambda e: skipped.append(Skipped(str(e.filename), "unreadable folder"))
-    ):
+
+    def unreadable(e: OSError) -> None:
+        skipped.append(Skipped(_shown(str(e.filename)), f"unreadable folder ({e.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(d, onerror=unreadable):
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if not _utf8(path):
+                skipped.append(Skipped(_shown(path), "file or folder name is not valid UTF-8; rename it"))
+            elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 yield path
             else:
-                skipped.append(Skipped(path, "not an image file extension"))
+                skipped.append(Skipped(path, _not_image_reason(name)))
+
+
+def _not_image_reason(name: str) -> str:
+    ext = Path(name).suffix.lower()
+    if ext == ".svg":
+        return "SVG vector drawing, not used; convert it to PNG (e.g. rsvg-convert) to train on it"
+    return f"not an image file extension ({ext or 'none'}); ignored"
 
 
 class Batches:
@@ -138,6 +183,7 @@ class Batches:
         transform=None,  # images: uint8 NHWC -> float NCHW; features: float -> float (memory layout)
         has_views: bool = False,
         drop_last: bool = False,
+        balanced: bool = False,  # sample with replacement, each class equally likely (skewed folders)
     ) -> None:
         self.read_rows = read_rows
         self.labels = labels
@@ -149,6 +195,7 @@ class Batches:
         self.transform = transform
         self.has_views = has_views
         self.drop_last = drop_last
+        self.balanced = balanced
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -157,7 +204,13 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed)
         order = self.indices
-        if self.shuffle:
+        if self.shuffle and self.balanced:
+            classes = self.labels[self.indices]
+            counts = np.bincount(classes)
+            weights = torch.from_numpy(1.0 / counts[classes])
+            draw = torch.multinomial(weights, len(self.indices), replacement=True, generator=gen)
+            order = self.indices[draw.numpy()]
+        elif self.shuffle:
             order = self.indices[torch.randperm(len(self.indices), generator=gen).numpy()]
         flips = torch.rand(len(order), generator=gen) < 0.5 if self.hflip else torch.zeros(len(order), dtype=torch.bool)
         for b in range(len(self)):

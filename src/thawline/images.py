@@ -7,6 +7,10 @@ extension, and decompression bombs.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -42,14 +46,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
+    if mode.startswith("I") and mode not in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.convert("I")  # I;16S, I;32 and the like: integer samples, scaled below
+        mode = "I"
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        if mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
+        finite = arr[np.isfinite(arr)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+            lo, hi = 0.0, 65535.0  # 16-bit samples (PNG, TIFF, PGM): full range, so 65535 is white
         elif hi <= lo:
             hi = lo + 1.0
-        scaled = np.clip((np.nan_to_num(arr, nan=lo) - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        arr = np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
+        scaled = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(scaled, "L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
@@ -61,33 +70,68 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def _not_an_image(path: Path) -> str:
+    """Why PIL could not identify `path`, judged from its first bytes, with what to do about it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        head = b""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "SVG vector drawing, not a raster image; convert it to PNG (e.g. rsvg-convert) or remove it"
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "HTML page, not an image (a saved web page?); download the image itself or remove it"
+    if b"\0" not in head:
+        try:  # incremental: a multi-byte character cut at byte 1024 is still text
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+            return "text file, not an image; remove it or give it a non-image extension"
+        except UnicodeDecodeError:
+            pass
+    return "not an image format PIL can read; convert it to PNG or JPEG, or remove it"
+
+
 def open_rgb(path: str | Path) -> Image.Image:
-    """Open `path` as an upright RGB image or raise BadImage."""
+    """Open `path` as an upright RGB image or raise BadImage (its reason says what is wrong and what to do)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
-        raise BadImage(path, f"cannot read ({e.strerror})") from None
-    if size == 0:
-        raise BadImage(path, "empty file (0 bytes)")
+        fix = "a broken link: point it at the file or remove it" if path.is_symlink() else "check the path"
+        raise BadImage(path, f"cannot read ({e.strerror}); {fix}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage(path, "not a regular file (a folder, pipe or device); remove it")
+    if st.st_size == 0:
+        raise BadImage(path, "empty file (0 bytes); copy it again or remove it")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns above its own limit; MAX_PIXELS is checked below, before any pixel is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise BadImage(path, f"{img.width}x{img.height} pixels exceeds the {MAX_PIXELS} limit")
+                    raise BadImage(path, _bomb(f"{img.width}x{img.height} pixels"))
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
+                with contextlib.suppress(Exception):  # malformed EXIF: keep the pixels as stored, not lose them
+                    img = ImageOps.exif_transpose(img) or img
                 return _to_rgb(img).copy()
     except BadImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(path, "decompression bomb (too many pixels)") from None
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise BadImage(path, _bomb(f"{found.group(1)} pixels" if found else "too many pixels")) from None
     except UnidentifiedImageError:
-        raise BadImage(path, "not an image PIL can read (wrong extension, SVG or text?)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadImage(path, _not_an_image(path)) from None
+    except PermissionError:
+        raise BadImage(path, "cannot read (permission denied); make it readable (chmod +r) or remove it") from None
+    except MemoryError:
+        raise BadImage(path, "too large to decode in the available memory; downscale it") from None
+    except Exception as e:  # any other decoder failure is a bad file, never a crash of the run
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BadImage(path, f"corrupt or truncated ({reason})") from None
+        raise BadImage(path, f"corrupt or truncated ({reason}); copy it again or remove it") from None
+
+
+def _bomb(what: str) -> str:
+    return f"decompression bomb guard: {what} is over the {MAX_PIXELS}-pixel limit; downscale it"
 
 
 def resize_rgb(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:

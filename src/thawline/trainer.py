@@ -36,6 +36,7 @@ from thawline.data import Batches, Discovered, Normalize, discover
 from thawline.errors import ThawlineError
 from thawline.models import Split, StageMap, apply_freezing, count_params, is_suffix, split_at, stage_map
 from thawline.strategies import ResolvedPhase, Strategy, get_strategy, resolve
+from thawline.tracking import SCALARS, Tracker, wandb_module
 from thawline.weights import build_model_with_info
 
 
@@ -101,6 +102,11 @@ def prepare_data(config: TrainConfig, img_size: int, interpolation: str, quiet: 
     found = discover(config.data, config.max_per_class)
     for w in found.warnings:
         log(f"warning: {w}", quiet)
+    from thawline.datacheck import check_leakage
+
+    leak_warning = check_leakage(found, allow=config.allow_leakage)  # refuses leakage unless allowed
+    if leak_warning:
+        log(f"warning: {leak_warning}", quiet)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     splits: dict[str, SplitData] = {}
     skipped = [(s.path, s.reason) for s in found.skipped]
@@ -191,6 +197,8 @@ def train(
     """Train one strategy and write its run folder (config.yaml, metrics.jsonl, best/last.pt, summary.json)."""
     started = time.perf_counter()
     strategy = strategy or get_strategy(config.strategy, config.strategies_file)
+    if config.wandb:
+        wandb_module()  # fail before any work when --wandb cannot be honoured
     device = pick_device(config)
     amp = config.amp if config.amp is not None else device.type == "cuda"
     # channels_last: 1.7x faster lite0 training on this AVX2 CPU (9 -> 15 img/s at 224) and faster on CUDA
@@ -201,6 +209,12 @@ def train(
         size, interp, _, _ = data_settings(probe, config)
         data = prepare_data(config, size, interp, quiet)
     classes = data.classes
+    lr_found = None
+    if config.lr == "auto":
+        from thawline.lrfind import resolve_auto_lr
+
+        resume_dir = (run_dir or config.out) if resume else None
+        config, lr_found = resolve_auto_lr(config, data=data, strategy=strategy, resume_dir=resume_dir, quiet=quiet)
     weights = "none" if strategy.init == "random" else config.weights
     seed_everything(config.seed)  # the new head's init must not depend on what ran before
     model, weights_info = build_model_with_info(config.model, weights, len(classes), config.drop_rate)
@@ -223,8 +237,9 @@ def train(
         raise ThawlineError(f"cannot write to run folder '{out}' ({e.strerror}); pass a writable --out") from None
 
     state = _resume_state(out, config, classes) if resume else None
-    if state is None and (out / "metrics.jsonl").exists() and not resume:
-        (out / "metrics.jsonl").unlink()  # a fresh run in an old folder starts a fresh log
+    if state is None and (out / "metrics.jsonl").exists():
+        # A fresh run in an old folder, or a resume killed before its first checkpoint: start a fresh log.
+        (out / "metrics.jsonl").unlink()
     resolved_config = {
         **config.to_dict(),
         "strategy": strategy.name,
@@ -245,183 +260,196 @@ def train(
         "num_val": len(data.splits["val"]),
         "num_test": len(data.splits["test"]) if "test" in data.splits else 0,
     }
+    if lr_found is not None:
+        from thawline.lrfind import write_lr_find
+
+        resolved_config["lr_auto"] = True
+        write_lr_find(out, lr_found)
     save_yaml(out / "config.yaml", resolved_config)
     _write_skipped(out, data.skipped)
 
-    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+    tracker = Tracker(out, f"{out.name}", resolved_config, config.wandb)
+    try:
+        meter = MemoryMeter(device)
+        initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+        normalize = Normalize(mean, std, channels_last)
+        class_weights = (
+            _class_weights(data.splits["train"].labels, len(classes)) if config.class_weights == "auto" else None
+        )
+        if class_weights is not None:
+            resolved_config["class_weight_values"] = [round(float(w), 6) for w in class_weights]
+            save_yaml(out / "config.yaml", resolved_config)
+        loss_fn = nn.CrossEntropyLoss(
+            weight=class_weights.to(device) if class_weights is not None else None,
+            label_smoothing=config.label_smoothing,
+        )
+        cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
 
-    tb = SummaryWriter(str(out))
-    meter = MemoryMeter(device)
-    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    normalize = Normalize(mean, std, channels_last)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        optimizer: torch.optim.Optimizer | None = None
+        best_acc, best_epoch, best_state = -1.0, -1, None
+        metrics: list[dict[str, Any]] = []
+        start_epoch = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer = engine.rebuild_optimizer(model, smap, config, state["group_stages"])
+            optimizer.load_state_dict(state["optimizer"])
+            best_acc, best_epoch = state["best_val_acc"], state["best_epoch"]
+            start_epoch = state["global_epoch"]
+            metrics = _truncate_metrics(out / "metrics.jsonl", start_epoch)
+            if (out / "best.pt").exists():
+                best_state = load_checkpoint(out / "best.pt")["model"]
+            log(f"[{strategy.name}] resuming after epoch {start_epoch}", quiet)
 
-    optimizer: torch.optim.Optimizer | None = None
-    best_acc, best_epoch, best_state = -1.0, -1, None
-    metrics: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer = engine.rebuild_optimizer(model, smap, config, state["group_stages"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_acc, best_epoch = state["best_val_acc"], state["best_epoch"]
-        start_epoch = state["global_epoch"]
-        metrics = _truncate_metrics(out / "metrics.jsonl", start_epoch)
-        if (out / "best.pt").exists():
-            best_state = load_checkpoint(out / "best.pt")["model"]
-        log(f"[{strategy.name}] resuming after epoch {start_epoch}", quiet)
-
-    trainable_per_phase: list[int] = []
-    phase_test: dict[int, float] = {}
-    global_epoch = 0
-    for phase in phases:
-        n_trainable = apply_freezing(model, smap, set(phase.trainable), phase.bn)
-        trainable_per_phase.append(n_trainable)
-        phase_end = global_epoch + phase.epochs
-        if phase_end <= start_epoch:
-            global_epoch = phase_end
-            continue
-        optimizer = engine.enter_phase(optimizer, model, smap, phase, config, lr_scale)
-        source = _phase_source(model, smap, phase, config, data, normalize, device, cache_dir, quiet, strategy.name)
-        steps_per_epoch = len(source.train_batches(0))
-        total_steps = steps_per_epoch * phase.epochs
-        warmup = int(round(config.warmup_epochs * steps_per_epoch))
-        for epoch_in_phase in range(phase.epochs):
-            if global_epoch < start_epoch:
-                global_epoch += 1
+        trainable_per_phase: list[int] = []
+        phase_test: dict[int, float] = {}
+        global_epoch = 0
+        for phase in phases:
+            n_trainable = apply_freezing(model, smap, set(phase.trainable), phase.bn)
+            trainable_per_phase.append(n_trainable)
+            phase_end = global_epoch + phase.epochs
+            if phase_end <= start_epoch:
+                global_epoch = phase_end
                 continue
-            torch.manual_seed(config.seed * 100_003 + global_epoch)  # dropout etc.: a pure function of the epoch
-            step0 = epoch_in_phase * steps_per_epoch
-            counter = {"step": step0}
+            optimizer = engine.enter_phase(optimizer, model, smap, phase, config, lr_scale)
+            source = _phase_source(model, smap, phase, config, data, normalize, device, cache_dir, quiet, strategy.name)
+            steps_per_epoch = len(source.train_batches(0))
+            total_steps = steps_per_epoch * phase.epochs
+            warmup = int(round(config.warmup_epochs * steps_per_epoch))
+            for epoch_in_phase in range(phase.epochs):
+                if global_epoch < start_epoch:
+                    global_epoch += 1
+                    continue
+                torch.manual_seed(config.seed * 100_003 + global_epoch)  # dropout etc.: a pure function of the epoch
+                step0 = epoch_in_phase * steps_per_epoch
+                counter = {"step": step0}
 
-            def set_lr(counter=counter, optimizer=optimizer, total_steps=total_steps, warmup=warmup) -> None:
-                factor = engine.lr_factor(counter["step"], total_steps, warmup, config.schedule)
-                engine.apply_lr(optimizer, factor)
-                counter["step"] += 1
+                def set_lr(counter=counter, optimizer=optimizer, total_steps=total_steps, warmup=warmup) -> None:
+                    factor = engine.lr_factor(counter["step"], total_steps, warmup, config.schedule)
+                    engine.apply_lr(optimizer, factor)
+                    counter["step"] += 1
 
-            bar = tqdm(
-                total=source.n_train,
-                desc=f"{strategy.name} p{phase.index + 1} e{global_epoch + 1}",
-                unit="img",
-                disable=quiet or not sys.stderr.isatty(),
-                leave=False,
-            )
-
-            def on_batch(n: int, loss: float, bar=bar) -> None:
-                bar.update(n)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                meter.sample()
-
-            try:
-                stats = engine.train_one_epoch(
-                    source.forward,
-                    source.train_batches(global_epoch),
-                    optimizer,
-                    loss_fn,
-                    set_lr,
-                    device,
-                    amp,
-                    progress=on_batch,
-                    dropout=source.dropout,
+                bar = tqdm(
+                    total=source.n_train,
+                    desc=f"{strategy.name} p{phase.index + 1} e{global_epoch + 1}",
+                    unit="img",
+                    disable=quiet or not sys.stderr.isatty(),
+                    leave=False,
                 )
-            except engine.NonFiniteLoss as e:
-                raise ThawlineError(
-                    f"loss became {e.value} in strategy '{strategy.name}' phase {phase.index + 1}; lower the learning "
-                    f"rate (--lr) and rerun; {out / 'last.pt'} keeps the last good epoch"
-                ) from None
-            finally:
-                bar.close()
-            val = engine.evaluate(source.eval_forward, source.val_batches(), device, amp, model=model)
-            seconds = stats.seconds + source.take_setup_seconds()
-            global_epoch += 1
-            row = {
-                "strategy": strategy.name,
-                "phase": phase.index + 1,
-                "phase_train": phase.train,
-                "epoch": global_epoch,
-                "epoch_in_phase": epoch_in_phase + 1,
-                "train_loss": round(stats.loss, 6),
-                "train_acc": round(stats.acc, 6),
-                "val_loss": round(val.loss, 6),
-                "val_acc": round(val.acc, 6),
-                "lr": optimizer.param_groups[-1]["lr"] if optimizer.param_groups else 0.0,
-                "seconds": round(seconds, 3),
-                "images_per_s": round(stats.images / seconds, 2) if seconds > 0 else None,
-                "trainable_params": n_trainable,
-                "feature_cache": source.cached,
-                "rss_mb": round(meter.peak_rss_mb, 1),
-            }
-            metrics.append(row)
-            _append_jsonl(out / "metrics.jsonl", row)
-            if on_epoch is not None:
-                on_epoch(row)
-            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
-                if row[key] is not None:
-                    tb.add_scalar(key, row[key], global_epoch)
-            log(_epoch_line(row, phase, len(phases), config.epochs or sum(p.epochs for p in phases)), quiet)
-            if val.acc > best_acc:
-                best_acc, best_epoch = val.acc, global_epoch
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+                def on_batch(n: int, loss: float, bar=bar) -> None:
+                    bar.update(n)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                    meter.sample()
+
+                try:
+                    stats = engine.train_one_epoch(
+                        source.forward,
+                        source.train_batches(global_epoch),
+                        optimizer,
+                        loss_fn,
+                        set_lr,
+                        device,
+                        amp,
+                        progress=on_batch,
+                        dropout=source.dropout,
+                    )
+                except engine.NonFiniteLoss as e:
+                    raise ThawlineError(
+                        f"loss became {e.value} in strategy '{strategy.name}' phase {phase.index + 1}; lower the "
+                        f"learning rate (--lr) and rerun; {out / 'last.pt'} keeps the last good epoch"
+                    ) from None
+                finally:
+                    bar.close()
+                val = engine.evaluate(source.eval_forward, source.val_batches(), device, amp, model=model)
+                seconds = stats.seconds + source.take_setup_seconds()
+                global_epoch += 1
+                row = {
+                    "strategy": strategy.name,
+                    "phase": phase.index + 1,
+                    "phase_train": phase.train,
+                    "epoch": global_epoch,
+                    "epoch_in_phase": epoch_in_phase + 1,
+                    "train_loss": round(stats.loss, 6),
+                    "train_acc": round(stats.acc, 6),
+                    "val_loss": round(val.loss, 6),
+                    "val_acc": round(val.acc, 6),
+                    "lr": optimizer.param_groups[-1]["lr"] if optimizer.param_groups else 0.0,
+                    "seconds": round(seconds, 3),
+                    "images_per_s": round(stats.images / seconds, 2) if seconds > 0 else None,
+                    "trainable_params": n_trainable,
+                    "feature_cache": source.cached,
+                    "rss_mb": round(meter.peak_rss_mb, 1),
+                }
+                metrics.append(row)
+                _append_jsonl(out / "metrics.jsonl", row)
+                if on_epoch is not None:
+                    on_epoch(row)
+                tracker.scalars({k: row[k] for k in SCALARS}, global_epoch)
+                log(_epoch_line(row, phase, len(phases), config.epochs or sum(p.epochs for p in phases)), quiet)
+                if val.acc > best_acc:
+                    best_acc, best_epoch = val.acc, global_epoch
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    save_checkpoint(
+                        out / "best.pt",
+                        _checkpoint(model, optimizer, resolved_config, global_epoch, best_acc, best_epoch, phase),
+                    )
                 save_checkpoint(
-                    out / "best.pt",
+                    out / "last.pt",
                     _checkpoint(model, optimizer, resolved_config, global_epoch, best_acc, best_epoch, phase),
                 )
-            save_checkpoint(
-                out / "last.pt",
-                _checkpoint(model, optimizer, resolved_config, global_epoch, best_acc, best_epoch, phase),
-            )
-        source.close()
-        if config.test_each_phase and "test" in data.splits:
-            test_batches = _image_batches(
-                data.splits["test"], config.batch_size * 2, normalize, shuffle=False, hflip=False, seed=0
-            )
-            phase_test[phase.index] = engine.evaluate(model, test_batches, device, amp, model=model).acc
+            source.close()
+            if config.test_each_phase and "test" in data.splits:
+                test_batches = _image_batches(
+                    data.splits["test"], config.batch_size * 2, normalize, shuffle=False, hflip=False, seed=0
+                )
+                phase_test[phase.index] = engine.evaluate(model, test_batches, device, amp, model=model).acc
 
-    # Test (or val) predictions of the best epoch's weights, on full images.
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    eval_split = "test" if "test" in data.splits else "val"
-    split = data.splits[eval_split]
-    batches = _image_batches(split, config.batch_size * 2, normalize, shuffle=False, hflip=False, seed=0)
-    result = engine.evaluate(model, batches, device, amp, model=model)
-    _write_predictions(out / "predictions.csv", split, result, classes, eval_split)
-    wall = time.perf_counter() - started
-    train_seconds = sum(r["seconds"] for r in metrics)
-    train_images = sum(r["images_per_s"] * r["seconds"] for r in metrics if r["images_per_s"])
-    summary = {
-        "strategy": strategy.name,
-        "model": config.model,
-        "weights": weights_info.get("source"),
-        "classes": classes,
-        "best_val_acc": round(best_acc, 6),
-        "best_epoch": best_epoch,
-        "test_acc": round(result.acc, 6) if eval_split == "test" else None,
-        "test_loss": round(result.loss, 6) if eval_split == "test" else None,
-        "epochs": sum(p.epochs for p in phases),
-        "phases": [p.to_dict() for p in phases],
-        "trainable_params": trainable_per_phase,
-        "phase_results": _phase_results(phases, metrics, phase_test),
-        "total_params": count_params(model),
-        "wall_time_s": round(wall, 2),
-        "train_time_s": round(train_seconds, 2),
-        "images_per_s": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
-        "peak_rss_mb": round(meter.peak_rss_mb, 1),
-        "peak_gpu_mb": meter.peak_gpu_mb,
-        "layer_drift": _layer_drift(model, initial, smap),
-        "num_train": len(data.splits["train"]),
-        "num_val": len(data.splits["val"]),
-        "num_test": len(data.splits["test"]) if "test" in data.splits else 0,
-        "skipped_files": len(data.skipped),
-        "img_size": img_size,
-        "device": str(device),
-        "predictions_split": eval_split,
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    if summary["test_acc"] is not None:
-        tb.add_scalar("test_acc", summary["test_acc"], global_epoch)
-    tb.close()
+        # Test (or val) predictions of the best epoch's weights, on full images.
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        eval_split = "test" if "test" in data.splits else "val"
+        split = data.splits[eval_split]
+        batches = _image_batches(split, config.batch_size * 2, normalize, shuffle=False, hflip=False, seed=0)
+        result = engine.evaluate(model, batches, device, amp, model=model)
+        _write_predictions(out / "predictions.csv", split, result, classes, eval_split)
+        wall = time.perf_counter() - started
+        train_seconds = sum(r["seconds"] for r in metrics)
+        train_images = sum(r["images_per_s"] * r["seconds"] for r in metrics if r["images_per_s"])
+        summary = {
+            "strategy": strategy.name,
+            "model": config.model,
+            "weights": weights_info.get("source"),
+            "classes": classes,
+            "best_val_acc": round(best_acc, 6),
+            "best_epoch": best_epoch,
+            "test_acc": round(result.acc, 6) if eval_split == "test" else None,
+            "test_loss": round(result.loss, 6) if eval_split == "test" else None,
+            "epochs": sum(p.epochs for p in phases),
+            "phases": [p.to_dict() for p in phases],
+            "trainable_params": trainable_per_phase,
+            "phase_results": _phase_results(phases, metrics, phase_test),
+            "total_params": count_params(model),
+            "wall_time_s": round(wall, 2),
+            "train_time_s": round(train_seconds, 2),
+            "images_per_s": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
+            "peak_rss_mb": round(meter.peak_rss_mb, 1),
+            "peak_gpu_mb": meter.peak_gpu_mb,
+            "layer_drift": _layer_drift(model, initial, smap),
+            "num_train": len(data.splits["train"]),
+            "num_val": len(data.splits["val"]),
+            "num_test": len(data.splits["test"]) if "test" in data.splits else 0,
+            "skipped_files": len(data.skipped),
+            "img_size": img_size,
+            "device": str(device),
+            "predictions_split": eval_split,
+        }
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        if summary["test_acc"] is not None:
+            tracker.scalars({"test_acc": summary["test_acc"]}, global_epoch)
+        _log_prediction_grid(tracker, out, classes, global_epoch)
+    finally:
+        tracker.close()  # also when a pruned sweep trial or Ctrl-C stops the run
     return RunResult(out, summary, metrics)
 
 
@@ -463,7 +491,14 @@ class PhaseSource:
 
 
 def _image_batches(
-    split: SplitData, batch_size: int, normalize: Normalize, *, shuffle: bool, hflip: bool, seed: int
+    split: SplitData,
+    batch_size: int,
+    normalize: Normalize,
+    *,
+    shuffle: bool,
+    hflip: bool,
+    seed: int,
+    balanced: bool = False,
 ) -> Batches:
     store = split.cache.store
     # Batches index positions 0..N-1; translate to cache rows (files that failed to decode are absent).
@@ -476,6 +511,7 @@ def _image_batches(
         hflip=hflip,
         seed=seed,
         transform=normalize,
+        balanced=balanced,
     )
 
 
@@ -501,7 +537,13 @@ def _phase_source(
             model,
             model,
             lambda epoch: _image_batches(
-                train, bs, normalize, shuffle=True, hflip=config.hflip, seed=config.seed * 1_000_003 + epoch
+                train,
+                bs,
+                normalize,
+                shuffle=True,
+                hflip=config.hflip,
+                seed=config.seed * 1_000_003 + epoch,
+                balanced=config.balanced_sampler,
             ),
             lambda: _image_batches(val, bs * 2, normalize, shuffle=False, hflip=False, seed=0),
             len(train),
@@ -533,6 +575,7 @@ def _phase_source(
             seed=config.seed * 1_000_003 + epoch,
             transform=layout,
             has_views=True,
+            balanced=config.balanced_sampler,
         ),
         lambda: Batches(
             val_store.read,
@@ -658,6 +701,24 @@ def _truncate_metrics(path: Path, done_epochs: int) -> list[dict[str, Any]]:
                 rows.append(row)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+def _log_prediction_grid(tracker: Tracker, out: Path, classes: list[str], step: int) -> None:
+    """prediction_grid.png in the run folder (the report reuses it) and as an image in TensorBoard / W&B."""
+    from thawline.metrics import read_predictions
+    from thawline.report import GRID_NAME, plot_prediction_grid
+
+    grid = out / GRID_NAME
+    shown, _ = plot_prediction_grid(read_predictions(out / "predictions.csv", classes), grid)
+    if shown:
+        tracker.image("prediction_grid", grid, step)
+
+
+def _class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Loss weights n / (k * count): rare classes count more, and a balanced folder gets all ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:

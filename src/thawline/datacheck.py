@@ -1,0 +1,441 @@
+"""`thawline data check DIR`: what in an ImageFolder tree needs fixing before training, and a fast leakage check.
+
+`scan` decodes every file once (with the same safe decoder training uses) and reports images per class and split,
+class imbalance, unreadable and odd files with the reason, sizes and modes, exact duplicates (sha1 of the file
+bytes) within a split and across splits, classes missing from a split and empty class folders. `find_leakage` is
+the cheap part training runs: file sizes first, then hashes of only the files whose size occurs in another split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from thawline.data import SPLITS, Discovered, Skipped, _class_dirs, _images, _shown
+from thawline.errors import ThawlineError
+from thawline.images import BadImage, open_rgb
+
+IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
+SHOWN = 20  # items listed per section of the text report (--json lists all)
+_CHUNK = 64
+
+
+@dataclass
+class BadFile:
+    split: str
+    path: str  # relative to the checked folder
+    reason: str
+
+
+@dataclass
+class DuplicateGroup:
+    sha1: str
+    files: list[tuple[str, str, str]]  # (split, class, path relative to the checked folder)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({s for s, _, _ in self.files}, key=SPLITS.index)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({c for _, c, _ in self.files})
+
+
+@dataclass
+class CheckResult:
+    root: str
+    splits: list[str]  # split folders present, in train/val/test order
+    classes: list[str]  # every class folder name seen in any split (train's first)
+    counts: dict[str, dict[str, int]]  # split -> class -> decodable images
+    bad_files: list[BadFile] = field(default_factory=list)  # files training cannot use (problem)
+    ignored_files: list[BadFile] = field(default_factory=list)  # non-image files, files outside class folders
+    empty_classes: list[tuple[str, str]] = field(default_factory=list)  # (split, class) with no decodable image
+    missing: dict[str, list[str]] = field(default_factory=dict)  # split -> train classes with no image there
+    not_in_train: dict[str, list[str]] = field(default_factory=dict)  # split -> classes with images, none in train
+    imbalance: dict[str, float] = field(default_factory=dict)  # split -> largest / smallest non-empty class
+    sizes: dict[str, list[int]] = field(default_factory=dict)  # width/height -> [min, median, max] (upright)
+    modes: dict[str, int] = field(default_factory=dict)  # PIL mode as stored -> files
+    duplicates: list[DuplicateGroup] = field(default_factory=list)  # identical bytes, all in one split
+    leakage: list[DuplicateGroup] = field(default_factory=list)  # identical bytes in more than one split
+    problems: list[str] = field(default_factory=list)  # need fixing: exit code 1
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def leaked_files(self) -> int:
+        """Files in a later split (val, test) whose bytes also occur in an earlier one."""
+        return sum(sum(1 for s, _, _ in g.files if s != g.splits[0]) for g in self.leakage)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("duplicates", "leakage"):
+            d[key] = [
+                {"sha1": g.sha1, "splits": g.splits, "classes": g.classes, "files": [list(f) for f in g.files]}
+                for g in getattr(self, key)
+            ]
+        d["empty_classes"] = [list(e) for e in self.empty_classes]
+        d["ok"] = self.ok
+        d["images"] = {s: sum(c.values()) for s, c in self.counts.items()}
+        return d
+
+
+# ---------------------------------------------------------------------------------------------- fast leakage
+
+
+def _sha1_file(path: str) -> str | None:
+    h = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def find_leakage(discovered: Discovered) -> list[tuple[str, str, str, str]]:
+    """(split_a, path_a, split_b, path_b) for each file in a later split that is byte-identical to one in an earlier
+    split (train < val < test). Only files whose size also occurs in another split are read, so this is cheap."""
+    by_size: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for split in sorted(discovered.splits, key=SPLITS.index):
+        for path in discovered.splits[split].paths:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            if size:
+                by_size[size].append((split, path))
+    by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for files in by_size.values():
+        if len({s for s, _ in files}) < 2:
+            continue
+        for split, path in files:
+            digest = _sha1_file(path)
+            if digest is not None:
+                by_hash[digest].append((split, path))
+    leaks: list[tuple[str, str, str, str]] = []
+    for files in by_hash.values():
+        if len({s for s, _ in files}) < 2:
+            continue
+        first_split, first_path = files[0]  # files are in split order, then path order
+        leaks.extend((first_split, first_path, s, p) for s, p in files if s != first_split)
+    return sorted(leaks, key=lambda t: (SPLITS.index(t[2]), t[3]))
+
+
+def leakage_message(leaks: list[tuple[str, str, str, str]], root: str | os.PathLike) -> str:
+    """One line: how many files leak, one example, and what to do."""
+    split_a, path_a, split_b, path_b = leaks[0]
+    where = "/".join(sorted({b for _, _, b, _ in leaks}, key=SPLITS.index))
+    return (
+        f"{len(leaks)} file(s) in {where} are byte-identical to files in an earlier split "
+        f"(e.g. '{path_b}' = '{path_a}'), which inflates accuracy on {where}; remove the copies "
+        f"(`thawline data check {root}` lists them all) or pass --allow-leakage"
+    )
+
+
+def check_leakage(discovered: Discovered, allow: bool = False) -> str | None:
+    """Raise ThawlineError when val/test files duplicate earlier splits; with `allow`, return a warning instead."""
+    leaks = find_leakage(discovered)
+    if not leaks:
+        return None
+    message = leakage_message(leaks, discovered.root)
+    if not allow:
+        raise ThawlineError(message)
+    return message.replace(" or pass --allow-leakage", " (allowed by --allow-leakage)")
+
+
+# ---------------------------------------------------------------------------------------------- full scan
+
+
+def _inspect(path: str) -> tuple[str | None, str | None, tuple[int, int] | None, str | None]:
+    """(sha1 of the bytes, reason it is unusable or None, upright (w, h), mode as stored)."""
+    try:
+        size = open_rgb(path).size
+    except BadImage as e:
+        return None, e.reason, None, None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as img:
+            mode = img.mode
+    except Exception as e:  # decoded a moment ago; only a file changing under us gets here
+        return None, f"cannot read ({e}); check the file", None, None
+    return hashlib.sha1(data).hexdigest(), None, size, mode
+
+
+def _inspect_chunk(paths: list[str]) -> list[tuple[str | None, str | None, tuple[int, int] | None, str | None]]:
+    return [_inspect(p) for p in paths]
+
+
+def _no_train_error(root: Path) -> ThawlineError:
+    try:
+        others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        others = []
+    hint = ""
+    if others and not set(others) & set(SPLITS):
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        hint = f"; found folders {shown}: if these are classes, move them into {root}/train/ (and some into val/)"
+    return ThawlineError(
+        f"data folder '{root}' has no train/ folder; expected {root}/train/<class name>/<images>{hint}"
+    )
+
+
+def scan(
+    root: str | os.PathLike,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CheckResult:
+    """Decode every file of an ImageFolder tree once and collect what needs fixing (see CheckResult)."""
+    root = Path(root)
+    if not root.exists():
+        raise ThawlineError(f"data folder '{root}' not found; pass a folder holding train/<class>/ and val/<class>/")
+    if not root.is_dir():
+        raise ThawlineError(f"'{root}' is a file; pass the folder holding train/ and val/")
+    if not (root / "train").is_dir():
+        raise _no_train_error(root)
+
+    splits = [s for s in SPLITS if (root / s).is_dir()]
+    warnings: list[str] = []
+    problems: list[str] = []
+    try:
+        top = sorted(root.iterdir())
+    except OSError as e:
+        raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
+    for p in top:
+        if p.is_dir() and p.name not in SPLITS and not p.name.startswith("."):
+            rename = " (rename it to val)" if p.name.lower() in ("valid", "validation", "dev") else ""
+            warnings.append(f"folder '{_shown(p.name)}' is not a split (train/val/test) and is ignored{rename}")
+
+    def rel(path: str) -> str:
+        return _shown(os.path.relpath(path, root))
+
+    files: list[tuple[str, str, str]] = []  # (split, class, absolute path)
+    ignored: list[BadFile] = []
+    unusable: list[BadFile] = []
+    class_dirs: dict[str, list[str]] = {}
+    for split in splits:
+        d = root / split
+        skipped: list[Skipped] = []
+        class_dirs[split] = _class_dirs(d, skipped)
+        for cls in class_dirs[split]:
+            files.extend((split, cls, p) for p in _images(d / cls, skipped))
+        for f in sorted(d.iterdir()):
+            if f.is_file():
+                skipped.append(Skipped(str(f), f"file directly in {split}/, not in a class folder; ignored"))
+        for s in skipped:  # a name training cannot handle or a folder it cannot read loses images: a problem
+            lost = "not valid UTF-8" in s.reason or s.reason.startswith("unreadable")
+            (unusable if lost else ignored).append(BadFile(split, rel(s.path), s.reason))
+
+    results = _run_inspect([p for _, _, p in files], workers, progress)
+
+    counts: dict[str, dict[str, int]] = {s: dict.fromkeys(class_dirs[s], 0) for s in splits}
+    bad: list[BadFile] = unusable
+    widths: list[int] = []
+    heights: list[int] = []
+    modes: dict[str, int] = defaultdict(int)
+    by_hash: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for (split, cls, path), (digest, reason, size, mode) in zip(files, results, strict=True):
+        if reason is not None:
+            bad.append(BadFile(split, rel(path), reason))
+            continue
+        counts[split][cls] += 1
+        widths.append(size[0])
+        heights.append(size[1])
+        modes[mode] += 1
+        by_hash[digest].append((split, cls, rel(path)))
+
+    bad.sort(key=lambda b: (SPLITS.index(b.split), b.path))
+    result = CheckResult(str(root), splits, [], counts, bad, ignored)
+    train_classes = [c for c, n in counts["train"].items() if n > 0]
+    result.classes = list(counts["train"]) + sorted({c for s in splits for c in counts[s]} - set(counts["train"]))
+    result.modes = dict(sorted(modes.items(), key=lambda kv: -kv[1]))
+    if widths:
+        result.sizes = {
+            "width": [min(widths), int(statistics.median(widths)), max(widths)],
+            "height": [min(heights), int(statistics.median(heights)), max(heights)],
+        }
+    for split in splits:
+        result.empty_classes.extend((split, c) for c, n in counts[split].items() if n == 0)
+        present = [n for n in counts[split].values() if n > 0]
+        if present:
+            result.imbalance[split] = round(max(present) / min(present), 2)
+        if split != "train":
+            missing = [c for c in train_classes if counts[split].get(c, 0) == 0]
+            extra = [c for c, n in counts[split].items() if n > 0 and c not in train_classes]
+            if missing:
+                result.missing[split] = missing
+            if extra:
+                result.not_in_train[split] = extra
+    for group in (DuplicateGroup(h, sorted(f, key=lambda t: (SPLITS.index(t[0]), t[2]))) for h, f in by_hash.items()):
+        if len(group.files) > 1:
+            (result.leakage if len(group.splits) > 1 else result.duplicates).append(group)
+    result.leakage.sort(key=lambda g: g.files[0][2])
+    result.duplicates.sort(key=lambda g: g.files[0][2])
+
+    # what needs fixing (exit 1) and what is worth knowing
+    if "val" not in splits:
+        problems.append(f"no val/ folder: training needs {root}/val/<class name>/<images> to pick the best epoch")
+    if len(train_classes) < 2:
+        problems.append(f"train/ has {len(train_classes)} class(es) with images; a classifier needs at least 2")
+    if bad:
+        problems.append(f"{len(bad)} file(s) cannot be used; fix or remove them (listed under 'bad files')")
+    if result.leakage:
+        problems.append(
+            f"LEAKAGE: {result.leaked_files} file(s) in val/test are byte-identical to files in an earlier split; "
+            "remove the copies or accuracy on them is inflated"
+        )
+    for split, extra in result.not_in_train.items():
+        problems.append(f"class(es) {_names(extra)} have images in {split}/ but none in train/; add training images")
+    if result.empty_classes:
+        shown = ", ".join(f"{s}/{c}" for s, c in result.empty_classes[:5])
+        more = f" and {len(result.empty_classes) - 5} more" if len(result.empty_classes) > 5 else ""
+        problems.append(f"class folder(s) with no usable image: {shown}{more}; add images or remove the folder")
+    for split, missing in result.missing.items():
+        warnings.append(f"{split}/ has no images of class(es) {_names(missing)}; its accuracy leaves them out")
+    ratio = result.imbalance.get("train")
+    if ratio is not None and ratio > IMBALANCE_WARN:
+        n = counts["train"]
+        big = max(train_classes, key=n.__getitem__)
+        small = min(train_classes, key=n.__getitem__)
+        warnings.append(
+            f"train/ classes are imbalanced {ratio:g}x ('{big}' {n[big]} images, '{small}' {n[small]}); "
+            "consider more images of the small classes, or read per-class recall in the report"
+        )
+    if result.duplicates:
+        extra_copies = sum(len(g.files) - 1 for g in result.duplicates)
+        warnings.append(f"{extra_copies} duplicate file(s) within a split (same bytes as another file there)")
+    conflicting = [g for g in result.duplicates + result.leakage if len(g.classes) > 1]
+    if conflicting:
+        warnings.append(f"{len(conflicting)} identical image(s) carry different class labels (see duplicates)")
+    if ignored:
+        warnings.append(f"{len(ignored)} file(s) or folder(s) are not images in class folders and are ignored")
+    result.problems, result.warnings = problems, warnings
+    return result
+
+
+def _names(classes: list[str]) -> str:
+    shown = ", ".join(f"'{c}'" for c in classes[:5])
+    return shown + (f" and {len(classes) - 5} more" if len(classes) > 5 else "")
+
+
+def _run_inspect(paths: list[str], workers: int | None, progress: Callable[[int], None] | None) -> list:
+    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(chunks)))
+    out: list = []
+    if n_workers == 1 or len(paths) < 4 * _CHUNK:
+        for chunk in chunks:
+            out.extend(_inspect_chunk(chunk))
+            if progress:
+                progress(len(chunk))
+        return out
+    with ProcessPoolExecutor(n_workers) as pool:
+        for rows in pool.map(_inspect_chunk, chunks):
+            out.extend(rows)
+            if progress:
+                progress(len(rows))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def format_result(r: CheckResult) -> str:
+    """A compact human-readable report; leakage first, as it silently inflates every accuracy number."""
+    lines = [f"data check: {r.root}"]
+    if r.leakage:
+        bar = "!" * 78
+        lines += [
+            bar,
+            f"!! LEAKAGE: {r.leaked_files} file(s) in val/test are byte-identical to files in an earlier split.",
+            "!! Accuracy measured on them is inflated; remove the copies from val/ or test/.",
+        ]
+        for g in r.leakage[:SHOWN]:
+            lines.append("!!   " + " = ".join(f"{p}" for _, _, p in g.files))
+        if len(r.leakage) > SHOWN:
+            lines.append(f"!!   ... and {len(r.leakage) - SHOWN} more groups (--json lists all)")
+        lines.append(bar)
+
+    header = ["split", "classes", "images", "bad", "ignored", "min/class", "max/class", "imbalance"]
+    rows = []
+    for s in r.splits:
+        present = [n for n in r.counts[s].values() if n > 0]
+        rows.append(
+            [
+                s,
+                str(len(r.counts[s])),
+                str(sum(r.counts[s].values())),
+                str(sum(b.split == s for b in r.bad_files)),
+                str(sum(b.split == s for b in r.ignored_files)),
+                str(min(r.counts[s].values(), default=0)),
+                str(max(present, default=0)),
+                f"{r.imbalance[s]:g}x" if s in r.imbalance else "-",
+            ]
+        )
+    lines += ["", *_table(header, rows)]
+
+    class_rows = [[c] + [str(r.counts[s].get(c, "-")) for s in r.splits] for c in r.classes]
+    lines += ["", *_table(["class", *r.splits], class_rows[: SHOWN * 5])]
+    if len(class_rows) > SHOWN * 5:
+        lines.append(f"... and {len(class_rows) - SHOWN * 5} more classes (--json lists all)")
+
+    if r.sizes:
+        w, h = r.sizes["width"], r.sizes["height"]
+        lines.append("")
+        lines.append(f"sizes (min/median/max): width {w[0]}/{w[1]}/{w[2]}, height {h[0]}/{h[1]}/{h[2]}")
+        lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in r.modes.items()))
+
+    def listing(title: str, items: list[str]) -> None:
+        if items:
+            lines.extend(["", f"{title} ({len(items)}):"])
+            lines.extend(f"  {i}" for i in items[:SHOWN])
+            if len(items) > SHOWN:
+                lines.append(f"  ... and {len(items) - SHOWN} more (--json lists all)")
+
+    listing("bad files", [f"{b.path}: {b.reason}" for b in r.bad_files])
+    listing("ignored", [f"{b.path}: {b.reason}" for b in r.ignored_files])
+    listing("duplicates within a split", [" = ".join(p for _, _, p in g.files) for g in r.duplicates])
+    listing("warnings", r.warnings)
+    listing("problems (need fixing)", r.problems)
+    lines.append("")
+    lines.append("OK: nothing needs fixing" if r.ok else f"{len(r.problems)} problem(s) need fixing")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+
+    def fmt(row: list[str]) -> str:
+        cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        return "  ".join(cells).rstrip()
+
+    return [fmt(header), *(fmt(r) for r in rows)]
+
+
+def check_folder(dir: str | os.PathLike, as_json: bool = False) -> int:
+    """`thawline data check DIR [--json]`: print the report; 1 when something needs fixing, else 0."""
+    import sys
+
+    from tqdm import tqdm
+
+    with tqdm(desc="check", unit="file", disable=not sys.stderr.isatty(), leave=False) as bar:
+        result = scan(dir, progress=bar.update)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(format_result(result))
+    return 0 if result.ok else 1

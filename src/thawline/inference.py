@@ -1,0 +1,478 @@
+"""Use a trained run: rebuild its model from the checkpoint, preprocess images as training did, predict, evaluate.
+
+`load_run(run_dir)` gives the timm model with the run's weights (eval mode) and the run's resolved config.
+Preprocessing is the run's own: whole image resized to img_size x img_size with its interpolation (no crop,
+exactly `thawline.images.decode_resized`, as training decoded), then (pixel/255 - mean) / std, NCHW float32.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from thawline.checkpoint import load_checkpoint
+from thawline.config import atomic_write_text
+from thawline.data import Normalize
+from thawline.errors import ThawlineError
+from thawline.images import IMAGE_EXTENSIONS, BadImage, decode_resized
+from thawline.metrics import PREDICTION_COLUMNS, accuracy, calibration, confusion_matrix, per_class_metrics
+
+CHECKPOINTS = ("best", "last")
+REQUIRED_KEYS = ("model", "classes", "img_size", "interpolation", "mean", "std")
+
+
+# ---- loading a run ---------------------------------------------------------------------------------------
+
+
+def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
+    """The checkpoint file of a run folder: best.pt (falling back to last.pt), last.pt, or a .pt path itself."""
+    path = Path(run_dir)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ThawlineError(f"run folder '{path}' not found; pass a folder written by `thawline train`")
+    if which not in CHECKPOINTS:
+        raise ThawlineError(f"checkpoint '{which}' must be one of {', '.join(CHECKPOINTS)}")
+    for name in (which, "last") if which == "best" else (which,):
+        if (path / f"{name}.pt").is_file():
+            return path / f"{name}.pt"
+    if (path / "summary.json").is_file() and not (path / "config.yaml").is_file():
+        raise ThawlineError(f"'{path}' looks like a compare folder; pass one of its strategy sub-folders")
+    raise ThawlineError(f"run folder '{path}' has no {which}.pt checkpoint; train into it first (`thawline train`)")
+
+
+def run_folder(run_dir: str | os.PathLike) -> Path:
+    path = Path(run_dir)
+    return path.parent if path.is_file() else path
+
+
+def load_run(
+    run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode with the checkpoint's weights, the run's resolved config) for a run folder or .pt file."""
+    import timm
+
+    from thawline.weights import check_model_name
+
+    path = checkpoint_path(run_dir, which)
+    state = load_checkpoint(path)
+    cfg = state.get("config")
+    if not isinstance(cfg, dict):
+        cfg = _config_yaml(run_folder(run_dir))
+    missing = [k for k in REQUIRED_KEYS if cfg.get(k) in (None, [], "")]
+    if missing:
+        raise ThawlineError(
+            f"'{path}' records no {', '.join(missing)} in its config; it is not a complete thawline run"
+        )
+    check_model_name(cfg["model"])
+    classes = list(cfg["classes"])
+    model = timm.create_model(
+        cfg["model"], pretrained=False, num_classes=len(classes), drop_rate=float(cfg.get("drop_rate") or 0.0)
+    )
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise ThawlineError(f"'{path}' holds no model weights")
+    own = model.state_dict()
+    absent = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    wrong = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if absent or extra or wrong:
+        what = [f"{len(v)} {n} (e.g. '{v[0]}')" for n, v in (("missing", absent), ("unexpected", extra)) if v]
+        if wrong:
+            key = wrong[0]
+            what.append(f"'{key}' has shape {tuple(weights[key].shape)}, expected {tuple(own[key].shape)}")
+        raise ThawlineError(
+            f"'{path}' does not fit {cfg['model']} with {len(classes)} classes: {'; '.join(what)}; "
+            "the checkpoint and its config disagree (was the file replaced?)"
+        )
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    cfg = {**cfg, "checkpoint": str(path), "checkpoint_epoch": state.get("global_epoch")}
+    return model, cfg
+
+
+def _config_yaml(folder: Path) -> dict[str, Any]:
+    from thawline.config import load_yaml_mapping
+
+    if not (folder / "config.yaml").is_file():
+        raise ThawlineError(f"'{folder}' has no config.yaml and its checkpoint records none; not a thawline run")
+    return load_yaml_mapping(str(folder / "config.yaml"))
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ThawlineError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
+    return torch.device(device)
+
+
+@dataclass
+class Preprocess:
+    """The run's input pipeline: decode + whole-image resize (uint8 HWC), then normalise to float NCHW."""
+
+    img_size: int
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> Preprocess:
+        return cls(int(cfg["img_size"]), str(cfg["interpolation"]), tuple(cfg["mean"]), tuple(cfg["std"]))
+
+    def decode(self, path: str | os.PathLike) -> np.ndarray:
+        """(img_size, img_size, 3) uint8, or BadImage naming what is wrong with the file."""
+        return decode_resized(path, self.img_size, self.interpolation)
+
+    def to_tensor(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> normalised float32 (N, 3, H, W)."""
+        rows = torch.as_tensor(rows)
+        return Normalize(self.mean, self.std)(rows).contiguous()
+
+    def __call__(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
+        return self.to_tensor(np.stack([self.decode(p) for p in paths]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "img_size": self.img_size,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+@torch.inference_mode()
+def logits_of(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return model(x.to(device)).float().cpu()
+
+
+# ---- finding images ----------------------------------------------------------------------------------------
+
+
+def image_files(folder: str | os.PathLike) -> Iterator[str]:
+    """Image files below `folder` (recursive, hidden entries skipped), sorted, by extension."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield os.path.join(dirpath, name)
+
+
+def labelled_files(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    """An ImageFolder-style folder (one sub-folder per class) as paths and class indices of the run's classes."""
+    if not folder.is_dir():
+        raise ThawlineError(f"'{folder}' is not a folder; pass a folder of class sub-folders (<class>/<images>)")
+    index = {c: i for i, c in enumerate(classes)}
+    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [d for d in subdirs if d not in index]
+    if unknown:
+        shown = ", ".join(classes[:8]) + (", …" if len(classes) > 8 else "")
+        raise ThawlineError(
+            f"class folder '{unknown[0]}' in {folder} is not one of the run's classes ({shown}); "
+            "pass a folder whose sub-folders are class names the run was trained on"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for name in subdirs:
+        files = list(image_files(folder / name))
+        paths.extend(files)
+        labels.extend([index[name]] * len(files))
+    if not paths:
+        raise ThawlineError(f"'{folder}' holds no images in class folders; expected {folder}/<class name>/<images>")
+    return paths, labels
+
+
+# ---- evaluate ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    run_dir: Path
+    split: str  # "test", "val", "train" or the folder's name
+    folder: Path
+    classes: list[str]
+    paths: list[str]  # images that decoded, in order
+    labels: np.ndarray
+    logits: torch.Tensor
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.report["accuracy"])
+
+
+def resolve_split(cfg: dict[str, Any], split: str | None) -> tuple[str, Path]:
+    """('test' | 'val' | 'train' | folder name, folder) for --split; default: test when the data has it, else val."""
+    if split is not None and split not in ("test", "val", "train"):
+        folder = Path(split)
+        if not folder.is_dir():
+            raise ThawlineError(f"--split '{split}' is neither test, val, train nor an existing folder")
+        return folder.resolve().name, folder
+    data = cfg.get("data")
+    if not data:
+        raise ThawlineError("the run records no data folder; pass --split DIR (a folder of class sub-folders)")
+    root = Path(data)
+    if not root.is_dir():
+        raise ThawlineError(
+            f"the run's data folder '{root}' is not there (moved, or a relative path from another folder?); "
+            "pass --split DIR"
+        )
+    names = [split] if split else ["test", "val"]
+    for name in names:
+        if (root / name).is_dir():
+            return name, root / name
+    raise ThawlineError(f"the run's data folder '{root}' has no {names[0]}/ split; pass --split val or --split DIR")
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    split: str | None = None,
+    *,
+    which: str = "best",
+    batch_size: int = 64,
+    device: str | None = "cpu",
+    workers: int | None = None,
+    write: bool = True,
+) -> Evaluation:
+    """Accuracy, per-class P/R/F1 and confusion matrix of a run's checkpoint on a split or a labelled folder.
+
+    Writes evaluation.json (and evaluation_<split>.json) and predictions.csv into the run folder when `write`."""
+    from thawline.cache import build_image_cache, default_cache_dir
+
+    dev = pick_device(device)
+    model, cfg = load_run(run_dir, which, dev)
+    out = run_folder(run_dir)
+    classes = list(cfg["classes"])
+    name, folder = resolve_split(cfg, split)
+    paths, labels = labelled_files(folder, classes)
+    prep = Preprocess.from_config(cfg)
+    # The decode-once cache: the same pixels training saw, and no second decode of a split it already decoded.
+    cache = build_image_cache(paths, prep.img_size, prep.interpolation, default_cache_dir(), workers)
+    rows = np.flatnonzero(cache.ok)
+    if len(rows) == 0:
+        raise ThawlineError(f"no image in {folder} could be decoded (e.g. {cache.bad[0][0]}: {cache.bad[0][1]})")
+    chunks = [
+        logits_of(model, prep.to_tensor(cache.store.read(rows[i : i + batch_size])), dev)
+        for i in range(0, len(rows), batch_size)
+    ]
+    cache.store.close()
+    result = Evaluation(
+        run_dir=out,
+        split=name,
+        folder=folder,
+        classes=classes,
+        paths=[paths[i] for i in rows],
+        labels=np.asarray(labels, dtype=np.int64)[rows],
+        logits=torch.cat(chunks),
+        skipped=list(cache.bad),
+    )
+    result.report = evaluation_report(result, cfg)
+    if write:
+        text = json.dumps(result.report, indent=2)
+        targets = [out / "evaluation.json"]
+        if name in ("test", "val", "train"):
+            targets.append(out / f"evaluation_{name}.json")
+        for target in targets:
+            atomic_write_text(target, text)
+        write_predictions(out / "predictions.csv", name, result.paths, result.labels, result.logits, classes)
+        result.files = [*targets, out / "predictions.csv"]
+    return result
+
+
+def evaluation_report(ev: Evaluation, cfg: dict[str, Any]) -> dict[str, Any]:
+    labels = torch.as_tensor(ev.labels)
+    probs = torch.softmax(ev.logits, 1)
+    conf, pred = probs.max(1)
+    preds = pred.numpy()
+    k = len(ev.classes)
+    pcm = per_class_metrics(ev.labels, preds, k)
+    correct = (preds == ev.labels).astype(np.int64)
+    return {
+        "split": ev.split,
+        "folder": str(ev.folder),
+        "checkpoint": cfg.get("checkpoint"),
+        "checkpoint_epoch": cfg.get("checkpoint_epoch"),
+        "model": cfg["model"],
+        "classes": ev.classes,
+        "num_images": len(ev.paths),
+        "accuracy": round(accuracy(ev.labels, preds), 6),
+        "loss": round(float(torch.nn.functional.cross_entropy(ev.logits, labels)), 6),
+        "ece": round(calibration(conf.numpy(), correct).ece, 6),
+        "macro": {k_: round(v, 6) if isinstance(v, float) else v for k_, v in pcm.macro().items()},
+        "weighted": {k_: round(v, 6) if isinstance(v, float) else v for k_, v in pcm.weighted().items()},
+        "per_class": {
+            c: {
+                "precision": round(float(pcm.precision[i]), 6),
+                "recall": round(float(pcm.recall[i]), 6),
+                "f1": round(float(pcm.f1[i]), 6),
+                "support": int(pcm.support[i]),
+            }
+            for i, c in enumerate(ev.classes)
+        },
+        "confusion_matrix": confusion_matrix(ev.labels, preds, k).tolist(),
+        "skipped": [{"path": p, "reason": r} for p, r in ev.skipped],
+    }
+
+
+def write_predictions(
+    path: Path, split: str, paths: list[str], labels: np.ndarray, logits: torch.Tensor, classes: list[str]
+) -> None:
+    """predictions.csv with the columns training writes (split,path,label,pred,confidence,loss,correct)."""
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    probs = torch.softmax(logits, 1)
+    conf, pred = probs.max(1)
+    losses = torch.nn.functional.cross_entropy(logits, labels_t, reduction="none")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(PREDICTION_COLUMNS)
+    for i, p in enumerate(paths):
+        y, yhat = int(labels_t[i]), int(pred[i])
+        w.writerow(
+            [split, p, classes[y], classes[yhat], f"{float(conf[i]):.6f}", f"{float(losses[i]):.6f}", int(y == yhat)]
+        )
+    atomic_write_text(path, buf.getvalue())
+
+
+def format_evaluation(ev: Evaluation) -> str:
+    r = ev.report
+    lines = [
+        f"{ev.split}: {r['num_images']} images, accuracy {r['accuracy']:.2%}, loss {r['loss']:.4f}, "
+        f"macro F1 {r['macro']['f1']:.3f}, ECE {r['ece']:.3f}"
+    ]
+    width = max(len(c) for c in ev.classes)
+    lines.append(f"  {'class':<{width}}  precision  recall     f1  support")
+    for c, m in r["per_class"].items():
+        lines.append(f"  {c:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
+    for p, reason in ev.skipped:
+        lines.append(f"skipped {p}: {reason}")
+    return "\n".join(lines)
+
+
+# ---- predict -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[str] = field(default_factory=list)  # top-k, most probable first
+    probs: list[float] = field(default_factory=list)
+    error: str | None = None  # why the file could not be predicted
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {
+            "path": self.path,
+            "top_k": [{"label": c, "probability": p} for c, p in zip(self.labels, self.probs, strict=True)],
+        }
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """(path, error) per input file: folders expand to their image files; a missing path carries its error."""
+    out: list[tuple[str, str | None]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = list(image_files(p))
+            out.extend((f, None) for f in files)
+            if not files:
+                out.append((str(p), "folder holds no image files"))
+        elif p.is_file():
+            out.append((str(p), None))
+        else:
+            out.append((str(p), "no such file or folder"))
+    return out
+
+
+def predict(
+    run_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    which: str = "best",
+    device: str | None = "cpu",
+) -> list[Prediction]:
+    """Top-k labels and probabilities for image files and folders; unreadable files come back with `error` set."""
+    if top_k < 1:
+        raise ThawlineError(f"--top-k {top_k}: must be at least 1")
+    if batch_size < 1:
+        raise ThawlineError(f"--batch-size {batch_size}: must be at least 1")
+    dev = pick_device(device)
+    model, cfg = load_run(run_dir, which, dev)
+    classes = list(cfg["classes"])
+    k = min(top_k, len(classes))
+    prep = Preprocess.from_config(cfg)
+    results = [Prediction(path, error=err) for path, err in expand_inputs(inputs)]
+    pending: list[tuple[Prediction, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs = torch.softmax(logits_of(model, prep.to_tensor(np.stack([a for _, a in pending])), dev), 1)
+        top = probs.topk(k, dim=1)
+        for (res, _), values, indices in zip(pending, top.values, top.indices, strict=True):
+            res.labels = [classes[int(i)] for i in indices]
+            res.probs = [round(float(v), 6) for v in values]
+        pending.clear()
+
+    for res in results:
+        if res.error is not None:
+            continue
+        try:
+            pending.append((res, prep.decode(res.path)))
+        except BadImage as e:
+            res.error = e.reason
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return results
+
+
+def format_predictions(results: list[Prediction], fmt: str, top_k: int) -> str:
+    """table | csv | json text of `predict` results (input order; failed files keep their place)."""
+    if fmt == "json":
+        return json.dumps(
+            {
+                "predicted": sum(r.ok for r in results),
+                "failed": sum(not r.ok for r in results),
+                "results": [r.to_dict() for r in results],
+            },
+            indent=2,
+        )
+    if fmt == "csv":
+        k = max([len(r.labels) for r in results if r.ok] or [top_k])
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", *[f"{col}_{i + 1}" for i in range(k) for col in ("label", "prob")], "error"])
+        for r in results:
+            cells = [x for pair in zip(r.labels, (f"{p:.6f}" for p in r.probs), strict=True) for x in pair]
+            w.writerow([r.path, *cells, *[""] * (2 * k - len(cells)), r.error or ""])
+        return buf.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ThawlineError(f"--format '{fmt}' must be table, csv or json")
+    width = min(max([len(r.path) for r in results] or [4]), 80)
+    lines = []
+    for r in results:
+        if r.ok:
+            preds = "  ".join(f"{c} {p:.3f}" for c, p in zip(r.labels, r.probs, strict=True))
+            lines.append(f"{r.path:<{width}}  {preds}")
+        else:
+            lines.append(f"{r.path:<{width}}  error: {r.error}")
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""A user's messy folder: discovery and the image cache skip every bad file with a counted reason, training runs
+and lists them in skipped.csv, and fatal input ends in one `thawline: error:` line, never a traceback."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image_folder
+from PIL import Image
+from test_images import BAD, GOOD
+
+from thawline.cache import build_image_cache
+from thawline.cli import main
+from thawline.data import discover
+from thawline.datacheck import find_leakage
+from thawline.errors import ThawlineError
+
+CLASSES = ("circle", "stripes", "square café")  # a class name with a space and a non-ASCII letter
+NOT_UTF8 = b"latin1 \xe9t\xe9.png"  # a file name from an old zip: not valid UTF-8
+
+
+def make_corpus(root: Path, leak: bool = False) -> tuple[dict[str, str], set[str]]:
+    """A small ImageFolder tree holding every kind of bad input that training must survive.
+
+    Returns ({relative path of each bad file or folder: fragment of its reason}, {relative paths that must train}).
+    """
+    make_image_folder(root, {"train": 6, "val": 3, "test": 3}, classes=CLASSES)
+    bad: dict[str, str] = {}
+    good: set[str] = set()
+    for i, (name, make, fragment) in enumerate(BAD.values()):
+        folder = root / "train" / CLASSES[i % 2]
+        make(folder / name)
+        bad[f"train/{CLASSES[i % 2]}/{name}"] = fragment
+    for name, make in GOOD.values():  # odd but usable: RGBA, palette, CMYK, 16-bit, L, LA, 1-bit, EXIF, ...
+        make(root / "train" / "square café" / name)
+        good.add(f"train/square café/{name}")
+    # a truncated file and a text file in val/test too
+    whole = (root / "val" / "stripes" / "stripes_0.png").read_bytes()  # not a copy of train's truncated.png:
+    (root / "val" / "stripes" / "cut off.png").write_bytes(whole[: len(whole) // 2])  # that would be leakage
+    bad["val/stripes/cut off.png"] = "truncated"
+    (root / "test" / "circle" / "Thumbs.db").write_bytes(b"\0" * 32)
+    bad["test/circle/Thumbs.db"] = "not an image file extension (.db)"
+    # nested folders inside a class folder belong to that class
+    nested = root / "train" / "circle" / "batch 2" / "ünïcödé"
+    nested.mkdir(parents=True)
+    Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(nested / "naïve image 1.png")
+    good.add("train/circle/batch 2/ünïcödé/naïve image 1.png")
+    # an empty class folder (in train, and the same class empty in val too), files outside class folders
+    (root / "train" / "empty class").mkdir()
+    (root / "val" / "empty class").mkdir()
+    bad["train/empty class"] = "class folder with no images"
+    bad["val/empty class"] = "class folder with no images"
+    (root / "train" / "README.txt").write_text("my data set")
+    bad["train/README.txt"] = "not in a class folder"
+    (root / "val" / "stripes" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    bad["val/stripes/.DS_Store"] = "not an image file extension"
+    # a file name that is not valid UTF-8, and a broken link
+    fd = os.open(os.path.join(os.fsencode(root / "train" / "stripes"), NOT_UTF8), os.O_WRONLY | os.O_CREAT)
+    os.write(fd, (root / "train" / "stripes" / "stripes_0.png").read_bytes())
+    os.close(fd)
+    bad[f"train/stripes/{NOT_UTF8.decode('utf-8', 'replace')}"] = "not valid UTF-8; rename it"
+    (root / "train" / "circle" / "moved.jpg").symlink_to(root / "nowhere.jpg")
+    bad["train/circle/moved.jpg"] = "a broken link"
+    os.mkfifo(root / "train" / "circle" / "pipe.jpg")  # opening a pipe would block training forever
+    bad["train/circle/pipe.jpg"] = "not a regular file"
+    if os.geteuid() != 0:  # root reads anything: the chmod 000 case only exists for other users
+        locked = root / "train" / "circle" / "locked.png"
+        shutil.copy(root / "train" / "circle" / "circle_0.png", locked)
+        locked.chmod(0)
+        bad["train/circle/locked.png"] = "permission denied"
+    if leak:
+        shutil.copy(root / "train" / "circle" / "circle_0.png", root / "val" / "circle" / "copy.png")
+        shutil.copy(root / "train" / "circle" / "circle_0.png", root / "test" / "stripes" / "copy.png")
+    return bad, good
+
+
+def all_entries(root: Path) -> set[str]:
+    """Every file below root, and every folder with nothing in it, as a printable relative path."""
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
+        rel = os.path.relpath(dirpath, os.fsencode(root))
+        for name in filenames:
+            out.add(os.path.normpath(os.path.join(rel, name)).decode("utf-8", "replace"))
+        if not dirnames and not filenames:
+            out.add(rel.decode("utf-8", "replace"))
+    return out
+
+
+@pytest.fixture
+def corpus(tmp_path: Path):
+    root = tmp_path / "messy data"
+    bad, good = make_corpus(root)
+    yield root, bad, good
+    for p in root.rglob("*"):  # let pytest clean up a chmod 000 file
+        if not p.is_symlink():
+            p.chmod(0o755)
+
+
+def test_discover_and_cache_skip_every_bad_file_with_a_reason(corpus, tmp_path: Path) -> None:
+    root, bad, good = corpus
+    found = discover(root)
+    assert found.classes == ["circle", "square café", "stripes"]  # empty class left out, with a warning
+    assert find_leakage(found) == []  # so training refuses nothing here
+    assert any("empty class" in w for w in found.warnings)
+    reasons = {os.path.relpath(s.path, root): s.reason for s in found.skipped}
+    used: set[str] = set()
+    for files in found.splits.values():
+        cache = build_image_cache(files.paths, 16, "bilinear", tmp_path / "cache", workers=1)
+        assert cache.ok.sum() + len(cache.bad) == len(files.paths)
+        reasons.update({os.path.relpath(p, root): r for p, r in cache.bad})
+        used.update(os.path.relpath(p, root) for p, ok in zip(files.paths, cache.ok, strict=True) if ok)
+        rows = cache.store.read(np.flatnonzero(cache.ok))
+        assert rows.shape[1:] == (16, 16, 3) and rows.dtype == np.uint8
+    for path, fragment in bad.items():
+        assert path in reasons, f"{path} not reported"
+        assert fragment in reasons[path], (path, reasons[path])
+    assert good <= used
+    # nothing silently dropped: every file (and empty folder) is either used or listed with a reason
+    assert all_entries(root) == used | set(reasons)
+    assert not used & set(reasons)
+
+
+def test_discover_with_nested_and_unicode_class_names(corpus) -> None:
+    root, _, _ = corpus
+    found = discover(root)
+    train = dict(zip(found.splits["train"].paths, found.splits["train"].labels, strict=True))
+    nested = str(root / "train" / "circle" / "batch 2" / "ünïcödé" / "naïve image 1.png")
+    assert found.classes[train[nested]] == "circle"
+    assert any(found.classes[label] == "square café" for label in train.values())
+
+
+def test_train_cli_on_the_messy_folder_lists_every_bad_file(corpus, tmp_path: Path) -> None:
+    root, bad, _ = corpus
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "thawline",
+            "train",
+            "--data",
+            str(root),
+            "--model",
+            "test_efficientnet",
+            "--weights",
+            "none",
+            "--strategy",
+            "head-only",
+            "--epochs",
+            "1",
+            "--img-size",
+            "32",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "THAWLINE_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    with open(out / "skipped.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    listed = {os.path.relpath(r["path"], root): r["reason"] for r in rows}
+    for path, fragment in bad.items():
+        assert path in listed, f"{path} missing from skipped.csv"
+        assert fragment in listed[path]
+    assert len(listed) == len(bad) == len(rows)
+    assert f"skipped {len(rows)} file(s)" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------- fatal input
+
+
+def one_error_line(capfd: pytest.CaptureFixture, argv: list[str], *fragments: str) -> str:
+    code = main(argv)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("thawline: error:"), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    base = ["train", "--data", str(data), "--model", "test_efficientnet", "--weights", "none"]
+    return [*base, "--strategy", "head-only", "--epochs", "1", "--img-size", "32", "--out", str(out), *extra]
+
+
+@pytest.fixture
+def small_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data", {"train": 4, "val": 2}, classes=("a", "b"))
+
+
+def test_fatal_data_folders(capfd, tmp_path: Path, small_folder: Path) -> None:
+    out = tmp_path / "run"
+    one_error_line(capfd, train_argv(tmp_path / "no such folder", out), "no such folder", "not found")
+    only_val = small_folder / "val" / "c"
+    only_val.mkdir()
+    shutil.copy(small_folder / "val" / "a" / "a_0.png", only_val / "c_0.png")
+    one_error_line(capfd, train_argv(small_folder, out), "class 'c'", "not in", "add training images")
+    shutil.rmtree(only_val)
+    shutil.rmtree(small_folder / "train" / "b")
+    shutil.rmtree(small_folder / "val" / "b")
+    one_error_line(capfd, train_argv(small_folder, out), "1 class folder(s)", "at least 2")
+    shutil.rmtree(small_folder / "val")
+    one_error_line(capfd, train_argv(small_folder, out), "no val/ folder")
+
+
+def test_fatal_options(capfd, tmp_path: Path, small_folder: Path) -> None:
+    out = tmp_path / "run"
+    config = tmp_path / "broken.yaml"
+    config.write_text("epochs: [1, 2\nlr: 0.1\n")
+    one_error_line(capfd, [*train_argv(small_folder, out), "--config", str(config)], "not valid YAML", "line")
+    argv = train_argv(small_folder, out)
+    argv[argv.index("test_efficientnet")] = "test_efficientnett"
+    one_error_line(capfd, argv, "test_efficientnett")
+    argv = train_argv(small_folder, out)
+    argv[argv.index("head-only")] = "head_only"
+    one_error_line(capfd, argv, "unknown strategy 'head_only'", "head-only")
+
+
+def test_unwritable_out_is_one_line(capfd, tmp_path: Path, small_folder: Path) -> None:
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    one_error_line(capfd, train_argv(small_folder, blocker / "run"), "cannot write to run folder", "writable --out")
+    if os.geteuid() != 0:  # root may write into a read-only folder
+        locked = tmp_path / "read-only"
+        locked.mkdir(mode=0o555)
+        one_error_line(capfd, train_argv(small_folder, locked / "run"), "cannot write to run folder")
+
+
+def test_discover_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ThawlineError) as info:
+        discover(tmp_path / "missing")
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_split_folder_is_one_line(small_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 000 on train/ cannot stop root, so the PermissionError it would cause is injected."""
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):
+        if self == small_folder / "train":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(ThawlineError, match=r"cannot read folder '.*train' \(Permission denied\); make it readable"):
+        discover(small_folder)

@@ -1,0 +1,259 @@
+"""Using a trained run: evaluate, predict, ONNX export (checked in onnxruntime) and the LR range test."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder
+
+import thawline
+from thawline.checkpoint import load_checkpoint, save_checkpoint
+from thawline.cli import main
+from thawline.errors import ThawlineError
+from thawline.inference import Preprocess, evaluate_run, load_run, predict
+from thawline.lrfind import lr_find, smooth, suggestion
+from thawline.metrics import per_class_metrics, read_predictions
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny trained run for the whole module (training is the slow part)."""
+    root = tmp_path_factory.mktemp("inference")
+    data = make_image_folder(root / "data")
+    config = thawline.make_config(
+        data=str(data),
+        model="test_efficientnet",
+        weights="none",
+        img_size=32,
+        epochs=2,
+        batch_size=8,
+        workers=1,
+        strategy="full",
+        lr=3e-3,
+        cache_dir=str(root / "cache"),
+    )
+    result = thawline.train(config, run_dir=root / "run", quiet=True)
+    training_predictions = (root / "run" / "predictions.csv").read_text()
+    return {"dir": root / "run", "data": data, "summary": result.summary, "train_predictions": training_predictions}
+
+
+def one_line_error(capsys: pytest.CaptureFixture, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("thawline: error:"), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+# ---- evaluate ------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_agrees_with_its_predictions_and_the_training_summary(run: dict, capsys) -> None:
+    out = run["dir"]
+    assert main(["evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "evaluation.json" in printed
+    report = json.loads((out / "evaluation.json").read_text())
+    assert json.loads((out / "evaluation_test.json").read_text()) == report
+    classes = run["summary"]["classes"]
+    assert report["split"] == "test" and report["classes"] == classes and report["num_images"] == 24
+
+    # The numbers equal a direct computation on the predictions.csv evaluate wrote ...
+    preds = read_predictions(out / "predictions.csv", classes)
+    assert len(preds) == 24 and preds.split == "test"
+    assert report["accuracy"] == pytest.approx(float(np.mean(preds.labels == preds.preds)), abs=1e-6)
+    direct = per_class_metrics(preds.labels, preds.preds, len(classes))
+    for i, c in enumerate(classes):
+        got = report["per_class"][c]
+        assert got["precision"] == pytest.approx(direct.precision[i], abs=1e-6)
+        assert got["recall"] == pytest.approx(direct.recall[i], abs=1e-6)
+        assert got["f1"] == pytest.approx(direct.f1[i], abs=1e-6)
+        assert got["support"] == direct.support[i] == 8
+    cm = np.array(report["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == 24 and np.trace(cm) == int(preds.correct.sum())
+    # ... and the training run's own test accuracy and predictions for the best checkpoint.
+    assert report["accuracy"] == pytest.approx(run["summary"]["test_acc"], abs=1e-6)
+    assert report["loss"] == pytest.approx(run["summary"]["test_loss"], abs=1e-4)
+    train_rows = list(csv.DictReader(io.StringIO(run["train_predictions"])))
+    eval_rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))
+    assert [(r["path"], r["pred"]) for r in eval_rows] == [(r["path"], r["pred"]) for r in train_rows]
+
+
+def test_evaluate_on_val_and_on_a_labelled_folder(run: dict, tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(run["dir"]), "--split", "val"]) == 0
+    assert json.loads((run["dir"] / "evaluation_val.json").read_text())["num_images"] == 24
+    # A folder holding only some of the classes, plus a file that is no image.
+    folder = tmp_path / "extra"
+    shutil.copytree(run["data"] / "test" / "circle", folder / "circle")
+    (folder / "circle" / "broken.png").write_text("not a png")
+    ev = evaluate_run(run["dir"], str(folder), write=False)
+    assert ev.split == "extra" and len(ev.paths) == 8 and ev.report["num_images"] == 8
+    assert [s[0] for s in ev.skipped] == [str(folder / "circle" / "broken.png")]
+    assert ev.report["per_class"]["circle"]["support"] == 8 and ev.report["per_class"]["square"]["support"] == 0
+    capsys.readouterr()
+    # A class folder the run never saw is one line naming it.
+    (folder / "hexagon").mkdir()
+    assert main(["evaluate", str(run["dir"]), "--split", str(folder)]) == 2
+    one_line_error(capsys, "hexagon", "not one of the run's classes")
+
+
+def test_bad_run_folders_are_one_line_errors(run: dict, tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    one_line_error(capsys, "not found")
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty"), str(run["data"])]) == 2
+    one_line_error(capsys, "no best.pt")
+    # A checkpoint whose config claims another number of classes does not fit its weights.
+    state = load_checkpoint(run["dir"] / "best.pt")
+    state["config"] = {**state["config"], "classes": ["a", "b", "c", "d"]}
+    state.pop("format")
+    (tmp_path / "mismatch").mkdir()
+    save_checkpoint(tmp_path / "mismatch" / "best.pt", state)
+    with pytest.raises(ThawlineError, match="does not fit test_efficientnet with 4 classes"):
+        load_run(tmp_path / "mismatch")
+    assert main(["export", str(tmp_path / "mismatch")]) == 2
+    one_line_error(capsys, "does not fit")
+
+
+# ---- predict -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed_folder(run: dict, tmp_path: Path) -> Path:
+    folder = tmp_path / "inputs"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(run["data"] / "test" / "circle" / "circle_0.png", folder / "a.png")
+    shutil.copy(run["data"] / "test" / "square" / "square_0.png", folder / "b.png")
+    shutil.copy(run["data"] / "test" / "stripes" / "stripes_0.png", folder / "nested" / "c.png")
+    good = (run["data"] / "test" / "circle" / "circle_1.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 3])
+    (folder / "nested" / "notes.jpg").write_text("this is text, not a JPEG\n")
+    (folder / "readme.txt").write_text("ignored: not an image extension")
+    return folder
+
+
+def test_predict_reports_bad_files_and_predicts_the_rest(run: dict, mixed_folder: Path, capsys) -> None:
+    assert main(["predict", str(run["dir"]), str(mixed_folder), "--top-k", "2", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert (doc["predicted"], doc["failed"]) == (3, 2)
+    assert "predicted 3 image(s), 2 failed" in captured.err
+    by_name = {Path(r["path"]).name: r for r in doc["results"]}
+    assert set(by_name) == {"a.png", "b.png", "c.png", "truncated.png", "notes.jpg"}
+    assert "truncated" in by_name["truncated.png"]["error"]
+    assert "not an image" in by_name["notes.jpg"]["error"]
+    classes = set(run["summary"]["classes"])
+    for name in ("a.png", "b.png", "c.png"):
+        top = by_name[name]["top_k"]
+        probs = [t["probability"] for t in top]
+        assert len(top) == 2 and {t["label"] for t in top} <= classes
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6 and all(0 <= p <= 1 for p in probs)
+
+    assert main(["predict", str(run["dir"]), str(mixed_folder), "--format", "csv", "--batch-size", "2"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 5 and sum(bool(r["error"]) for r in rows) == 2
+    for r in rows:
+        if not r["error"]:  # top-3 of 3 classes: every class once, probabilities summing to 1
+            assert {r["label_1"], r["label_2"], r["label_3"]} == classes
+            assert sum(float(r[f"prob_{i}"]) for i in (1, 2, 3)) == pytest.approx(1, abs=1e-5)
+            assert float(r["prob_1"]) >= float(r["prob_2"]) >= float(r["prob_3"])
+
+    missing = mixed_folder / "missing.png"
+    assert main(["predict", str(run["dir"]), str(mixed_folder / "a.png"), str(missing)]) == 0
+    table = capsys.readouterr().out
+    assert f"{missing}" in table and "no such file or folder" in table and "1 failed" in table
+
+    assert main(["predict", str(run["dir"]), str(mixed_folder / "truncated.png")]) == 1
+    one_line_error(capsys, "none of the 1 input(s)")
+
+
+def test_predict_batches_give_the_same_answers(run: dict, mixed_folder: Path) -> None:
+    one = predict(run["dir"], [mixed_folder], top_k=5, batch_size=1)
+    many = predict(run["dir"], [mixed_folder], top_k=5, batch_size=64)
+    assert [r.path for r in one] == [r.path for r in many]
+    for a, b in zip(one, many, strict=True):
+        assert a.labels == b.labels and a.error == b.error
+        assert np.allclose(a.probs, b.probs, atol=1e-5)
+
+
+# ---- export --------------------------------------------------------------------------------------------------
+
+
+def test_onnx_export_matches_pytorch_in_onnxruntime(run: dict, tmp_path: Path, capsys) -> None:
+    import onnxruntime as ort
+
+    assert main(["export", str(run["dir"]), "--format", "onnx", "--dynamic-batch"]) == 0
+    out = capsys.readouterr().out
+    assert "max abs logit difference" in out and "images from" in out
+    onnx_path, prep_path = run["dir"] / "model.onnx", run["dir"] / "preprocessing.json"
+    info = json.loads(prep_path.read_text())
+    assert info["classes"] == run["summary"]["classes"] and info["img_size"] == 32
+    assert info["input"]["name"] == "input" and info["input"]["layout"] == "NCHW"
+    assert info["input"]["shape"] == ["batch", 3, 32, 32]
+
+    # Independently of export's own check: real images through the run's preprocessing, batch sizes 1 and 3.
+    model, cfg = load_run(run["dir"])
+    prep = Preprocess.from_config(cfg)
+    assert (prep.img_size, tuple(prep.mean)) == (32, tuple(info["mean"]))
+    files = sorted((run["data"] / "val").rglob("*.png"))[::5][:3]
+    x = prep(files)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for batch in (x[:1], x[:3]):
+        got = session.run(None, {"input": batch.numpy()})[0]
+        with torch.inference_mode():
+            ref = model(batch).numpy()
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
+
+    # A fixed-batch export to another file: preprocessing.json goes beside it.
+    target = tmp_path / "deploy" / "clf.onnx"
+    assert main(["export", str(run["dir"]), "--out", str(target)]) == 0
+    assert target.is_file() and json.loads((target.parent / "preprocessing.json").read_text())["input"]["shape"][0] == 1
+
+
+# ---- lr-find -------------------------------------------------------------------------------------------------
+
+
+def test_lr_find_writes_plot_and_a_finite_suggestion(run: dict, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "lr"
+    args = ["lr-find", "--data", str(run["data"]), "--model", "test_efficientnet", "--weights", "none"]
+    args += ["--img-size", "32", "--batch-size", "8", "--workers", "1", "--strategy", "full"]
+    assert main([*args, "--steps", "40", "--out", str(out), "--quiet"]) == 0
+    assert "suggested lr:" in capsys.readouterr().out
+    assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "lr_find.json").read_text())
+    assert math.isfinite(doc["suggested_lr"]) and 1e-7 <= doc["suggested_lr"] <= 10
+    assert doc["info"]["phase"]["train"] == "all" and len(doc["lrs"]) <= 40
+    assert doc["lrs"] == sorted(doc["lrs"]) and doc["lrs"][0] == pytest.approx(1e-7)
+
+    # The Python API (what `--lr auto` calls), on the head-only strategy's cached features.
+    options = {"model": "test_efficientnet", "weights": "none", "img_size": 32, "batch_size": 8, "workers": 1}
+    config = thawline.make_config(data=str(run["data"]), strategy="head-only", **options)
+    result = lr_find(config, steps=20, quiet=True)
+    assert result.info["feature_cache"] and result.info["phase"]["train"] == "head"
+    assert math.isfinite(result.suggested_lr) and result.suggested_lr > 0
+
+
+def test_suggestion_is_half_way_down_the_valley() -> None:
+    lrs = list(np.logspace(-7, 1, 81))
+    x = np.log10(lrs)
+    # Flat with noise, a fall from 1e-5 to 1e-2, a minimum near 1e-1, then divergence.
+    rng = np.random.default_rng(0)
+    loss = 2.0 - 1.5 / (1 + np.exp(-(x + 3.5) * 2)) + np.where(x > -1, (x + 1) ** 2 * 4, 0)
+    loss = loss + np.where(x < -5.5, rng.normal(0, 0.02, len(x)), 0)
+    pick = suggestion(lrs, list(loss))
+    assert pick.method == "valley" and pick.lr == pick.valley_lr
+    assert 1e-5 < pick.lr < 1e-2 and pick.lr < pick.min_loss_lr / 3
+    assert 1e-2 < pick.min_loss_lr < 1 and 1e-5 < pick.steepest_lr < 1e-2
+    # Too few points: min / 10.
+    pick = suggestion(lrs[:3], [1.0, 0.5, 0.9])
+    assert pick.method == "min/10" and pick.lr == pytest.approx(lrs[1] / 10)
+    assert smooth([1.0, 1.0, 1.0]) == pytest.approx([1.0, 1.0, 1.0])

@@ -1,0 +1,139 @@
+"""kill -9 a real training process at several points, resume, and get exactly the uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image_folder
+
+from thawline.checkpoint import load_checkpoint
+
+COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+def command(data: Path, out: Path, *extra: str, sub: str = "train") -> list[str]:
+    args = [sys.executable, "-m", "thawline", sub, "--data", str(data), "--model", "test_efficientnet",
+            "--weights", "none", "--img-size", "32", "--batch-size", "8", "--epochs", "4", "--workers", "1",
+            "--out", str(out), "--quiet", *extra]
+    return args + (["--strategy", "layer-wise"] if sub == "train" else [])
+
+
+def metric_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def run_until(cmd: list[str], ready, timeout: float = 120) -> None:
+    """Start `cmd`, SIGKILL it as soon as ready() is true (or let it finish)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
+                            "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert b"Traceback" not in proc.stderr.read()
+
+
+def finish(cmd: list[str]) -> None:
+    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("resume") / "data", {"train": 24, "val": 8, "test": 4})
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = subprocess.run(command(data, out), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    rows_a, rows_b = read(a / "metrics.jsonl"), read(b / "metrics.jsonl")
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3, 4], "every epoch exactly once"
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert {k: ra[k] for k in COMPARED} == {k: rb[k] for k in COMPARED}
+    wa, wb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ from the uninterrupted run"
+    sa, sb = json.loads((a / "summary.json").read_text()), json.loads((b / "summary.json").read_text())
+    assert (sa["best_val_acc"], sa["test_acc"]) == (sb["best_val_acc"], sb["test_acc"])
+
+
+@pytest.mark.parametrize(
+    "kill_point",
+    ["mid-first-epoch", "right-after-phase-change", "after-epoch-3-log-before-checkpoint"],
+)
+def test_kill_and_resume_equals_uninterrupted(kill_point: str, data: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = out / "metrics.jsonl"
+    cmd = command(data, out)
+    if kill_point == "mid-first-epoch":
+        # config.yaml is written just before the first epoch starts
+        run_until(cmd, lambda: (out / "config.yaml").exists())
+    elif kill_point == "right-after-phase-change":
+        # layer-wise with 4 epochs: phase 1 = epochs 1-2; kill once epoch 2 is logged (phase 2 starting)
+        run_until(cmd, lambda: metric_lines(metrics) >= 2)
+    else:
+        run_until(cmd, lambda: metric_lines(metrics) >= 3)
+    finish(cmd)
+    assert_same_run(reference, out)
+
+
+def test_kill_twice_and_leftover_temp_files(data: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = command(data, out)
+    run_until(cmd, lambda: metric_lines(out / "metrics.jsonl") >= 1)
+    # a checkpoint write killed half-way leaves only a temp file; it must never be read back
+    (out / ".last.pt.tmp-killed").write_bytes(b"\x80partial")
+    run_until([*cmd, "--resume"], lambda: metric_lines(out / "metrics.jsonl") >= 3)
+    finish(cmd)
+    assert_same_run(reference, out)
+
+
+def test_compare_resume_skips_finished_strategies(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    cmd = command(data, out, "--strategies", "head-only,full", sub="compare")
+    # kill between the two strategies: head-only finished, full not started or barely
+    run_until(cmd, lambda: (out / "head-only" / "summary.json").exists())
+    stamp = (out / "head-only" / "summary.json").stat().st_mtime_ns
+    finish(cmd)
+    assert (out / "head-only" / "summary.json").stat().st_mtime_ns == stamp, "finished strategy was rerun"
+    assert [r["epoch"] for r in read(out / "full" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert len((out / "comparison.csv").read_text().splitlines()) == 3
+
+
+def test_same_seed_same_metrics(data: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    proc = subprocess.run(command(data, out), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(reference, out)
+
+
+def test_resume_with_another_model_is_one_line(data: Path, reference: Path, tmp_path: Path) -> None:
+    cmd = command(data, reference)
+    cmd[cmd.index("test_efficientnet")] = "test_resnet"
+    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("thawline: error:") and "--model" in proc.stderr
