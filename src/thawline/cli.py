@@ -140,6 +140,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args, strategy=args.strategy)
     result = train(config, resume=args.resume, quiet=args.quiet)
+    from thawline import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 reports
+        return 0
     s = result.summary
     test = f", test acc {s['test_acc']:.2%}" if s.get("test_acc") is not None else ""
     print(f"best val acc {s['best_val_acc']:.2%} (epoch {s['best_epoch']}){test} in {s['wall_time_s']:.0f}s")
@@ -160,6 +164,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(
         config, args.strategies or list(DEFAULT_STRATEGIES), args.out, resume=args.resume, quiet=args.quiet
     )
+    from thawline import distributed
+
+    if not distributed.is_main():
+        return 0
     print(f"winner: {result.winner}")
     _report(result.out_dir)
     return 0
@@ -170,15 +178,17 @@ def _prepare_demo(quiet: bool) -> str:
 
     if not quiet:
         print(f"no --data: using the embedded Fashion-MNIST subset in {DEMO_DATA}", flush=True)
-    prepare_fashion_mnist(DEMO_DATA, **DEMO_PREPARE)
+    from thawline import distributed
+
+    distributed.init()
+    with distributed.local_main_first():
+        prepare_fashion_mnist(DEMO_DATA, **DEMO_PREPARE)
     return DEMO_DATA
 
 
 def _report(run_dir: Path) -> None:
-    try:
-        from thawline.report import build_report
-    except ImportError:  # report module not installed in this build
-        return
+    from thawline.report import build_report
+
     path = build_report(run_dir)
     print(f"report: {path}")
 
@@ -437,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os._exit(0)
+    finally:
+        if "thawline.distributed" in sys.modules:  # leave the torchrun process group cleanly
+            sys.modules["thawline.distributed"].shutdown()
 
 
 if __name__ == "__main__":

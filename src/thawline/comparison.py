@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thawline import distributed
 from thawline.config import TrainConfig, atomic_write_text, replace, save_yaml
 from thawline.errors import ThawlineError
 from thawline.strategies import get_strategy
@@ -65,12 +66,18 @@ def compare(
 ) -> CompareResult:
     """Train every strategy with the same config (only `strategy` differs) and write comparison.csv."""
     names = parse_strategies(strategies, config.strategies_file)
-    out_dir = Path(out or config.out or next_run_dir(Path("runs"), "compare"))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ThawlineError(f"cannot create compare folder '{out_dir}' ({e.strerror}); pass a writable --out") from None
-    save_yaml(out_dir / "compare.yaml", {"strategies": names, "config": config.to_dict()})
+    distributed.init(config.device)
+    main = distributed.is_main()  # under torchrun rank 0 writes and prints; every rank trains
+    quiet = quiet or not main
+    out_dir = Path(distributed.broadcast_object(str(out or config.out or next_run_dir(Path("runs"), "compare"))))
+    if main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ThawlineError(
+                f"cannot create compare folder '{out_dir}' ({e.strerror}); pass a writable --out"
+            ) from None
+        save_yaml(out_dir / "compare.yaml", {"strategies": names, "config": config.to_dict()})
     probe = build_model_with_info(config.model, "none", 2)[0]
     size, interpolation, _, _ = data_settings(probe, config)
     data = prepare_data(config, size, interpolation, quiet)
@@ -87,7 +94,8 @@ def compare(
         strategy = get_strategy(name, config.strategies_file)
         runs[name] = train(cfg, data=data, run_dir=run_dir, resume=resume, quiet=quiet, strategy=strategy)
     rows = ranked_rows(runs)
-    write_comparison(out_dir, rows)
+    if main:
+        write_comparison(out_dir, rows)
     if not quiet:
         print(format_table(rows), flush=True)
     return CompareResult(out_dir, runs, rows)

@@ -184,6 +184,7 @@ class Batches:
         has_views: bool = False,
         drop_last: bool = False,
         balanced: bool = False,  # sample with replacement, each class equally likely (skewed folders)
+        shard: tuple[int, int] = (0, 1),  # (rank, world): this rank's share of every global batch (DDP)
     ) -> None:
         self.read_rows = read_rows
         self.labels = labels
@@ -196,10 +197,13 @@ class Batches:
         self.has_views = has_views
         self.drop_last = drop_last
         self.balanced = balanced
+        self.shard = shard
 
     def __len__(self) -> int:
         n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        # Under DDP a last global batch smaller than the world size would leave a rank without samples.
+        short_tail = 0 < n % self.batch_size < self.shard[1]
+        return n // self.batch_size if self.drop_last or short_tail else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed)
@@ -214,8 +218,11 @@ class Batches:
             order = self.indices[torch.randperm(len(self.indices), generator=gen).numpy()]
         flips = torch.rand(len(order), generator=gen) < 0.5 if self.hflip else torch.zeros(len(order), dtype=torch.bool)
         for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            flip = flips[b * self.batch_size : (b + 1) * self.batch_size]
+            # Every rank draws the same order and flips from the seed, then takes every world-th sample of the
+            # global batch: one DDP step over all ranks sees exactly the batch a single process would.
+            rank, world = self.shard
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size][rank::world]
+            flip = flips[b * self.batch_size : (b + 1) * self.batch_size][rank::world]
             y = torch.from_numpy(self.labels[idx].astype(np.int64))
             rows = torch.from_numpy(self.read_rows(idx))
             if self.has_views:

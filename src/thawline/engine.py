@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from thawline import distributed
 from thawline.config import TrainConfig
 from thawline.errors import ThawlineError
 from thawline.models import StageMap
@@ -55,8 +56,13 @@ def train_one_epoch(
     params: list[nn.Parameter] | None = None,
     progress: Callable[[int, float], None] | None = None,
     dropout: float = 0.0,
+    across_ranks: bool = False,
 ) -> EpochStats:
-    """One pass over `batches`; `set_lr` is called before every step (the schedule is a pure function of it)."""
+    """One pass over `batches`; `set_lr` is called before every step (the schedule is a pure function of it).
+
+    With `across_ranks` (DDP, `forward` wrapped in DistributedDataParallel), each rank holds its share of a
+    global batch: its mean loss is rescaled by its share so that DDP's gradient average equals the global
+    batch's mean gradient even when the shares differ, and the epoch's statistics are summed over ranks."""
     start = time.perf_counter()
     total_loss = torch.zeros((), dtype=torch.float64)
     correct = 0
@@ -69,10 +75,17 @@ def train_one_epoch(
                 x = F.dropout(x, p=dropout, training=True)
             logits = forward(x)
             loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
+        backward_loss = loss
+        if across_ranks:
+            # One small collective: the global batch size, and whether any rank's loss is not finite.
+            n_global, bad = distributed.all_reduce_sum([float(y.shape[0]), float(not torch.isfinite(loss))])
+            if bad:
+                raise NonFiniteLoss(float(loss.detach()) if not torch.isfinite(loss) else float("nan"))
+            backward_loss = loss * (y.shape[0] * distributed.world_size() / n_global)
+        elif not torch.isfinite(loss):
             raise NonFiniteLoss(float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward_loss.backward()
         optimizer.step()
         n = y.shape[0]
         total_loss += loss.detach().double().cpu() * n
@@ -81,7 +94,11 @@ def train_one_epoch(
         if progress:
             progress(n, float(loss.detach()))
     seconds = time.perf_counter() - start
-    return EpochStats(float(total_loss) / max(seen, 1), correct / max(seen, 1), seen, seconds)
+    loss_sum = float(total_loss)
+    if across_ranks:
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, float(correct), float(seen)])
+        correct, seen = int(correct), int(seen)
+    return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, seconds)
 
 
 class NonFiniteLoss(Exception):
@@ -97,11 +114,14 @@ def evaluate(
     device: torch.device,
     amp: bool = False,
     model: nn.Module | None = None,
+    across_ranks: bool = False,
 ) -> EvalResult:
     """Loss and accuracy over `batches`; `model` (the module behind `forward`) runs in eval mode meanwhile.
 
     Without eval mode, BatchNorm in training stages would normalise each (class-sorted) val batch by its own
-    statistics; the train/eval mode of every module is restored afterwards, so the phase's freezing holds."""
+    statistics; the train/eval mode of every module is restored afterwards, so the phase's freezing holds.
+    With `across_ranks`, every rank evaluates a contiguous shard and the logits are gathered in rank order,
+    so loss and accuracy are over the whole split (the same numbers as one process)."""
     all_logits, all_labels = [], []
     modes = [(m, m.training) for m in model.modules()] if model is not None else []
     if model is not None:
@@ -117,6 +137,8 @@ def evaluate(
             m.training = training
     logits = torch.cat(all_logits) if all_logits else torch.zeros(0, 0)
     labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+    if across_ranks:
+        logits, labels = distributed.all_gather_cat(logits), distributed.all_gather_cat(labels)
     if len(labels) == 0:
         return EvalResult(float("nan"), float("nan"), logits, labels)
     loss = float(F.cross_entropy(logits, labels))

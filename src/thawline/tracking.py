@@ -38,11 +38,16 @@ def wandb_mode() -> str:
 class Tracker:
     """Scalars and images to TensorBoard (always) and W&B (when `wandb_project` is set); rank 0 only."""
 
-    def __init__(self, out: Path, name: str, config: dict[str, Any], wandb_project: str | None = None) -> None:
+    def __init__(
+        self, out: Path, name: str, config: dict[str, Any], wandb_project: str | None = None, enabled: bool = True
+    ) -> None:
+        self.tb = None
+        self.wandb_run = None
+        if not enabled:  # DDP ranks other than 0 log nothing
+            return
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
         self.tb = SummaryWriter(str(out))
-        self.wandb_run = None
         if wandb_project:
             wandb = wandb_module()
             mode = wandb_mode()
@@ -51,6 +56,8 @@ class Tracker:
             )
 
     def scalars(self, values: dict[str, Any], step: int) -> None:
+        if self.tb is None:
+            return
         clean = {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         for key, value in clean.items():
             self.tb.add_scalar(key, value, step)
@@ -59,6 +66,8 @@ class Tracker:
 
     def image(self, tag: str, png: Path, step: int) -> None:
         """Log a PNG file (the prediction grid) as an image."""
+        if self.tb is None:
+            return
         import numpy as np
         from PIL import Image
 
@@ -71,7 +80,8 @@ class Tracker:
             self.wandb_run.log({tag: wandb.Image(str(png))}, step=step)
 
     def close(self) -> None:
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None

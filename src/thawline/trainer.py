@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from thawline import engine
+from thawline import distributed, engine
 from thawline.cache import (
     ImageCache,
     RowStore,
@@ -90,9 +90,10 @@ def log(message: str, quiet: bool = False) -> None:
 def pick_device(config: TrainConfig) -> torch.device:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ThawlineError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    if kind == "cuda" and distributed.active():
+        return torch.device("cuda", distributed.local_rank())  # one GPU per torchrun process
+    return torch.device(kind)
 
 
 def prepare_data(config: TrainConfig, img_size: int, interpolation: str, quiet: bool = False) -> PreparedData:
@@ -118,7 +119,8 @@ def prepare_data(config: TrainConfig, img_size: int, interpolation: str, quiet: 
             disable=quiet or not sys.stderr.isatty(),
             leave=False,
         )
-        cache = build_image_cache(files.paths, img_size, interpolation, cache_dir, config.workers, bar.update)
+        with distributed.local_main_first():  # one decode per node under DDP; the other ranks read the cache
+            cache = build_image_cache(files.paths, img_size, interpolation, cache_dir, config.workers, bar.update)
         bar.close()
         rows = np.flatnonzero(cache.ok)
         skipped.extend(cache.bad)
@@ -196,6 +198,10 @@ def train(
 ) -> RunResult:
     """Train one strategy and write its run folder (config.yaml, metrics.jsonl, best/last.pt, summary.json)."""
     started = time.perf_counter()
+    distributed.init(config.device)
+    main = distributed.is_main()  # under torchrun only rank 0 writes files and prints
+    quiet = quiet or not main
+    across = distributed.active()
     strategy = strategy or get_strategy(config.strategy, config.strategies_file)
     if config.wandb:
         wandb_module()  # fail before any work when --wandb cannot be honoured
@@ -214,7 +220,9 @@ def train(
         from thawline.lrfind import resolve_auto_lr
 
         resume_dir = (run_dir or config.out) if resume else None
-        config, lr_found = resolve_auto_lr(config, data=data, strategy=strategy, resume_dir=resume_dir, quiet=quiet)
+        if main:  # rank 0 runs the range test alone; every rank then trains with its pick
+            config, lr_found = resolve_auto_lr(config, data=data, strategy=strategy, resume_dir=resume_dir, quiet=quiet)
+        config = distributed.broadcast_object(config)
     weights = "none" if strategy.init == "random" else config.weights
     seed_everything(config.seed)  # the new head's init must not depend on what ran before
     model, weights_info = build_model_with_info(config.model, weights, len(classes), config.drop_rate)
@@ -227,17 +235,19 @@ def train(
     phases = resolve(strategy, smap.n_stages, config.epochs)
     lr_scale = config.lr / phases[0].lr if config.lr else 1.0
 
-    out = Path(run_dir or config.out or next_run_dir(Path("runs"), strategy.name))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe_file = out / ".write-test"
-        probe_file.write_text("")
-        probe_file.unlink()
-    except OSError as e:
-        raise ThawlineError(f"cannot write to run folder '{out}' ({e.strerror}); pass a writable --out") from None
+    out = Path(distributed.broadcast_object(str(run_dir or config.out or next_run_dir(Path("runs"), strategy.name))))
+    if main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe_file = out / ".write-test"
+            probe_file.write_text("")
+            probe_file.unlink()
+        except OSError as e:
+            raise ThawlineError(f"cannot write to run folder '{out}' ({e.strerror}); pass a writable --out") from None
 
     state = _resume_state(out, config, classes) if resume else None
-    if state is None and (out / "metrics.jsonl").exists():
+    distributed.barrier()  # every rank has read last.pt before rank 0 writes anything new
+    if main and state is None and (out / "metrics.jsonl").exists():
         # A fresh run in an old folder, or a resume killed before its first checkpoint: start a fresh log.
         (out / "metrics.jsonl").unlink()
     resolved_config = {
@@ -265,10 +275,12 @@ def train(
 
         resolved_config["lr_auto"] = True
         write_lr_find(out, lr_found)
-    save_yaml(out / "config.yaml", resolved_config)
-    _write_skipped(out, data.skipped)
+    resolved_config["world_size"] = distributed.world_size()
+    if main:
+        save_yaml(out / "config.yaml", resolved_config)
+        _write_skipped(out, data.skipped)
 
-    tracker = Tracker(out, f"{out.name}", resolved_config, config.wandb)
+    tracker = Tracker(out, f"{out.name}", resolved_config, config.wandb, enabled=main)
     try:
         meter = MemoryMeter(device)
         initial = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -278,7 +290,8 @@ def train(
         )
         if class_weights is not None:
             resolved_config["class_weight_values"] = [round(float(w), 6) for w in class_weights]
-            save_yaml(out / "config.yaml", resolved_config)
+            if main:
+                save_yaml(out / "config.yaml", resolved_config)
         loss_fn = nn.CrossEntropyLoss(
             weight=class_weights.to(device) if class_weights is not None else None,
             label_smoothing=config.label_smoothing,
@@ -312,6 +325,7 @@ def train(
                 continue
             optimizer = engine.enter_phase(optimizer, model, smap, phase, config, lr_scale)
             source = _phase_source(model, smap, phase, config, data, normalize, device, cache_dir, quiet, strategy.name)
+            train_forward = distributed.wrap(source.forward, model, device)  # DDP over this phase's trainables
             steps_per_epoch = len(source.train_batches(0))
             total_steps = steps_per_epoch * phase.epochs
             warmup = int(round(config.warmup_epochs * steps_per_epoch))
@@ -329,7 +343,7 @@ def train(
                     counter["step"] += 1
 
                 bar = tqdm(
-                    total=source.n_train,
+                    total=source.n_train // distributed.world_size(),
                     desc=f"{strategy.name} p{phase.index + 1} e{global_epoch + 1}",
                     unit="img",
                     disable=quiet or not sys.stderr.isatty(),
@@ -343,7 +357,7 @@ def train(
 
                 try:
                     stats = engine.train_one_epoch(
-                        source.forward,
+                        train_forward,
                         source.train_batches(global_epoch),
                         optimizer,
                         loss_fn,
@@ -352,6 +366,7 @@ def train(
                         amp,
                         progress=on_batch,
                         dropout=source.dropout,
+                        across_ranks=across,
                     )
                 except engine.NonFiniteLoss as e:
                     raise ThawlineError(
@@ -360,7 +375,9 @@ def train(
                     ) from None
                 finally:
                     bar.close()
-                val = engine.evaluate(source.eval_forward, source.val_batches(), device, amp, model=model)
+                val = engine.evaluate(
+                    source.eval_forward, source.val_batches(), device, amp, model=model, across_ranks=across
+                )
                 seconds = stats.seconds + source.take_setup_seconds()
                 global_epoch += 1
                 row = {
@@ -381,7 +398,8 @@ def train(
                     "rss_mb": round(meter.peak_rss_mb, 1),
                 }
                 metrics.append(row)
-                _append_jsonl(out / "metrics.jsonl", row)
+                if main:
+                    _append_jsonl(out / "metrics.jsonl", row)
                 if on_epoch is not None:
                     on_epoch(row)
                 tracker.scalars({k: row[k] for k in SCALARS}, global_epoch)
@@ -389,20 +407,22 @@ def train(
                 if val.acc > best_acc:
                     best_acc, best_epoch = val.acc, global_epoch
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    if main:
+                        save_checkpoint(
+                            out / "best.pt",
+                            _checkpoint(model, optimizer, resolved_config, global_epoch, best_acc, best_epoch, phase),
+                        )
+                if main:
                     save_checkpoint(
-                        out / "best.pt",
+                        out / "last.pt",
                         _checkpoint(model, optimizer, resolved_config, global_epoch, best_acc, best_epoch, phase),
                     )
-                save_checkpoint(
-                    out / "last.pt",
-                    _checkpoint(model, optimizer, resolved_config, global_epoch, best_acc, best_epoch, phase),
-                )
             source.close()
             if config.test_each_phase and "test" in data.splits:
-                test_batches = _image_batches(
-                    data.splits["test"], config.batch_size * 2, normalize, shuffle=False, hflip=False, seed=0
-                )
-                phase_test[phase.index] = engine.evaluate(model, test_batches, device, amp, model=model).acc
+                test_batches = _eval_batches(data.splits["test"], config.batch_size * 2, normalize)
+                phase_test[phase.index] = engine.evaluate(
+                    model, test_batches, device, amp, model=model, across_ranks=across
+                ).acc
 
         # Test (or val) predictions of the best epoch's weights, on full images.
         if best_state is not None:
@@ -410,9 +430,10 @@ def train(
         model.eval()
         eval_split = "test" if "test" in data.splits else "val"
         split = data.splits[eval_split]
-        batches = _image_batches(split, config.batch_size * 2, normalize, shuffle=False, hflip=False, seed=0)
-        result = engine.evaluate(model, batches, device, amp, model=model)
-        _write_predictions(out / "predictions.csv", split, result, classes, eval_split)
+        batches = _eval_batches(split, config.batch_size * 2, normalize)
+        result = engine.evaluate(model, batches, device, amp, model=model, across_ranks=across)
+        if main:
+            _write_predictions(out / "predictions.csv", split, result, classes, eval_split)
         wall = time.perf_counter() - started
         train_seconds = sum(r["seconds"] for r in metrics)
         train_images = sum(r["images_per_s"] * r["seconds"] for r in metrics if r["images_per_s"])
@@ -444,10 +465,11 @@ def train(
             "device": str(device),
             "predictions_split": eval_split,
         }
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-        if summary["test_acc"] is not None:
-            tracker.scalars({"test_acc": summary["test_acc"]}, global_epoch)
-        _log_prediction_grid(tracker, out, classes, global_epoch)
+        if main:
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+            if summary["test_acc"] is not None:
+                tracker.scalars({"test_acc": summary["test_acc"]}, global_epoch)
+            _log_prediction_grid(tracker, out, classes, global_epoch)
     finally:
         tracker.close()  # also when a pruned sweep trial or Ctrl-C stops the run
     return RunResult(out, summary, metrics)
@@ -499,20 +521,32 @@ def _image_batches(
     hflip: bool,
     seed: int,
     balanced: bool = False,
+    positions: np.ndarray | None = None,
 ) -> Batches:
     store = split.cache.store
     # Batches index positions 0..N-1; translate to cache rows (files that failed to decode are absent).
     return Batches(
         lambda idx: store.read(split.rows[idx]),
         split.labels,
-        np.arange(len(split)),
+        np.arange(len(split)) if positions is None else positions,
         batch_size,
         shuffle=shuffle,
         hflip=hflip,
         seed=seed,
         transform=normalize,
         balanced=balanced,
+        shard=(distributed.rank(), distributed.world_size()) if shuffle else (0, 1),
     )
+
+
+def _eval_positions(n: int) -> np.ndarray:
+    """This rank's contiguous share of an evaluation split (all of it in one process); gathered in rank order."""
+    return np.array_split(np.arange(n), distributed.world_size())[distributed.rank()]
+
+
+def _eval_batches(split: SplitData, batch_size: int, normalize: Normalize) -> Batches:
+    positions = _eval_positions(len(split))
+    return _image_batches(split, batch_size, normalize, shuffle=False, hflip=False, seed=0, positions=positions)
 
 
 def _phase_source(
@@ -545,15 +579,16 @@ def _phase_source(
                 seed=config.seed * 1_000_003 + epoch,
                 balanced=config.balanced_sampler,
             ),
-            lambda: _image_batches(val, bs * 2, normalize, shuffle=False, hflip=False, seed=0),
+            lambda: _eval_batches(val, bs * 2, normalize),
             len(train),
             cached=False,
         )
     t0 = time.perf_counter()
-    train_store = _features(
-        model, smap, split, train, 2 if config.hflip else 1, normalize, device, config, cache_dir, quiet, name
-    )
-    val_store = _features(model, smap, split, val, 1, normalize, device, config, cache_dir, quiet, name)
+    with distributed.local_main_first():  # built once per node under DDP; the other ranks open the same files
+        train_store = _features(
+            model, smap, split, train, 2 if config.hflip else 1, normalize, device, config, cache_dir, quiet, name
+        )
+        val_store = _features(model, smap, split, val, 1, normalize, device, config, cache_dir, quiet, name)
     setup = time.perf_counter() - t0
     # _features put the model in eval to compute the prefix; restore the phase's train/eval modes.
     apply_freezing(model, smap, set(phase.trainable), phase.bn)
@@ -576,11 +611,12 @@ def _phase_source(
             transform=layout,
             has_views=True,
             balanced=config.balanced_sampler,
+            shard=(distributed.rank(), distributed.world_size()),
         ),
         lambda: Batches(
             val_store.read,
             val.labels,
-            np.arange(len(val)),
+            _eval_positions(len(val)),
             bs * 2,
             shuffle=False,
             hflip=False,
