@@ -5,7 +5,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
-APT_PACKAGES := dataset-fashion-mnist chromium
 
 .PHONY: demo test install system-deps lint bench clean
 
@@ -23,11 +22,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The embedded data set and the browser used by the report tests come from Debian packages.
+# The embedded data set, the browser for the report tests and the PostgreSQL server for the shared-sweep
+# test come from Debian packages.
 system-deps:
 	@missing=""; \
 	[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \

@@ -118,6 +118,13 @@ def test_sweep_resumes_after_kill_and_writes_best_config(small_folder: Path, tmp
     assert yaml.safe_load((out / "best_strategy.yaml").read_text())["strategies"][strategy.name]["phases"]
     assert (Path(summary["best"]["run_dir"]) / "summary.json").exists()
 
+    # The sweep's report lists every trial with its state, and ranks the finished ones.
+    html = (out / "report.html").read_text()
+    assert html.count('<tr class="') - html.count('data-strategy=') >= 4  # one trials-table row per trial
+    for n in range(4):
+        assert f"<td>{n}</td>" in html
+    assert f"report: {out / 'report.html'}" in second.stdout
+
 
 # ---- PostgreSQL: several workers share one study ----------------------------------------------------------
 

@@ -305,7 +305,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     strategies = args.strategies.split(",") if args.strategies else list(DEFAULT_STRATEGIES)
-    sweep(
+    result = sweep(
         config,
         strategies,
         trials=args.trials,
@@ -316,6 +316,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         verbose=args.verbose,
     )
+    _report(result.out_dir)
     return 0
 
 

@@ -10,6 +10,7 @@ A missing optional file (no predictions.csv, no test split, an image that moved)
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -123,6 +124,8 @@ def load_run(run_dir: Path, name: str | None = None) -> RunData:
 def folder_kind(folder: Path) -> str:
     if not folder.is_dir():
         raise ThawlineError(f"'{folder}' is not a folder; pass a run or compare folder such as runs/compare-1")
+    if (folder / "sweep_summary.json").is_file() or (folder / "trials.csv").is_file():
+        return "sweep"
     if (folder / "comparison.json").is_file() or (folder / "compare.yaml").is_file():
         return "compare"
     if (folder / "summary.json").is_file() or (folder / "metrics.jsonl").is_file():
@@ -173,6 +176,51 @@ def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def read_trials(folder: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """trials.csv of a sweep folder (every trial, pruned and failed ones included), by trial number."""
+    path = folder / "trials.csv"
+    if not path.is_file():
+        notes.append("trials.csv is missing: the sweep has not finished a trial")
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        try:
+            r["number"] = int(r["number"])
+        except (KeyError, ValueError):
+            notes.append(f"trials.csv: a row without a trial number was ignored: {r}")
+            continue
+        out.append(r)
+    return sorted(out, key=lambda r: r["number"])
+
+
+def _trial_display(trials: list[dict[str, Any]]) -> list[dict[str, str]]:
+    best = max((float(t["value"]) for t in trials if t.get("state") == "COMPLETE" and t.get("value")), default=None)
+    shown = []
+    for t in trials:
+        try:
+            params = json.loads(t.get("params") or "{}")
+        except json.JSONDecodeError:
+            params = {}
+        value = float(t["value"]) if t.get("value") else None
+        shown.append(
+            {
+                "number": str(t["number"]),
+                "state": t.get("state", ""),
+                "value": fmt_pct(value),
+                "test_acc": fmt_pct(float(t["test_acc"])) if t.get("test_acc") else "—",
+                "strategy": t.get("strategy") or "",
+                "duration": fmt_seconds(float(t["duration_s"])) if t.get("duration_s") else "—",
+                "params": ", ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items() if k != "strategy"
+                ),
+                "best": value is not None and value == best and t.get("state") == "COMPLETE",
+            }
+        )
+    return shown
+
+
 def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunData], list[str]]:
     """(kind, ranked rows, runs by strategy, notes) for a run or compare folder."""
     kind = folder_kind(folder)
@@ -182,6 +230,18 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
         run = load_run(folder)
         runs[run.name] = run
         rows = [_row_from_summary(run.name, folder, run.summary)] if run.summary else []
+        return kind, _rank(rows), runs, notes
+    if kind == "sweep":
+        # Every finished trial is a run folder trial-<n>; pruned trials stopped early and have no summary.
+        rows = []
+        for trial in read_trials(folder, notes):
+            path = folder / f"trial-{trial['number']}"
+            if not (path / "summary.json").is_file():
+                continue
+            name = f"trial-{trial['number']} {trial.get('strategy') or ''}".strip()
+            runs[name] = load_run(path, name)
+            if runs[name].summary:
+                rows.append(_row_from_summary(name, path, runs[name].summary))
         return kind, _rank(rows), runs, notes
 
     table = _read_json(folder / "comparison.json", notes)
@@ -779,6 +839,7 @@ def render(folder: Path, figdir: Path) -> str:
     """Write every figure into `figdir` and return the page's HTML."""
     kind, rows, runs, notes = load_folder(folder)
     spec = _read_yaml(folder / "compare.yaml") if kind == "compare" else None
+    trials = _trial_display(read_trials(folder, [])) if kind == "sweep" else None
     display = [_display_row(r, runs.get(r["strategy"]), folder) for r in rows]
 
     taken: set[str] = set()
@@ -821,7 +882,7 @@ def render(folder: Path, figdir: Path) -> str:
 
     first = runs.get(best_name) if best_name else None
     info = _run_info(first, (spec or {}).get("config")) if first else []
-    title = f"thawline {'comparison' if kind == 'compare' else 'run'}: {folder.resolve().name}"
+    title = f"thawline {({'compare': 'comparison'}).get(kind, kind)}: {folder.resolve().name}"
     return _template().render(
         title=title,
         kind=kind,
@@ -836,6 +897,7 @@ def render(folder: Path, figdir: Path) -> str:
         best=best,
         drift=drift,
         has_full=any(r["strategy"] == "full" for r in rows),
+        trials=trials,
     )
 
 
