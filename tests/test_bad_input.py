@@ -174,7 +174,7 @@ def test_train_cli_on_the_messy_folder_lists_every_bad_file(corpus, tmp_path: Pa
         assert path in listed, f"{path} missing from skipped.csv"
         assert fragment in listed[path]
     assert len(listed) == len(bad) == len(rows)
-    assert f"skipped {len(rows)} file(s)" in proc.stdout
+    assert f"skipped {len(rows)} file(s)" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------- fatal input

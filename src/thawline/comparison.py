@@ -66,6 +66,10 @@ def compare(
 ) -> CompareResult:
     """Train every strategy with the same config (only `strategy` differs) and write comparison.csv."""
     names = parse_strategies(strategies, config.strategies_file)
+    if config.wandb:
+        from thawline.tracking import wandb_module
+
+        wandb_module()  # fail before decoding any image when --wandb cannot be honoured
     distributed.init(config.device)
     main = distributed.is_main()  # under torchrun rank 0 writes and prints; every rank trains
     quiet = quiet or not main

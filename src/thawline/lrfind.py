@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -132,15 +131,15 @@ def lr_find(
     from thawline import engine
     from thawline.cache import default_cache_dir
     from thawline.data import Normalize
-    from thawline.models import apply_freezing, stage_map
+    from thawline.models import apply_freezing
     from thawline.strategies import get_strategy, resolve
     from thawline.trainer import (
+        _class_weights,
         _phase_source,
+        build_run_model,
         data_settings,
         pick_device,
         prepare_data,
-        seed_everything,
-        set_bn_momentum,
     )
     from thawline.weights import build_model_with_info
 
@@ -157,15 +156,9 @@ def lr_find(
         probe = build_model_with_info(config.model, "none", 2)[0]
         size, interp, _, _ = data_settings(probe, config)
         data = prepare_data(config, size, interp, quiet)
-    seed_everything(config.seed)
     weights = "none" if strategy.init == "random" else config.weights
-    model, _ = build_model_with_info(config.model, weights, len(data.classes), config.drop_rate)
+    model, _, smap = build_run_model(config, weights, len(data.classes), device, channels_last)
     _, _, mean, std = data_settings(model, config)
-    set_bn_momentum(model, config.bn_momentum)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    smap = stage_map(model)
     phase = resolve(strategy, smap.n_stages, config.epochs)[0]
     n_trainable = apply_freezing(model, smap, set(phase.trainable), phase.bn)
     optimizer = engine.build_optimizer(config, engine.stage_groups(model, smap, phase.trainable, config))
@@ -174,7 +167,11 @@ def lr_find(
     normalize = Normalize(mean, std, channels_last)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     source = _phase_source(model, smap, phase, config, data, normalize, device, cache_dir, quiet, "lr-find")
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # The same loss as training (class weights included), or the range test measures something else.
+    weight = _class_weights(data.splits["train"].labels, len(data.classes)) if config.class_weights == "auto" else None
+    loss_fn = nn.CrossEntropyLoss(
+        weight=weight.to(device) if weight is not None else None, label_smoothing=config.label_smoothing
+    )
     ratio = (end_lr / start_lr) ** (1 / (steps - 1))
     lrs: list[float] = []
     losses: list[float] = []

@@ -87,6 +87,12 @@ def log(message: str, quiet: bool = False) -> None:
         print(message, flush=True)
 
 
+def warn(message: str) -> None:
+    """Problems with the user's input: on stderr even with --quiet (which only silences progress lines)."""
+    if distributed.is_main():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def pick_device(config: TrainConfig) -> torch.device:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ThawlineError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
@@ -102,12 +108,12 @@ def prepare_data(config: TrainConfig, img_size: int, interpolation: str, quiet: 
         raise ThawlineError("no data given; pass --data DIR (an ImageFolder tree with train/ and val/)")
     found = discover(config.data, config.max_per_class)
     for w in found.warnings:
-        log(f"warning: {w}", quiet)
+        warn(w)
     from thawline.datacheck import check_leakage
 
     leak_warning = check_leakage(found, allow=config.allow_leakage)  # refuses leakage unless allowed
     if leak_warning:
-        log(f"warning: {leak_warning}", quiet)
+        warn(leak_warning)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     splits: dict[str, SplitData] = {}
     skipped = [(s.path, s.reason) for s in found.skipped]
@@ -129,7 +135,7 @@ def prepare_data(config: TrainConfig, img_size: int, interpolation: str, quiet: 
             raise ThawlineError(f"no image in {found.root / name} could be decoded; see the skipped files listed")
         splits[name] = SplitData(name, cache, [files.paths[i] for i in rows], labels[rows], rows)
     if skipped:
-        log(f"skipped {len(skipped)} file(s) that are not decodable images (listed in skipped.csv of the run)", quiet)
+        warn(f"skipped {len(skipped)} file(s) that are not decodable images (listed in skipped.csv of the run)")
     return PreparedData(found, img_size, interpolation, splits, skipped)
 
 
@@ -180,6 +186,19 @@ def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
             module.momentum = momentum
 
 
+def build_run_model(
+    config: TrainConfig, weights: str, n_classes: int, device: torch.device, channels_last: bool
+) -> tuple[nn.Module, dict[str, Any], StageMap]:
+    """The model a run trains: seeded head init (independent of what ran before), BN momentum, device, layout."""
+    seed_everything(config.seed)
+    model, weights_info = build_model_with_info(config.model, weights, n_classes, config.drop_rate)
+    set_bn_momentum(model, config.bn_momentum)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, weights_info, stage_map(model)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -216,22 +235,17 @@ def train(
         data = prepare_data(config, size, interp, quiet)
     classes = data.classes
     lr_found = None
-    if config.lr == "auto":
+    lr_auto = config.lr == "auto"
+    if lr_auto:
         from thawline.lrfind import resolve_auto_lr
 
         resume_dir = (run_dir or config.out) if resume else None
-        if main:  # rank 0 runs the range test alone; every rank then trains with its pick
-            config, lr_found = resolve_auto_lr(config, data=data, strategy=strategy, resume_dir=resume_dir, quiet=quiet)
+        # Under DDP every rank runs the range test on its shard (its caches are shared); rank 0's pick is used.
+        config, lr_found = resolve_auto_lr(config, data=data, strategy=strategy, resume_dir=resume_dir, quiet=quiet)
         config = distributed.broadcast_object(config)
     weights = "none" if strategy.init == "random" else config.weights
-    seed_everything(config.seed)  # the new head's init must not depend on what ran before
-    model, weights_info = build_model_with_info(config.model, weights, len(classes), config.drop_rate)
+    model, weights_info, smap = build_run_model(config, weights, len(classes), device, channels_last)
     img_size, interpolation, mean, std = data_settings(model, config)
-    set_bn_momentum(model, config.bn_momentum)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    smap = stage_map(model)
     phases = resolve(strategy, smap.n_stages, config.epochs)
     lr_scale = config.lr / phases[0].lr if config.lr else 1.0
 
@@ -270,10 +284,11 @@ def train(
         "num_val": len(data.splits["val"]),
         "num_test": len(data.splits["test"]) if "test" in data.splits else 0,
     }
-    if lr_found is not None:
+    if lr_auto:
+        resolved_config["lr_auto"] = True
+    if lr_found is not None and main:
         from thawline.lrfind import write_lr_find
 
-        resolved_config["lr_auto"] = True
         write_lr_find(out, lr_found)
     resolved_config["world_size"] = distributed.world_size()
     if main:
