@@ -258,3 +258,59 @@ def test_unreadable_split_folder_is_one_line(small_folder: Path, monkeypatch: py
     monkeypatch.setattr(Path, "iterdir", iterdir)
     with pytest.raises(ThawlineError, match=r"cannot read folder '.*train' \(Permission denied\); make it readable"):
         discover(small_folder)
+
+
+def _epochs_in(checkpoint: Path) -> int:
+    from thawline.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(checkpoint)["global_epoch"])
+
+
+def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(
+    capfd, tmp_path: Path, small_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC half-way through the epoch-2 checkpoint: one line, epoch 1's last.pt intact, no temp file left."""
+    import errno
+
+    import thawline.checkpoint as checkpoint
+
+    real_save, calls = checkpoint.torch.save, {"n": 0}
+
+    def save_then_fill_the_disk(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if obj.get("global_epoch", 0) >= 2:
+            f.write(b"\x80partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_then_fill_the_disk)
+    out = tmp_path / "run"
+    argv = train_argv(small_folder, out)
+    argv[argv.index("--epochs") + 1] = "2"
+    one_error_line(capfd, argv, "disk full while writing checkpoint", "free space", "previous checkpoint is intact")
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert _epochs_in(out / "last.pt") == 1
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_epoch(
+    capfd, tmp_path: Path, small_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    calls = {"n": 0}
+    steps_per_epoch = 1  # 8 train images, batch 32
+
+    class PoisonedLoss(torch.nn.CrossEntropyLoss):
+        def forward(self, logits, target):
+            calls["n"] += 1
+            loss = super().forward(logits, target)
+            return loss * float("nan") if calls["n"] > steps_per_epoch else loss
+
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", PoisonedLoss)
+    out = tmp_path / "run"
+    argv = train_argv(small_folder, out)
+    argv[argv.index("--epochs") + 1] = "3"
+    one_error_line(capfd, argv, "loss became nan", "lower the learning rate", "last.pt keeps the last good epoch")
+    assert _epochs_in(out / "last.pt") == 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

@@ -159,6 +159,23 @@ def test_bn_train_policy_updates_frozen_stats() -> None:
     assert not model.bn1.weight.requires_grad
 
 
+def test_bn_eval_policy_keeps_running_stats_in_training_stages() -> None:
+    """bn: eval trains every parameter it is asked to but no BatchNorm uses (or updates) batch statistics."""
+    model = tiny("test_resnet")
+    smap = stage_map(model)
+    n_trainable = apply_freezing(model, smap, set(range(smap.n_stages + 1)), bn="eval")
+    assert n_trainable == sum(p.numel() for p in model.parameters())
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and not any(m.training for m in bns)
+    before = [m.running_mean.clone() for m in bns]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))
+    assert model.bn1.weight.grad is not None  # the affine weights still train
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_optimizer_keeps_state_and_gains_groups_across_phases(name: str) -> None:
     model = tiny(name)

@@ -63,7 +63,8 @@ def apply_freezing(model: nn.Module, smap: StageMap, trainable: set[int], bn: st
 
     Frozen parameters get requires_grad=False, so autograd records nothing for a frozen prefix (no saved
     activations, no backward through it). With bn="frozen" every module whose parameters all lie in frozen
-    stages goes to eval(): BatchNorm statistics stay untouched and dropout is off there.
+    stages goes to eval(): BatchNorm statistics stay untouched and dropout is off there. bn="eval" also puts
+    the BatchNorm layers of training stages in eval mode (their affine weights still train).
     """
     stage_of = smap.stage_of()
     count = 0
@@ -78,10 +79,10 @@ def apply_freezing(model: nn.Module, smap: StageMap, trainable: set[int], bn: st
         is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
         if bn == "frozen" or not is_bn:
             module.eval()
-    if bn == "train":  # BN layers in frozen stages keep updating their running statistics
+    if bn in ("train", "eval"):  # train: frozen stages' BN keep updating; eval: no BN uses batch statistics
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
+                module.train(bn == "train")
     return count
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from thawline.errors import ThawlineError, close_matches
 
-BN_POLICIES = ("frozen", "train")
+BN_POLICIES = ("frozen", "train", "eval")
 INITS = ("pretrained", "random")
 
 
@@ -31,7 +31,11 @@ class Phase:
     train: str  # selector, see module docstring
     epochs: int = 1  # share of the epoch budget (or the exact epochs when no budget is given)
     lr: float = 1e-3
-    bn: str = "frozen"  # BatchNorm in frozen stages: frozen (eval, stats untouched) or train (stats update)
+    # BatchNorm: frozen = eval in frozen stages (stats untouched), batch statistics in training ones; train =
+    # every BN updates its statistics (the seeds' plain model.train()); eval = every BN uses its running
+    # statistics, training ones too (Keras' advice after a head-only phase: features keep the distribution the
+    # head was fitted on, instead of jumping to batch statistics at the thaw).
+    bn: str = "frozen"
     layer_decay: float = 1.0  # LR multiplier per stage below the top trainable one (1.0 = same LR)
 
 

@@ -579,7 +579,7 @@ def _phase_source(
     train, val = data.splits["train"], data.splits["val"]
     bs = config.batch_size
     split = None
-    if config.feature_cache and phase.bn == "frozen" and is_suffix(phase.trainable, smap.head + 1):
+    if config.feature_cache and phase.bn in ("frozen", "eval") and is_suffix(phase.trainable, smap.head + 1):
         split = split_at(model, smap, min(phase.trainable))
     if split is None:
         return PhaseSource(
