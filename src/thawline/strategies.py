@@ -69,18 +69,20 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("head-only", (Phase("head", 1, 1e-3),), "train only the new classifier head"),
         Strategy(
             "two-phase",
-            (Phase("head", 1, 1e-4), Phase("all", 1, 1e-5)),
+            # bn eval after the thaw: measured on 1000 Fashion-MNIST images (lite0, 112 px, 2+2 epochs), switching
+            # the thawed stages to batch statistics dropped val accuracy from 41% to 16%; eval BN went on to 69%.
+            (Phase("head", 1, 1e-4), Phase("all", 1, 1e-5, bn="eval")),
             "seed recipe: head first at 1e-4, then every layer at 1e-5",
         ),
         Strategy(
             "layer-wise",
-            (Phase("last:1", 1, 1e-3), Phase("all", 1, 1e-4)),
+            (Phase("last:1", 1, 1e-3), Phase("all", 1, 1e-4, bn="eval")),
             "last stage + head first, then every layer",
         ),
         Strategy("partial", (Phase("after:2/3", 1, 3e-4),), "freeze the first 2/3 of the stages, train the rest"),
         Strategy(
             "gradual",
-            (Phase("gradual", 1, 1e-4),),
+            (Phase("gradual", 1, 1e-4, bn="eval"),),
             "ULMFiT-style: thaw one stage per phase from the top, head first",
         ),
         Strategy("full", (Phase("all", 1, 1e-4),), "fine-tune every layer from the pretrained weights"),
