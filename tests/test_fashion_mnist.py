@@ -68,3 +68,19 @@ def test_real_weights_and_data_end_to_end(tmp_path: Path) -> None:
     head = result.runs["head-only"].summary
     assert head["test_acc"] > 0.45, head  # chance is 0.10: real ImageNet features at work
     assert (tmp_path / "cmp" / "comparison.csv").is_file()
+
+
+@pytest.mark.slow
+@needs_fmnist
+@pytest.mark.parametrize("strategy", ["head-only", "partial"])
+def test_cached_path_matches_uncached_on_real_data(tmp_path: Path, strategy: str) -> None:
+    """Issue 5's guard: the frozen-prefix feature cache costs no accuracy (within 0.5 points, same seed)."""
+    data = tmp_path / "fm"
+    prepare_fashion_mnist(data, per_class=20, val_per_class=20, test_per_class=1)
+    cfg = thawline.make_config(data=str(data), strategy=strategy, epochs=2, img_size=64, workers=2)
+    cached = thawline.train(cfg, run_dir=tmp_path / "cached", quiet=True)
+    plain = thawline.train(thawline.config.replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
+    assert all(r["feature_cache"] for r in cached.metrics) and not any(r["feature_cache"] for r in plain.metrics)
+    for a, b in zip(cached.metrics, plain.metrics, strict=True):
+        assert abs(a["val_acc"] - b["val_acc"]) <= 0.005, (a, b)
+    assert cached.best_val_acc > 0.3  # real ImageNet features: far above the 10% chance level
