@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,10 +74,13 @@ def seed_throughput(data: Path, model_name: str, size: int, strategy: str, batch
 
 
 def thawline_run(data: Path, model_name: str, size: int, strategy: str, epochs: int, out: Path) -> dict:
+    # A fresh cache folder per run: every run pays for its own decoding and feature pass, as the seed loop does.
+    run = out / f"{model_name}-{size}-{strategy}"
+    shutil.rmtree(run, ignore_errors=True)
     cfg = thawline.make_config(data=str(data), model=model_name, weights="none", strategy=strategy, epochs=epochs,
-                               img_size=size, preset="seed", cache_dir=str(out / "cache"))
+                               img_size=size, preset="seed", cache_dir=str(run / "cache"))
     started = time.perf_counter()
-    result = thawline.train(cfg, run_dir=out / f"{model_name}-{size}-{strategy}", quiet=True)
+    result = thawline.train(cfg, run_dir=run, quiet=True)
     rows = result.metrics
     return {"epochs": [r["images_per_s"] for r in rows], "wall": time.perf_counter() - started,
             "rss": result.summary["peak_rss_mb"]}
