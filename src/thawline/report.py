@@ -668,7 +668,11 @@ def fmt_rate(x: Any) -> str:
 
 def _phase_plan(summary: dict[str, Any] | None) -> str:
     phases = (summary or {}).get("phases") or []
-    return " → ".join(f"{p.get('train')} ×{p.get('epochs')} @ {float(p.get('lr') or 0):.0e}" for p in phases)
+    return " → ".join(
+        f"{p.get('train')} ×{p.get('epochs')} @ {float(p.get('lr') or 0):.0e}"
+        + (f" (bn {p['bn']})" if p.get("bn") not in (None, "frozen") else "")
+        for p in phases
+    )
 
 
 def _display_row(row: dict[str, Any], run: RunData | None, folder: Path) -> dict[str, Any]:
