@@ -291,7 +291,11 @@ def train(
 
         write_lr_find(out, lr_found)
     resolved_config["world_size"] = distributed.world_size()
-    if main:
+    class_weights = None
+    if config.class_weights == "auto":
+        class_weights = _class_weights(data.splits["train"].labels, len(classes))
+        resolved_config["class_weight_values"] = [round(float(w), 6) for w in class_weights]
+    if main:  # config.yaml is written once, complete
         save_yaml(out / "config.yaml", resolved_config)
         _write_skipped(out, data.skipped)
 
@@ -300,13 +304,6 @@ def train(
         meter = MemoryMeter(device)
         initial = {n: p.detach().clone() for n, p in model.named_parameters()}
         normalize = Normalize(mean, std, channels_last)
-        class_weights = (
-            _class_weights(data.splits["train"].labels, len(classes)) if config.class_weights == "auto" else None
-        )
-        if class_weights is not None:
-            resolved_config["class_weight_values"] = [round(float(w), 6) for w in class_weights]
-            if main:
-                save_yaml(out / "config.yaml", resolved_config)
         loss_fn = nn.CrossEntropyLoss(
             weight=class_weights.to(device) if class_weights is not None else None,
             label_smoothing=config.label_smoothing,
