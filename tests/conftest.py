@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from thawline.config import TrainConfig, make_config
 
 CLASSES = ("circle", "stripes", "square")
 
@@ -38,6 +41,21 @@ def make_image_folder(
             for i in range(n):
                 Image.fromarray(_draw(cls, rng, size)).save(d / f"{cls}_{i}.png")
     return root
+
+
+def tiny_config(data: Path, **overrides: Any) -> TrainConfig:
+    """A fast run on the tiny timm test model: the options most tests share; `overrides` win."""
+    options = {
+        "data": str(data),
+        "model": "test_efficientnet",
+        "weights": "none",
+        "img_size": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "workers": 1,
+        "lr": 3e-3,
+    }
+    return make_config({**options, **overrides})
 
 
 @pytest.fixture

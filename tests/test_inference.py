@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, tiny_config
 
 import thawline
 from thawline.checkpoint import load_checkpoint, save_checkpoint
@@ -28,18 +28,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One tiny trained run for the whole module (training is the slow part)."""
     root = tmp_path_factory.mktemp("inference")
     data = make_image_folder(root / "data")
-    config = thawline.make_config(
-        data=str(data),
-        model="test_efficientnet",
-        weights="none",
-        img_size=32,
-        epochs=2,
-        batch_size=8,
-        workers=1,
-        strategy="full",
-        lr=3e-3,
-        cache_dir=str(root / "cache"),
-    )
+    config = tiny_config(data, strategy="full", cache_dir=str(root / "cache"))
     result = thawline.train(config, run_dir=root / "run", quiet=True)
     training_predictions = (root / "run" / "predictions.csv").read_text()
     return {"dir": root / "run", "data": data, "summary": result.summary, "train_predictions": training_predictions}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from conftest import make_image_folder, tiny_config
 
 import thawline
 from thawline.errors import ThawlineError
@@ -94,16 +94,7 @@ def compare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real two-strategy comparison on a tiny generated folder, its report built by the API."""
     root = tmp_path_factory.mktemp("report")
     data = make_image_folder(root / "data", per_class={"train": 12, "val": 6, "test": 6})
-    config = thawline.make_config(
-        data=str(data),
-        model="test_efficientnet",
-        weights="none",
-        img_size=32,
-        epochs=2,
-        batch_size=16,
-        workers=1,
-        cache_dir=str(root / "cache"),
-    )
+    config = tiny_config(data, batch_size=16, lr=None, cache_dir=str(root / "cache"))
     result = thawline.compare(config, STRATEGIES, out=root / "cmp", quiet=True)
     build_report(result.out_dir)
     return result.out_dir

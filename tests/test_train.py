@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder
+from conftest import make_image_folder, tiny_config
 
 import thawline
 from thawline import trainer
@@ -27,20 +27,6 @@ METRIC_KEYS = {
     "seconds",
     "images_per_s",
 }
-
-
-def tiny_config(data: Path, **overrides) -> thawline.config.TrainConfig:
-    options = {
-        "data": str(data),
-        "model": "test_efficientnet",
-        "weights": "none",
-        "img_size": 32,
-        "epochs": 2,
-        "batch_size": 8,
-        "workers": 1,
-        "lr": 3e-3,
-    }
-    return thawline.make_config(**{**options, **overrides})
 
 
 def read_jsonl(path: Path) -> list[dict]:
