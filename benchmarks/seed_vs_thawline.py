@@ -7,17 +7,19 @@ one run on this machine (never compare absolute img/s across machines).
     python benchmarks/seed_vs_thawline.py --models resnet50 --sizes 224 --images 1000
     python benchmarks/seed_vs_thawline.py --rss                    # + peak RSS at 10k and 60k images
 
-The seed loop is copied from the seed scripts: torchvision ImageFolder + PIL transforms per sample (Resize,
-RandomHorizontalFlip, ToTensor, Normalize), DataLoader batch 32, Adam, cross-entropy, freezing only by
-`requires_grad=False` with the whole model in train mode. Its throughput is measured over `--seed-batches`
-batches after one warm-up batch (each of its epochs costs the same); thawline trains whole epochs and reports
-its own per-epoch img/s in metrics.jsonl. Random-init weights: timing does not depend on the weights.
+The seed loop (seed_loop.py, copied from the seed scripts) runs in a fresh process of its own: torchvision
+ImageFolder + PIL transforms per sample (Resize, RandomHorizontalFlip, ToTensor, Normalize), DataLoader batch 32,
+Adam, cross-entropy, freezing only by `requires_grad=False` with the whole model in train mode. Its throughput is
+measured over `--seed-batches` batches after one warm-up batch (each of its epochs costs the same); thawline trains
+whole epochs in this process and reports its own per-epoch img/s in metrics.jsonl. Random-init weights: timing does
+not depend on the weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,9 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
-from torch import nn
-from torchvision import transforms
 
 import thawline
 from thawline.fashion_mnist import prepare_fashion_mnist
@@ -39,38 +38,22 @@ from thawline.weights import build_model
 WORKLOADS = ("head-only", "partial", "full")
 
 
-def seed_throughput(data: Path, model_name: str, size: int, strategy: str, batches: int, mean, std) -> float:
-    """Images/s of the seeds' loop for the first phase of `strategy` (freezing by requires_grad only)."""
-    torch.manual_seed(0)
-    tf = transforms.Compose([
-        transforms.Resize((size, size)),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
-    dataset = torchvision.datasets.ImageFolder(str(data / "train"), tf)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True, num_workers=2)
-    model = build_model(model_name, "none", len(dataset.classes))
+def seed_throughput(data: Path, model_name: str, size: int, strategy: str, batches: int, work: Path) -> float:
+    """Images/s of the seeds' loop for the first phase of `strategy`, in a fresh process (seed_loop.py).
+
+    The process gets this environment without thawline's OpenMP setting, and never imports thawline, so the
+    seed loop runs with the defaults the seed scripts had (thawline's allocator setting is process-wide)."""
+    model = build_model(model_name, "none", 10)
     smap = stage_map(model)
     trainable = set(resolve(get_strategy(strategy), smap.n_stages, None)[0].trainable)
-    stage_of = smap.stage_of()
-    for name, p in model.named_parameters():
-        p.requires_grad = stage_of[name] in trainable
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    criterion = nn.CrossEntropyLoss()
-    model.train()
-    seen, start = 0, None
-    for i, (x, y) in enumerate(loader):
-        if i == 1:
-            start, seen = time.perf_counter(), 0
-        optimizer.zero_grad()
-        loss = criterion(model(x), y)
-        loss.backward()
-        optimizer.step()
-        seen += len(y)
-        if i >= batches:
-            break
-    return seen / (time.perf_counter() - start)
+    names = [name for name, stage in smap.stage_of().items() if stage in trainable]
+    spec = work / f"trainable-{model_name}-{strategy}.json"
+    spec.write_text(json.dumps(names))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY" or v != thawline.OMP_WAIT_POLICY}
+    cmd = [sys.executable, str(Path(__file__).with_name("seed_loop.py")), "--data", str(data), "--model", model_name,
+           "--size", str(size), "--trainable", str(spec), "--batches", str(batches)]
+    out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["images_per_s"]
 
 
 def thawline_run(data: Path, model_name: str, size: int, strategy: str, epochs: int, out: Path) -> dict:
@@ -109,7 +92,6 @@ def main() -> None:
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS at 10k and 60k images")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     work = Path(args.workdir or tempfile.mkdtemp(prefix="thawline-bench-"))
     data = work / f"fmnist-{args.images}"
     prepare_fashion_mnist(data, per_class=max(1, args.images // 10), val_per_class=10, test_per_class=1)
@@ -117,16 +99,13 @@ def main() -> None:
     ratios: dict[str, list[float]] = {}
     skip = set(filter(None, args.skip.split(",")))
     for model_name in args.models.split(","):
-        probe = build_model(model_name, "none", 10)
-        cfg = probe.pretrained_cfg
-        mean, std = cfg.get("mean"), cfg.get("std")
         for size in (int(s) for s in args.sizes.split(",")):
             if f"{model_name}@{size}" in skip:
                 print(f"{model_name}@{size}: skipped (--skip)", flush=True)
                 continue
             seed_ips = {}
             for workload in WORKLOADS:
-                seed = seed_throughput(data, model_name, size, workload, args.seed_batches, mean, std)
+                seed = seed_throughput(data, model_name, size, workload, args.seed_batches, work)
                 seed_ips[workload] = seed
                 ours = thawline_run(data, model_name, size, workload, args.epochs, work)
                 later = ours["epochs"][1:] or ours["epochs"]

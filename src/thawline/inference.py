@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from thawline import runtime
 from thawline.checkpoint import load_checkpoint
 from thawline.config import atomic_write_text
 from thawline.data import Normalize
@@ -251,6 +252,7 @@ def evaluate_run(
     Writes evaluation.json (and evaluation_<split>.json) and predictions.csv into the run folder when `write`."""
     from thawline.cache import build_image_cache, default_cache_dir
 
+    runtime.keep_freed_memory()
     dev = pick_device(device)
     model, cfg = load_run(run_dir, which, dev)
     out = run_folder(run_dir)

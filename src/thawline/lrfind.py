@@ -128,7 +128,7 @@ def lr_find(
     """Run the range test for the first phase of `config.strategy`; write lr_find.json/.png into `out` if given.
 
     `data` (a trainer.PreparedData) and `strategy` are reused when the caller already has them (`--lr auto`)."""
-    from thawline import engine
+    from thawline import engine, runtime
     from thawline.cache import default_cache_dir
     from thawline.data import Normalize
     from thawline.models import apply_freezing
@@ -148,6 +148,7 @@ def lr_find(
     if steps < 5:
         raise ThawlineError(f"--steps {steps}: the range test needs at least 5 steps")
     started = time.perf_counter()
+    runtime.keep_freed_memory()
     strategy = strategy or get_strategy(config.strategy, config.strategies_file)
     device = pick_device(config)
     amp = config.amp if config.amp is not None else device.type == "cuda"

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from thawline import distributed, engine
+from thawline import distributed, engine, runtime
 from thawline.cache import (
     ImageCache,
     RowStore,
@@ -217,6 +217,7 @@ def train(
 ) -> RunResult:
     """Train one strategy and write its run folder (config.yaml, metrics.jsonl, best/last.pt, summary.json)."""
     started = time.perf_counter()
+    runtime.keep_freed_memory()  # large activations reused instead of page-faulted every step (~1.8x on CPU)
     distributed.init(config.device)
     main = distributed.is_main()  # under torchrun only rank 0 writes files and prints
     quiet = quiet or not main
