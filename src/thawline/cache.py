@@ -158,40 +158,127 @@ def state_fingerprint(module_state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:20]
 
 
-def build_feature_cache(
-    key: str,
-    n: int,
-    views: int,
-    compute: Callable[[np.ndarray, int], torch.Tensor],  # (row indices, view) -> features (B, ...)
-    batch_size: int,
-    cache_dir: Path,
-    progress: Callable[[int], None] | None = None,
-) -> RowStore:
-    """Rows of frozen-prefix outputs, shape (n, views, *feature_shape), float32; reused when the key matches."""
-    folder = Path(cache_dir) / "features"
-    folder.mkdir(parents=True, exist_ok=True)
-    data_path, meta_path = folder / f"{key}.f32", folder / f"{key}.json"
-    if meta_path.exists() and data_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return RowStore(data_path, tuple(meta["shape"]), np.float32)
-    tmp = folder / f".{key}.{os.getpid()}.tmp"
-    feature_shape: tuple[int, ...] | None = None
-    with open(tmp, "wb") as f:
-        for start in range(0, n, batch_size):
-            idx = np.arange(start, min(n, start + batch_size))
-            per_view = [compute(idx, v).float().cpu().numpy() for v in range(views)]
-            block = np.stack(per_view, axis=1)  # (B, views, ...)
-            if feature_shape is None:
-                feature_shape = block.shape[2:]
-                row_bytes = block[0].nbytes
-                f.truncate(n * row_bytes)
-            os.pwrite(f.fileno(), np.ascontiguousarray(block).tobytes(), start * row_bytes)
+class FeatureCache:
+    """Frozen-prefix outputs per (image, view), computed on first use and kept on disk for later epochs and runs.
+
+    One float32 file of rows (n, views, *feature_shape) at its final path, sparse until filled, and a JSON bitmap
+    beside it marking the rows that are complete: written and fsynced before they are marked, and only marked rows
+    (or rows this process wrote) are ever read, so a killed run or a concurrent writer costs at worst a row computed
+    again. Filling on first use means a phase's first epoch runs the prefix once per image, for the view it draws
+    (the plain loop's cost), instead of once per image and view up front; `fill_all` does it up front."""
+
+    def __init__(
+        self,
+        key: str,
+        n: int,
+        views: int,
+        compute: Callable[[np.ndarray, int], torch.Tensor],  # (row indices, view) -> features (B, ...)
+        batch_size: int,
+        cache_dir: Path,
+    ) -> None:
+        folder = Path(cache_dir) / "features"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.data_path, self.meta_path = folder / f"{key}.f32", folder / f"{key}.json"
+        self.n, self.views, self.compute, self.batch_size = n, views, compute, batch_size
+        self.feature_shape: tuple[int, ...] | None = None
+        self.filled = np.zeros((n, views), bool)
+        self._fd: int | None = None
+        self._dirty = False
+        meta = self._meta()
+        if meta is not None and self.data_path.exists():
+            shape = tuple(meta["shape"])
+            row_bytes = int(np.prod(shape[2:])) * 4
+            if shape[:2] == (n, views) and self.data_path.stat().st_size == n * views * row_bytes:
+                self.feature_shape = shape[2:]
+                self.filled = self._bitmap(meta)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n, self.views, *(self.feature_shape or ()))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.filled.all())
+
+    def _meta(self) -> dict | None:
+        try:
+            return json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _bitmap(self, meta: dict) -> np.ndarray:
+        if "filled" not in meta:  # written whole (thawline <= 0.1 caches)
+            return np.ones((self.n, self.views), bool)
+        bits = np.frombuffer(bytes.fromhex(meta["filled"]), np.uint8)
+        return np.unpackbits(bits, count=self.n * self.views).astype(bool).reshape(self.n, self.views)
+
+    @property
+    def _row_bytes(self) -> int:
+        assert self.feature_shape is not None
+        return int(np.prod(self.feature_shape)) * 4
+
+    def _file(self) -> int:
+        if self._fd is None:
+            # A complete cache is only read (it may sit in a read-only shared folder).
+            flags = os.O_RDONLY if self.complete else os.O_RDWR | os.O_CREAT
+            self._fd = os.open(self.data_path, flags, 0o644)
+            size = self.n * self.views * self._row_bytes
+            if os.fstat(self._fd).st_size != size:
+                os.ftruncate(self._fd, size)  # sparse: rows take disk space as they are filled
+        return self._fd
+
+    def fill(self, rows: np.ndarray, views: np.ndarray) -> None:
+        """Compute and store the (row, view) pairs among these that are not filled yet."""
+        rows, views = np.asarray(rows, np.int64), np.asarray(views, np.int64)
+        need = ~self.filled[rows, views]
+        for v in np.unique(views[need]):
+            todo = np.unique(rows[need & (views == v)])
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start : start + self.batch_size]
+                feats = np.ascontiguousarray(self.compute(chunk, int(v)).float().cpu().numpy())
+                if self.feature_shape is None:
+                    self.feature_shape = feats.shape[1:]
+                fd = self._file()
+                for i, row in zip(chunk, feats, strict=True):
+                    os.pwrite(fd, row.tobytes(), (int(i) * self.views + int(v)) * self._row_bytes)
+                self.filled[chunk, v] = True
+                self._dirty = True
+
+    def fill_all(self, progress: Callable[[int], None] | None = None) -> None:
+        """Every image in every view, in order (the eager cache: val splits, and every rank under DDP)."""
+        for start in range(0, self.n, self.batch_size):
+            idx = np.arange(start, min(self.n, start + self.batch_size))
+            for v in range(self.views):
+                self.fill(idx, np.full(len(idx), v))
             if progress:
                 progress(len(idx))
-        f.flush()
-        os.fsync(f.fileno())
-    assert feature_shape is not None
-    shape = (n, views, *feature_shape)
-    os.replace(tmp, data_path)
-    atomic_write_text(meta_path, json.dumps({"shape": list(shape)}))
-    return RowStore(data_path, shape, np.float32)
+        self.flush()
+
+    def read(self, rows: np.ndarray, views: np.ndarray) -> np.ndarray:
+        """Features (B, *feature_shape) of image rows[j] in view views[j], computing the missing ones first."""
+        self.fill(rows, views)
+        out = np.empty((len(rows), *(self.feature_shape or ())), np.float32)
+        buf = out.reshape(len(rows), -1).view(np.uint8)
+        fd, row_bytes = self._file(), self._row_bytes
+        for j, (i, v) in enumerate(zip(rows, views, strict=True)):
+            if os.preadv(fd, [buf[j]], (int(i) * self.views + int(v)) * row_bytes) != row_bytes:
+                raise OSError(f"cache file {self.data_path} is shorter than expected; delete it and rerun")
+        return out
+
+    def flush(self) -> None:
+        """Make the rows filled so far durable, then mark them in the bitmap (merged with other writers' marks)."""
+        if not self._dirty or self._fd is None:
+            return
+        os.fsync(self._fd)
+        meta = self._meta()
+        if meta is not None and tuple(meta.get("shape", ())) == self.shape:
+            self.filled |= self._bitmap(meta)
+        bits = np.packbits(self.filled.reshape(-1)).tobytes().hex()
+        atomic_write_text(self.meta_path, json.dumps({"shape": list(self.shape), "filled": bits}))
+        self._dirty = False
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

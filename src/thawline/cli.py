@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="Optuna search over strategy, LRs, epoch split, partial fraction, layer decay")
     _add_train_options(p)
     p.add_argument(
-        "--strategies", help="comma-separated strategies to search (default: head-only,two-phase,layer-wise,"
-        "partial,gradual,full)"
+        "--strategies",
+        help="comma-separated strategies to search (default: head-only,two-phase,layer-wise,partial,gradual,full)",
     )
     p.add_argument("--trials", type=int, default=20, help="total finished trials (all workers); rerun to resume")
     p.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUT/sweep.db; postgresql://... to share)")

@@ -166,13 +166,13 @@ def _not_image_reason(name: str) -> str:
 class Batches:
     """Minibatches from uint8 rows: random order and horizontal flips from one seeded generator per epoch.
 
-    Rows are either decoded images (N, H, W, 3 uint8 -> normalised float NCHW) or cached features with a
-    view axis (N, V, ...): view 1 is the flipped image's features, so flip augmentation stays exact.
+    Rows are either decoded images (N, H, W, 3 uint8 -> normalised float NCHW) or cached features read per
+    (image, view): view 1 is the flipped image's features, so flip augmentation stays exact.
     """
 
     def __init__(
         self,
-        read_rows,  # callable(indices ndarray) -> ndarray rows
+        read_rows,  # callable(indices) -> rows; with views: callable(indices, views) -> features
         labels: np.ndarray,
         indices: np.ndarray,
         batch_size: int,
@@ -224,12 +224,11 @@ class Batches:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size][rank::world]
             flip = flips[b * self.batch_size : (b + 1) * self.batch_size][rank::world]
             y = torch.from_numpy(self.labels[idx].astype(np.int64))
-            rows = torch.from_numpy(self.read_rows(idx))
             if self.has_views:
-                view = flip.long() if rows.shape[1] > 1 else torch.zeros_like(flip, dtype=torch.long)
-                x = rows[torch.arange(len(idx)), view].float()
+                x = torch.from_numpy(self.read_rows(idx, flip.numpy().astype(np.int64)))
                 x = self.transform(x) if self.transform else x
             else:
+                rows = torch.from_numpy(self.read_rows(idx))
                 if flip.any():
                     rows[flip] = rows[flip].flip(2)  # NHWC: width is axis 2
                 x = self.transform(rows) if self.transform else rows

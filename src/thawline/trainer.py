@@ -23,9 +23,8 @@ from tqdm import tqdm
 
 from thawline import distributed, engine, runtime
 from thawline.cache import (
+    FeatureCache,
     ImageCache,
-    RowStore,
-    build_feature_cache,
     build_image_cache,
     default_cache_dir,
     state_fingerprint,
@@ -33,6 +32,7 @@ from thawline.cache import (
 from thawline.checkpoint import load_checkpoint, save_checkpoint
 from thawline.config import TrainConfig, atomic_write_text, save_yaml
 from thawline.data import Batches, Discovered, Normalize, discover
+from thawline.depthwise import use_fast_depthwise
 from thawline.errors import ThawlineError
 from thawline.models import Split, StageMap, apply_freezing, count_params, is_suffix, split_at, stage_map
 from thawline.strategies import ResolvedPhase, Strategy, get_strategy, resolve
@@ -196,6 +196,8 @@ def build_run_model(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        use_fast_depthwise(model)  # oneDNN's depthwise weight gradient is slow on the last stages' small maps
     return model, weights_info, stage_map(model)
 
 
@@ -410,6 +412,7 @@ def train(
                     "feature_cache": source.cached,
                     "rss_mb": round(meter.peak_rss_mb, 1),
                 }
+                source.flush()
                 metrics.append(row)
                 if main:
                     _append_jsonl(out / "metrics.jsonl", row)
@@ -504,7 +507,7 @@ class PhaseSource:
         cached: bool,
         setup_seconds: float = 0.0,
         dropout: float = 0.0,
-        stores: list[RowStore] | None = None,
+        stores: list[FeatureCache] | None = None,
     ) -> None:
         self.forward = forward
         self.eval_forward = eval_forward
@@ -519,6 +522,13 @@ class PhaseSource:
     def take_setup_seconds(self) -> float:
         s, self._setup = self._setup, 0.0
         return s
+
+    def flush(self) -> None:
+        """Mark the features computed so far as durable: called before each checkpoint, so a resumed run finds
+        exactly the features the uninterrupted run had at that point (their values depend, in the last bits, on
+        the batch they were computed in)."""
+        for s in self.stores:
+            s.flush()
 
     def close(self) -> None:
         for s in self.stores:
@@ -597,9 +607,13 @@ def _phase_source(
             cached=False,
         )
     t0 = time.perf_counter()
-    with distributed.local_main_first():  # built once per node under DDP; the other ranks open the same files
+    # Train features are computed on first use (the first epoch runs the prefix once per image, for the view it
+    # draws); under DDP the node's first rank computes them all up front and the other ranks read its file.
+    eager = distributed.active()
+    with distributed.local_main_first():
+        views = 2 if config.hflip else 1
         train_store = _features(
-            model, smap, split, train, 2 if config.hflip else 1, normalize, device, config, cache_dir, quiet, name
+            model, smap, split, train, views, normalize, device, config, cache_dir, quiet, name, eager=eager
         )
         val_store = _features(model, smap, split, val, 1, normalize, device, config, cache_dir, quiet, name)
     setup = time.perf_counter() - t0
@@ -657,8 +671,11 @@ def _features(
     cache_dir: Path,
     quiet: bool,
     name: str,
-) -> RowStore:
-    """Frozen-prefix outputs for every image (and its mirror image when flips are on), cached on disk."""
+    eager: bool = True,
+) -> FeatureCache:
+    """Frozen-prefix outputs for every image (and its mirror image when flips are on), cached on disk.
+
+    `eager` computes them all now (with a progress bar); otherwise each is computed when first read."""
     prefix_names = {n for s in range(split.first_trainable) for n in smap.params[s]}
     state = {
         k: v
@@ -676,26 +693,32 @@ def _features(
             str(hash(tuple(data.rows.tolist())) & 0xFFFFFFFF),
         ]
     )
-    model.eval()
-    bar = tqdm(
-        total=len(data),
-        desc=f"{name}: features {data.name}",
-        unit="img",
-        disable=quiet or not sys.stderr.isatty(),
-        leave=False,
-    )
 
     @torch.inference_mode()
     def compute(idx: np.ndarray, view: int) -> torch.Tensor:
         rows = torch.from_numpy(data.cache.store.read(data.rows[idx]))
         if view == 1:
             rows = rows.flip(2)
-        return split.prefix(normalize(rows).to(device))
+        # The prefix as at inference (no dropout, BatchNorm on running statistics), also when called mid-epoch.
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            return split.prefix(normalize(rows).to(device))
+        finally:
+            for m, training in modes:
+                m.training = training
 
-    store = build_feature_cache(
-        key, len(data), views, compute, config.batch_size * 2, cache_dir, lambda n: bar.update(n)
-    )
-    bar.close()
+    store = FeatureCache(key, len(data), views, compute, config.batch_size * 2, cache_dir)
+    if eager and not store.complete:
+        bar = tqdm(
+            total=len(data),
+            desc=f"{name}: features {data.name}",
+            unit="img",
+            disable=quiet or not sys.stderr.isatty(),
+            leave=False,
+        )
+        store.fill_all(lambda n: bar.update(n))
+        bar.close()
     return store
 
 

@@ -1,0 +1,111 @@
+"""The frozen-prefix feature cache: filled on first use, exact values, durable marks, reuse across runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from thawline.cache import FeatureCache
+
+N, VIEWS, SHAPE = 10, 2, (3, 2, 2)
+
+
+def feature(i: int, view: int) -> np.ndarray:
+    return np.full(SHAPE, i * 10 + view, np.float32) + np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
+
+
+class Prefix:
+    """Stands in for the frozen prefix; records which (row, view) pairs it was asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, idx: np.ndarray, view: int) -> torch.Tensor:
+        self.calls.extend((int(i), view) for i in idx)
+        return torch.from_numpy(np.stack([feature(int(i), view) for i in idx]))
+
+
+def test_features_are_computed_once_per_image_and_view_on_first_read(tmp_path: Path) -> None:
+    prefix = Prefix()
+    cache = FeatureCache("k", N, VIEWS, prefix, 4, tmp_path)
+    rows, views = np.array([3, 1, 3, 7]), np.array([0, 1, 0, 1])
+    got = cache.read(rows, views)
+    assert sorted(prefix.calls) == [(1, 1), (3, 0), (7, 1)]  # the duplicate (3, 0) computed once
+    np.testing.assert_array_equal(got, np.stack([feature(i, v) for i, v in zip(rows, views, strict=True)]))
+    prefix.calls.clear()
+    again = cache.read(np.array([7, 3]), np.array([1, 0]))
+    assert prefix.calls == []  # read back from the file
+    np.testing.assert_array_equal(again, np.stack([feature(7, 1), feature(3, 0)]))
+    assert not cache.complete
+    cache.close()
+
+
+def test_marks_survive_the_process_and_only_marked_rows_are_reused(tmp_path: Path) -> None:
+    first = FeatureCache("k", N, VIEWS, Prefix(), 4, tmp_path)
+    first.read(np.array([0, 5]), np.array([0, 1]))
+    first.close()
+    meta = json.loads((tmp_path / "features" / "k.json").read_text())
+    assert meta["shape"] == [N, VIEWS, *SHAPE]
+    prefix = Prefix()
+    second = FeatureCache("k", N, VIEWS, prefix, 4, tmp_path)
+    assert second.filled.sum() == 2 and second.filled[0, 0] and second.filled[5, 1]
+    got = second.read(np.array([0, 5, 6]), np.array([0, 1, 0]))
+    assert prefix.calls == [(6, 0)]
+    np.testing.assert_array_equal(got[2], feature(6, 0))
+    second.close()
+
+
+def test_rows_written_but_not_marked_are_computed_again(tmp_path: Path) -> None:
+    """A run killed after writing rows but before marking them: the rows are never read back."""
+    first = FeatureCache("k", N, VIEWS, Prefix(), 4, tmp_path)
+    first.read(np.array([2]), np.array([0]))
+    first.close()
+    killed = FeatureCache("k", N, VIEWS, Prefix(), 4, tmp_path)
+    killed.read(np.array([4]), np.array([1]))
+    killed._dirty = False  # killed before its flush: row 4 is in the file, unmarked
+    killed.close()
+    data = tmp_path / "features" / "k.f32"
+    raw = np.fromfile(data, np.float32).reshape(N, VIEWS, *SHAPE)
+    raw[4, 1] = -1.0  # whatever the killed run left there
+    raw.tofile(data)
+    prefix = Prefix()
+    third = FeatureCache("k", N, VIEWS, prefix, 4, tmp_path)
+    np.testing.assert_array_equal(third.read(np.array([4]), np.array([1]))[0], feature(4, 1))
+    assert prefix.calls == [(4, 1)]
+    third.close()
+
+
+def test_fill_all_completes_the_cache_and_a_complete_cache_is_read_only(tmp_path: Path) -> None:
+    cache = FeatureCache("k", N, VIEWS, Prefix(), 3, tmp_path)
+    seen = []
+    cache.fill_all(seen.append)
+    assert cache.complete and sum(seen) == N
+    cache.close()
+    prefix = Prefix()
+    reused = FeatureCache("k", N, VIEWS, prefix, 3, tmp_path)
+    assert reused.complete
+    (tmp_path / "features" / "k.f32").chmod(0o444)
+    all_rows = np.repeat(np.arange(N), VIEWS)
+    all_views = np.tile(np.arange(VIEWS), N)
+    got = reused.read(all_rows, all_views)
+    assert prefix.calls == []
+    np.testing.assert_array_equal(got[5], feature(2, 1))
+    reused.close()
+
+
+@pytest.mark.parametrize("other", [{"shape": [N + 1, VIEWS, *SHAPE]}, "not json"])
+def test_a_mismatched_or_corrupt_bitmap_is_not_trusted(tmp_path: Path, other) -> None:
+    folder = tmp_path / "features"
+    folder.mkdir()
+    (folder / "k.f32").write_bytes(b"\0" * 64)
+    (folder / "k.json").write_text(json.dumps(other) if isinstance(other, dict) else other)
+    prefix = Prefix()
+    cache = FeatureCache("k", N, VIEWS, prefix, 4, tmp_path)
+    assert not cache.filled.any()
+    np.testing.assert_array_equal(cache.read(np.array([9]), np.array([1]))[0], feature(9, 1))
+    assert prefix.calls == [(9, 1)]
+    cache.close()
