@@ -393,6 +393,8 @@ def train(
                 val = engine.evaluate(
                     source.eval_forward, source.val_batches(), device, amp, model=model, across_ranks=across
                 )
+                if epoch_in_phase + 1 < phase.epochs:
+                    source.complete()  # the views the first epoch did not draw: the next epochs read only
                 seconds = stats.seconds + source.take_setup_seconds()
                 global_epoch += 1
                 row = {
@@ -523,6 +525,14 @@ class PhaseSource:
         s, self._setup = self._setup, 0.0
         return s
 
+    def complete(self) -> None:
+        """Compute the train features not drawn yet (timed as setup), so the phase's later epochs only read."""
+        t0 = time.perf_counter()
+        for store in self.stores:
+            if not store.complete:
+                store.fill_all()
+        self._setup += time.perf_counter() - t0
+
     def flush(self) -> None:
         """Mark the features computed so far as durable: called before each checkpoint, so a resumed run finds
         exactly the features the uninterrupted run had at that point (their values depend, in the last bits, on
@@ -608,7 +618,9 @@ def _phase_source(
         )
     t0 = time.perf_counter()
     # Train features are computed on first use (the first epoch runs the prefix once per image, for the view it
-    # draws); under DDP the node's first rank computes them all up front and the other ranks read its file.
+    # draws) and completed after it when more epochs follow (so those only read); a one-epoch phase, like the
+    # seed two-phase head, never pays for the views it does not draw. Under DDP the node's first rank computes
+    # them all up front and the other ranks read its file.
     eager = distributed.active()
     with distributed.local_main_first():
         views = 2 if config.hflip else 1
