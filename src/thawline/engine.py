@@ -19,7 +19,7 @@ from torch import nn
 from thawline import distributed
 from thawline.config import TrainConfig
 from thawline.errors import ThawlineError
-from thawline.models import StageMap
+from thawline.models import StageMap, eval_mode
 from thawline.strategies import ResolvedPhase
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -123,18 +123,11 @@ def evaluate(
     With `across_ranks`, every rank evaluates a contiguous shard and the logits are gathered in rank order,
     so loss and accuracy are over the whole split (the same numbers as one process)."""
     all_logits, all_labels = [], []
-    modes = [(m, m.training) for m in model.modules()] if model is not None else []
-    if model is not None:
-        model.eval()
-    try:
-        with torch.inference_mode():
-            for x, y in batches:
-                with autocast(device, amp):
-                    all_logits.append(forward(x.to(device, non_blocking=True)).float().cpu())
-                all_labels.append(y)
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model), torch.inference_mode():
+        for x, y in batches:
+            with autocast(device, amp):
+                all_logits.append(forward(x.to(device, non_blocking=True)).float().cpu())
+            all_labels.append(y)
     logits = torch.cat(all_logits) if all_logits else torch.zeros(0, 0)
     labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
     if across_ranks:

@@ -6,7 +6,8 @@ modules. Body stages are 0..n-1 (stem first); the head (the group holding the cl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,20 @@ def apply_freezing(model: nn.Module, smap: StageMap, trainable: set[int], bn: st
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.train(bn == "train")
     return count
+
+
+@contextmanager
+def eval_mode(model: nn.Module | None) -> Iterator[None]:
+    """Every module of `model` in eval mode inside the block; each module's own train/eval mode restored after
+    (a plain model.train() would undo the phase's freezing). None: nothing to switch."""
+    modes = [(m, m.training) for m in model.modules()] if model is not None else []
+    if model is not None:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def count_params(model: nn.Module) -> int:

@@ -34,7 +34,16 @@ from thawline.config import TrainConfig, atomic_write_text, save_yaml
 from thawline.data import Batches, Discovered, Normalize, discover
 from thawline.depthwise import use_fast_depthwise
 from thawline.errors import ThawlineError
-from thawline.models import Split, StageMap, apply_freezing, count_params, is_suffix, split_at, stage_map
+from thawline.models import (
+    Split,
+    StageMap,
+    apply_freezing,
+    count_params,
+    eval_mode,
+    is_suffix,
+    split_at,
+    stage_map,
+)
 from thawline.strategies import ResolvedPhase, Strategy, get_strategy, resolve
 from thawline.tracking import SCALARS, Tracker, wandb_module
 from thawline.weights import build_model_with_info
@@ -629,8 +638,6 @@ def _phase_source(
         )
         val_store = _features(model, smap, split, val, 1, normalize, device, config, cache_dir, quiet, name)
     setup = time.perf_counter() - t0
-    # _features put the model in eval to compute the prefix; restore the phase's train/eval modes.
-    apply_freezing(model, smap, set(phase.trainable), phase.bn)
     positions = np.arange(len(train))
 
     def layout(x: torch.Tensor) -> torch.Tensor:  # feature maps in the model's memory format (no conv reorders)
@@ -712,13 +719,8 @@ def _features(
         if view == 1:
             rows = rows.flip(2)
         # The prefix as at inference (no dropout, BatchNorm on running statistics), also when called mid-epoch.
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
+        with eval_mode(model):
             return split.prefix(normalize(rows).to(device))
-        finally:
-            for m, training in modes:
-                m.training = training
 
     store = FeatureCache(key, len(data), views, compute, config.batch_size * 2, cache_dir)
     if eager and not store.complete:
