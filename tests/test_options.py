@@ -16,7 +16,7 @@ import yaml
 from conftest import make_image_folder
 
 import thawline
-from thawline import cli, lrfind, trainer
+from thawline import cli, lrfind, prepare, sources, trainer
 from thawline.cli import main
 from thawline.data import Batches
 
@@ -88,10 +88,10 @@ def label_batches(labels: np.ndarray, seed: int, balanced: bool, shuffle: bool =
 
 
 def test_class_weights_helper_is_inverse_frequency() -> None:
-    assert trainer._class_weights(np.array([0, 1, 2] * 5), 3).tolist() == [1.0, 1.0, 1.0]
-    assert trainer._class_weights(np.array([0] * 30 + [1] * 6), 2).tolist() == pytest.approx([36 / 60, 36 / 12])
+    assert prepare.class_weights(np.array([0, 1, 2] * 5), 3).tolist() == [1.0, 1.0, 1.0]
+    assert prepare.class_weights(np.array([0] * 30 + [1] * 6), 2).tolist() == pytest.approx([36 / 60, 36 / 12])
     # a class absent from train gets weight 0 (it cannot be predicted anyway), the others n / (k * count)
-    assert trainer._class_weights(np.array([0, 0, 0, 2]), 3).tolist() == pytest.approx([4 / 9, 0.0, 4 / 3])
+    assert prepare.class_weights(np.array([0, 0, 0, 2]), 3).tolist() == pytest.approx([4 / 9, 0.0, 4 / 3])
 
 
 def test_class_weights_auto_and_balanced_sampler_reach_the_loss_and_the_batches(
@@ -100,7 +100,7 @@ def test_class_weights_auto_and_balanced_sampler_reach_the_loss_and_the_batches(
     data = skewed_folder(tmp_path / "data")
     losses: list[torch.Tensor | None] = []
     samplers: list[tuple[bool, bool]] = []
-    real_loss, real_batches = torch.nn.CrossEntropyLoss, trainer.Batches
+    real_loss, real_batches = torch.nn.CrossEntropyLoss, sources.Batches
 
     class SpyLoss(real_loss):
         def __init__(self, *args, **kwargs) -> None:
@@ -111,8 +111,8 @@ def test_class_weights_auto_and_balanced_sampler_reach_the_loss_and_the_batches(
         samplers.append((kwargs["shuffle"], kwargs.get("balanced", False)))
         return real_batches(*args, **kwargs)
 
-    monkeypatch.setattr(trainer.nn, "CrossEntropyLoss", SpyLoss)
-    monkeypatch.setattr(trainer, "Batches", spy_batches)
+    monkeypatch.setattr(prepare.nn, "CrossEntropyLoss", SpyLoss)
+    monkeypatch.setattr(sources, "Batches", spy_batches)
     out = tmp_path / "run"
     thawline.train(
         tiny_config(data, strategy="full", class_weights="auto", balanced_sampler=True), run_dir=out, quiet=True
@@ -248,7 +248,7 @@ def test_resumed_lr_auto_run_keeps_lr_auto_in_config(
         [1e-4, 1e-3], [1.0, 0.9], [1.0, 0.95], 2e-3, "min/10", 1e-3, None, None, False, {"strategy": "head-only"}
     )
     monkeypatch.setattr(lrfind, "lr_find", lambda *args, **kwargs: canned)
-    monkeypatch.setattr(lrfind, "_plot", lambda path, result: path.write_bytes(b""))
+    monkeypatch.setattr(lrfind, "plot_lr_find", lambda path, *args: path.write_bytes(b""))
     image_folder = make_image_folder(tmp_path / "data", {"train": 6, "val": 3})
     cfg = tiny_config(image_folder, strategy="head-only", lr="auto")
     out = tmp_path / "run"

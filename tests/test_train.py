@@ -13,7 +13,7 @@ from conftest import make_image_folder, tiny_config
 import thawline
 from thawline import trainer
 from thawline.checkpoint import load_checkpoint
-from thawline.comparison import format_table
+from thawline.ranking import format_table
 
 METRIC_KEYS = {
     "strategy",

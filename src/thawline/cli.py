@@ -16,121 +16,55 @@ DEMO_PREPARE = {"per_class": 100, "val_per_class": 50, "test_per_class": 100}
 DEMO_OPTIONS = {"img_size": 112, "epochs": 6}
 
 
-def _learning_rate(text: str) -> float | str:
-    """--lr: a number, or `auto` (the LR range test of `thawline lr-find` picks it)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number such as 1e-4, nor auto") from None
+def _number(kind: type, words: tuple[str, ...]):
+    """argparse type for a numeric option that also accepts some words (`--lr auto`)."""
+
+    def parse(text: str) -> Any:
+        if text.strip().lower() in words:
+            return text.strip().lower()
+        try:
+            return kind(text)
+        except ValueError:
+            alternatives = "".join(f", nor {w}" for w in words)
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind.__name__}{alternatives}") from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def add_config_options(p: argparse.ArgumentParser, cls: type | None = None) -> None:
+    """One flag per option field of the config class (`img_size` -> `--img-size`), typed and documented by the
+    field's declaration in config.py: adding an option there adds its flag here."""
+    from thawline.config import TrainConfig, option_specs
+
+    for spec in option_specs(cls or TrainConfig):
+        if spec.cli.get("skip"):
+            continue
+        flag = spec.flag
+        kw: dict[str, Any] = {"dest": spec.name, "help": spec.help, "default": None}
+        if spec.kind is bool and spec.nullable:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif spec.kind is bool:  # a flag that switches the default off (--no-hflip) or on (--test-each-phase)
+            if spec.default:
+                flag, kw["help"] = f"--no-{spec.name.replace('_', '-')}", f"turn off (on by default): {spec.help}"
+            kw["action"] = "store_false" if spec.default else "store_true"
+        elif spec.kind in (int, float):
+            kw["type"] = _number(spec.kind, spec.words)
+        kw.update({k: v for k, v in spec.cli.items() if k != "skip"})
+        p.add_argument(flag, **kw)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="ImageFolder root with train/ and val/ (test/ optional)")
-    p.add_argument("--model", help="timm model name (default tf_efficientnet_lite0)")
-    p.add_argument("--weights", help="default (embedded EfficientNet-Lite0) | hub | none | PATH")
-    p.add_argument("--epochs", type=int, help="total epoch budget, split across the strategy's phases")
-    p.add_argument("--img-size", type=int, dest="img_size", help="input resolution (default: the model's)")
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument(
-        "--lr",
-        type=_learning_rate,
-        help="LR of the first phase (later phases keep the strategy's ratios), or auto: the LR range test's pick",
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--preset", help="default | seed (Adam, plain CE, constant LR, batch 32, 224 px)")
-    p.add_argument("--optimizer", help="adamw | adam | sgd")
-    p.add_argument("--weight-decay", type=float, dest="weight_decay")
-    p.add_argument("--label-smoothing", type=float, dest="label_smoothing")
-    p.add_argument("--schedule", help="cosine | constant (per phase, after warm-up)")
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--max-per-class", type=int, dest="max_per_class", help="cap train images per class")
-    p.add_argument("--no-hflip", action="store_false", dest="hflip", default=None, help="no flip augmentation")
-    p.add_argument(
-        "--test-each-phase",
-        action="store_true",
-        dest="test_each_phase",
-        default=None,
-        help="also measure test accuracy at the end of every phase",
-    )
-    p.add_argument(
-        "--no-feature-cache",
-        action="store_false",
-        dest="feature_cache",
-        default=None,
-        help="always run the whole model (no cached frozen-prefix features)",
-    )
-    p.add_argument("--cache-dir", dest="cache_dir", help="image/feature cache folder (default ~/.cache/thawline)")
-    p.add_argument("--workers", type=int, help="processes that decode images (default: CPU count)")
-    p.add_argument(
-        "--allow-leakage",
-        action="store_true",
-        dest="allow_leakage",
-        default=None,
-        help="train even when identical images are in train and val/test (a warning instead of an error)",
-    )
-    p.add_argument(
-        "--class-weights",
-        dest="class_weights",
-        choices=("auto",),
-        help="auto: weight the loss by inverse class frequency (skewed folders)",
-    )
-    p.add_argument(
-        "--balanced-sampler",
-        action="store_true",
-        dest="balanced_sampler",
-        default=None,
-        help="draw train batches so every class is equally likely (skewed folders)",
-    )
-    p.add_argument(
-        "--wandb",
-        nargs="?",
-        const="thawline",
-        metavar="PROJECT",
-        help="also log to Weights & Biases (project, default thawline; offline when the server is unreachable)",
-    )
-    p.add_argument("--strategies-file", dest="strategies_file", help="YAML file with your own strategies")
+    add_config_options(p)
     p.add_argument("--config", help="YAML file of options (flags given here win over it)")
-    p.add_argument("--out", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 
-TRAIN_KEYS = (
-    "data",
-    "model",
-    "weights",
-    "epochs",
-    "img_size",
-    "batch_size",
-    "lr",
-    "seed",
-    "preset",
-    "optimizer",
-    "weight_decay",
-    "label_smoothing",
-    "schedule",
-    "device",
-    "max_per_class",
-    "hflip",
-    "test_each_phase",
-    "feature_cache",
-    "cache_dir",
-    "workers",
-    "allow_leakage",
-    "class_weights",
-    "balanced_sampler",
-    "wandb",
-    "strategies_file",
-    "out",
-)
-
-
 def _config_from_args(args: argparse.Namespace, **extra: Any):
-    from thawline.config import make_config
+    from thawline.config import make_config, option_specs
 
-    overrides = {k: getattr(args, k, None) for k in TRAIN_KEYS}
+    overrides = {spec.name: getattr(args, spec.name, None) for spec in option_specs()}
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return make_config(overrides, args.config)
 
@@ -280,7 +214,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from thawline.lrfind import lr_find
-    from thawline.trainer import next_run_dir
+    from thawline.runfolder import next_run_dir
 
     config = _config_from_args(args, strategy=args.strategy)
     out = Path(config.out) if config.out else next_run_dir(Path("runs"), "lr-find")
@@ -389,29 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("lr-find", help="LR range test for a strategy's first phase (plot + suggested --lr)")
-    for flag, kw in (
-        ("--data", {"help": "ImageFolder root with train/ and val/"}),
-        ("--model", {}),
-        ("--strategy", {"help": "whose first phase is tested (default two-phase)"}),
-        ("--weights", {}),
-        ("--img-size", {"type": int, "dest": "img_size"}),
-        ("--batch-size", {"type": int, "dest": "batch_size"}),
-        ("--epochs", {"type": int, "help": "budget used to resolve the strategy's phases"}),
-        ("--seed", {"type": int}),
-        ("--preset", {}),
-        ("--optimizer", {}),
-        ("--weight-decay", {"type": float, "dest": "weight_decay"}),
-        ("--label-smoothing", {"type": float, "dest": "label_smoothing"}),
-        ("--device", {}),
-        ("--max-per-class", {"type": int, "dest": "max_per_class"}),
-        ("--cache-dir", {"dest": "cache_dir"}),
-        ("--workers", {"type": int}),
-        ("--allow-leakage", {"action": "store_true", "dest": "allow_leakage", "default": None}),
-        ("--strategies-file", {"dest": "strategies_file"}),
-        ("--config", {}),
-        ("--out", {"help": "folder for lr_find.png and lr_find.json (default runs/lr-find-N)"}),
-    ):
-        p.add_argument(flag, **kw)
+    add_config_options(p)
+    p.add_argument("--strategy", help="whose first phase is tested (default two-phase)")
+    p.add_argument("--config", help="YAML file of options (flags given here win over it)")
     p.add_argument("--start-lr", type=float, dest="start_lr", default=1e-7)
     p.add_argument("--end-lr", type=float, dest="end_lr", default=10.0)
     p.add_argument("--steps", type=int, default=100, help="number of LR steps (minibatches)")

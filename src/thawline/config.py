@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,46 +20,73 @@ SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def option(default: Any, help: str, *, words: tuple[str, ...] = (), cli: dict[str, Any] | None = None) -> Any:
+    """A `TrainConfig` field declared once: default and help text. The CLI flag, the YAML key and the type check
+    are derived from the field (`cli.add_config_options`, `make_config`); `cli` holds the argparse settings that
+    the field's type cannot tell (choices, a const, `{"skip": True}` for no flag). `words` are the strings a
+    numeric option also accepts (`lr: auto`)."""
+    metadata = {"help": help, "words": words, "cli": cli or {}}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """One training run. Field comments are the CLI help; `None` means "derived" (see `resolved`)."""
+    """One training run. Each field is one option: a CLI flag (`--img-size`), a YAML key (`img_size`) and a
+    `config.yaml` entry. `None` means "derived" (see the help)."""
 
-    data: str | None = None  # ImageFolder root with train/ and val/ (test/ optional)
-    model: str = DEFAULT_MODEL  # any timm model name
-    weights: str = "default"  # default (embedded lite0) | hub | none | PATH
-    strategy: str = "two-phase"  # a registered strategy name (see `thawline strategies`)
-    strategies_file: str | None = None  # YAML file with extra user-defined strategies
-    epochs: int | None = None  # total epoch budget split across phases; None = the strategy's own epochs
-    img_size: int | None = None  # None = the model's pretrained input size
-    batch_size: int = 32
-    lr: float | str | None = None  # rescales the strategy's LRs so its first phase uses this LR; "auto" = lr-find
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    schedule: str = "cosine"  # per phase: linear warm-up then cosine, or constant
-    warmup_epochs: float = 0.25  # warm-up length at the start of every phase, in epochs
-    hflip: bool = True  # random horizontal flip on train images (the seeds' only augmentation)
-    drop_rate: float = 0.0  # dropout before the classifier
-    # BatchNorm momentum in training stages. TF-ported models (tf_efficientnet_*) carry TF's 0.01, which lets
-    # running stats lag far behind the batch stats on a new domain for hundreds of steps, so validation (which
-    # uses running stats) collapses after a thaw; 0.1 is PyTorch's default. None keeps the model's own.
-    bn_momentum: float | None = 0.1
-    seed: int = 0
-    preset: str = "default"  # default | seed (the seed scripts' exact recipe)
-    device: str = "auto"  # auto | cpu | cuda
-    channels_last: bool | None = None  # None = on (faster convolutions on CPU and CUDA)
-    amp: bool | None = None  # bf16 autocast; None = on for CUDA (slower than fp32 on AVX2 CPUs)
-    feature_cache: bool = True  # train only the suffix on cached frozen-prefix features when possible
-    cache_dir: str | None = None  # decode-once and feature caches; default ~/.cache/thawline
-    workers: int | None = None  # processes that decode images once; None = CPU count
-    test_each_phase: bool = False  # also measure test accuracy at the end of every phase (summary.phase_results)
-    max_per_class: int | None = None  # cap train images per class (quick experiments)
-    allow_leakage: bool = False  # train even when identical images sit in train and val/test
-    class_weights: str | None = None  # None | auto: loss weights inversely proportional to class frequency
-    balanced_sampler: bool = False  # draw train batches with equal expected counts per class
-    out: str | None = None  # run folder; default runs/<strategy>-N
-    wandb: str | None = None  # W&B project to log to as well as TensorBoard (offline when W&B is unreachable)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run
+    data: str | None = option(None, "ImageFolder root with train/ and val/ (test/ optional)")
+    model: str = option(DEFAULT_MODEL, "timm model name (default tf_efficientnet_lite0)")
+    weights: str = option("default", "default (embedded EfficientNet-Lite0) | hub | none | PATH")
+    strategy: str = option(
+        "two-phase", "strategy name (see `thawline strategies`)", cli={"skip": True}
+    )  # train and lr-find: --strategy; compare and sweep: --strategies
+    strategies_file: str | None = option(None, "YAML file with your own strategies")
+    epochs: int | None = option(None, "total epoch budget, split across the strategy's phases")
+    img_size: int | None = option(None, "input resolution (default: the model's)")
+    batch_size: int = option(32, "images per optimizer step (the global batch under torchrun)")
+    lr: float | str | None = option(
+        None,
+        "LR of the first phase (later phases keep the strategy's ratios), or auto: the LR range test's pick",
+        words=("auto",),
+    )
+    optimizer: str = option("adamw", "adamw | adam | sgd")
+    weight_decay: float = option(0.01, "AdamW/SGD weight decay (not on biases and norm weights)")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy loss")
+    schedule: str = option("cosine", "cosine | constant (per phase, after warm-up)")
+    warmup_epochs: float = option(0.25, "linear LR warm-up at the start of every phase, in epochs")
+    hflip: bool = option(True, "random horizontal flip on train images (the seeds' only augmentation)")
+    drop_rate: float = option(0.0, "dropout before the classifier")
+    # TF-ported models (tf_efficientnet_*) carry TF's 0.01, which lets running stats lag far behind the batch stats
+    # on a new domain for hundreds of steps, so validation (which uses running stats) collapses after a thaw.
+    bn_momentum: float | None = option(
+        0.1, "BatchNorm momentum in training stages (PyTorch's 0.1; TF-ported models carry 0.01)"
+    )
+    seed: int = option(0, "random seed (head init, batch order, dropout)")
+    preset: str = option("default", "default | seed (Adam, plain CE, constant LR, batch 32, 224 px) | quality-20min")
+    device: str = option("auto", "auto | cpu | cuda")
+    channels_last: bool | None = option(None, "channels-last memory format (default on: faster convolutions)")
+    amp: bool | None = option(None, "bf16 autocast (default on for CUDA; slower than fp32 on AVX2 CPUs)")
+    feature_cache: bool = option(True, "train only the suffix on cached frozen-prefix features when possible")
+    cache_dir: str | None = option(None, "image/feature cache folder (default ~/.cache/thawline)")
+    workers: int | None = option(None, "processes that decode images (default: CPU count)")
+    test_each_phase: bool = option(False, "also measure test accuracy at the end of every phase")
+    max_per_class: int | None = option(None, "cap train images per class")
+    allow_leakage: bool = option(
+        False, "train even when identical images are in train and val/test (a warning instead of an error)"
+    )
+    class_weights: str | None = option(
+        None, "auto: weight the loss by inverse class frequency (skewed folders)", cli={"choices": ("auto",)}
+    )
+    balanced_sampler: bool = option(False, "draw train batches so every class is equally likely (skewed folders)")
+    out: str | None = option(None, "output folder (default runs/<strategy>-N)")
+    wandb: str | None = option(
+        None,
+        "also log to Weights & Biases (project, default thawline; offline when the server is unreachable)",
+        cli={"nargs": "?", "const": "thawline", "metavar": "PROJECT"},
+    )
+    extra: dict[str, Any] = option({}, "free-form notes saved with the run", cli={"skip": True})
 
     def validate(self) -> TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -128,25 +156,67 @@ def _positive(name: str, value: int) -> None:
         raise ThawlineError(f"{name} {value!r}: must be a positive integer")
 
 
+@dataclass(frozen=True)
+class OptionSpec:
+    """What a config field's declaration says about its option: everything the CLI and the YAML check need."""
+
+    name: str
+    kind: type  # int, float, str, bool or dict: the first non-None type of the annotation
+    nullable: bool
+    default: Any
+    help: str
+    words: tuple[str, ...]
+    cli: dict[str, Any]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def option_specs(cls: type[TrainConfig] = TrainConfig) -> list[OptionSpec]:
+    """One spec per field of `cls` (TrainConfig or a subclass that adds options), in declaration order."""
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in fields(cls):
+        args = typing.get_args(hints[f.name]) or (hints[f.name],)
+        kinds = [typing.get_origin(a) or a for a in args if a is not type(None)]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        specs.append(
+            OptionSpec(
+                f.name,
+                kinds[0],
+                type(None) in args,
+                default,
+                f.metadata.get("help", ""),
+                f.metadata.get("words", ()),
+                f.metadata.get("cli", {}),
+            )
+        )
+    return specs
+
+
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
-def make_config(overrides: dict[str, Any], yaml_file: str | None = None) -> TrainConfig:
+def make_config(
+    overrides: dict[str, Any], yaml_file: str | None = None, cls: type[TrainConfig] = TrainConfig
+) -> TrainConfig:
     """Defaults < preset < YAML file < explicit overrides (None values in `overrides` are ignored)."""
     values: dict[str, Any] = {}
     if yaml_file:
         values.update(load_yaml_mapping(yaml_file))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    names = tuple(f.name for f in fields(cls))
     for key in values:
-        if key not in FIELD_NAMES:
+        if key not in names:
             raise ThawlineError(
-                f"unknown option '{key}'{close_matches(key, FIELD_NAMES)}; known options: see `thawline train -h`"
+                f"unknown option '{key}'{close_matches(key, names)}; known options: see `thawline train -h`"
             )
     preset = values.get("preset", "default")
     _choice("preset", preset, tuple(PRESETS))
     merged = {**PRESETS[preset], **values}
     try:
-        config = TrainConfig(**merged)
+        config = cls(**merged)
     except TypeError as e:  # pragma: no cover - guarded by the key check above
         raise ThawlineError(f"bad configuration: {e}") from None
     _check_types(config)
@@ -155,35 +225,22 @@ def make_config(overrides: dict[str, Any], yaml_file: str | None = None) -> Trai
 
 def _check_types(config: TrainConfig) -> None:
     """YAML gives strings where numbers were meant ("1e-4" is a string in YAML 1.1); coerce or say so."""
-    numeric = {
-        "epochs": int,
-        "img_size": int,
-        "batch_size": int,
-        "seed": int,
-        "workers": int,
-        "max_per_class": int,
-        "lr": float,
-        "weight_decay": float,
-        "label_smoothing": float,
-        "warmup_epochs": float,
-        "drop_rate": float,
-        "bn_momentum": float,
-    }
-    for name, kind in numeric.items():
-        value = getattr(config, name)
-        if (
-            value is None
-            or (isinstance(value, kind) and not isinstance(value, bool))
-            or (name, value) == ("lr", "auto")
-        ):
+    for spec in option_specs(type(config)):
+        kind = spec.kind
+        value = getattr(config, spec.name)
+        if kind not in (int, float) or value is None or value in spec.words:
+            continue
+        if isinstance(value, kind) and not isinstance(value, bool):
             continue
         try:
+            if isinstance(value, bool):
+                raise ValueError
             coerced = kind(value)
             if kind is int and float(value) != coerced:
                 raise ValueError
         except (TypeError, ValueError):
-            raise ThawlineError(f"option {name}: {value!r} is not a valid {kind.__name__}") from None
-        setattr(config, name, coerced)
+            raise ThawlineError(f"option {spec.name}: {value!r} is not a valid {kind.__name__}") from None
+        setattr(config, spec.name, coerced)
 
 
 def load_yaml_mapping(path: str) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from torch import nn
 
 from thawline import distributed
 from thawline.config import TrainConfig
-from thawline.errors import ThawlineError
 from thawline.models import StageMap, eval_mode
 from thawline.strategies import ResolvedPhase
 
@@ -53,12 +52,14 @@ def train_one_epoch(
     set_lr: Callable[[], None],
     device: torch.device,
     amp: bool = False,
-    params: list[nn.Parameter] | None = None,
-    progress: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, float], bool | None] | None = None,
     dropout: float = 0.0,
     across_ranks: bool = False,
 ) -> EpochStats:
     """One pass over `batches`; `set_lr` is called before every step (the schedule is a pure function of it).
+
+    `progress(n, loss)` runs after every step; when it returns True the epoch ends there (the LR range test stops
+    on divergence this way).
 
     With `across_ranks` (DDP, `forward` wrapped in DistributedDataParallel), each rank holds its share of a
     global batch: its mean loss is rescaled by its share so that DDP's gradient average equals the global
@@ -91,8 +92,8 @@ def train_one_epoch(
         total_loss += loss.detach().double().cpu() * n
         correct += int((logits.argmax(1) == y).sum())
         seen += n
-        if progress:
-            progress(n, float(loss.detach()))
+        if progress and progress(n, float(loss.detach())):
+            break
     seconds = time.perf_counter() - start
     loss_sum = float(total_loss)
     if across_ranks:
@@ -216,9 +217,13 @@ def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
         g["lr"] = g["base_lr"] * factor
 
 
-def check_finite(value: float, where: str, config: TrainConfig) -> None:
-    if not math.isfinite(value):
-        raise ThawlineError(
-            f"loss became {value} in {where}; lower the learning rate (--lr) and rerun; "
-            "last.pt keeps the last good epoch"
-        )
+class PhaseSchedule:
+    """`set_lr` for the steps of one epoch: every param group at its base LR x `lr_factor` of the step within
+    the phase, so the schedule continues exactly across epochs and resumes."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, first_step: int, total: int, warmup: int, kind: str) -> None:
+        self.optimizer, self.step, self.total, self.warmup, self.kind = optimizer, first_step, total, warmup, kind
+
+    def __call__(self) -> None:
+        apply_lr(self.optimizer, lr_factor(self.step, self.total, self.warmup, self.kind))
+        self.step += 1

@@ -26,7 +26,7 @@ from thawline.config import atomic_write_text
 from thawline.data import Normalize
 from thawline.errors import ThawlineError
 from thawline.images import IMAGE_EXTENSIONS, BadImage, decode_resized
-from thawline.metrics import PREDICTION_COLUMNS, accuracy, calibration, confusion_matrix, per_class_metrics
+from thawline.metrics import accuracy, calibration, confusion_matrix, per_class_metrics, write_predictions
 
 CHECKPOINTS = ("best", "last")
 REQUIRED_KEYS = ("model", "classes", "img_size", "interpolation", "mean", "std")
@@ -288,7 +288,9 @@ def evaluate_run(
             targets.append(out / f"evaluation_{name}.json")
         for target in targets:
             atomic_write_text(target, text)
-        write_predictions(out / "predictions.csv", name, result.paths, result.labels, result.logits, classes)
+        write_predictions(
+            out / "predictions.csv", name, result.paths, result.labels, result.logits.numpy(), classes
+        )
         result.files = [*targets, out / "predictions.csv"]
     return result
 
@@ -326,25 +328,6 @@ def evaluation_report(ev: Evaluation, cfg: dict[str, Any]) -> dict[str, Any]:
         "confusion_matrix": confusion_matrix(ev.labels, preds, k).tolist(),
         "skipped": [{"path": p, "reason": r} for p, r in ev.skipped],
     }
-
-
-def write_predictions(
-    path: Path, split: str, paths: list[str], labels: np.ndarray, logits: torch.Tensor, classes: list[str]
-) -> None:
-    """predictions.csv with the columns training writes (split,path,label,pred,confidence,loss,correct)."""
-    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    probs = torch.softmax(logits, 1)
-    conf, pred = probs.max(1)
-    losses = torch.nn.functional.cross_entropy(logits, labels_t, reduction="none")
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(PREDICTION_COLUMNS)
-    for i, p in enumerate(paths):
-        y, yhat = int(labels_t[i]), int(pred[i])
-        w.writerow(
-            [split, p, classes[y], classes[yhat], f"{float(conf[i]):.6f}", f"{float(losses[i]):.6f}", int(y == yhat)]
-        )
-    atomic_write_text(path, buf.getvalue())
 
 
 def format_evaluation(ev: Evaluation) -> str:

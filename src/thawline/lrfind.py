@@ -24,11 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 from tqdm import tqdm
 
+from thawline import engine, runtime
 from thawline.config import TrainConfig, atomic_write_text
 from thawline.errors import ThawlineError
+from thawline.models import apply_freezing
+from thawline.plots import plot_lr_find
+from thawline.prepare import PreparedData, prepare_data, setup_run
+from thawline.sources import phase_source
+from thawline.strategies import Strategy, get_strategy
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -115,8 +120,8 @@ def suggestion(
 def lr_find(
     config: TrainConfig,
     *,
-    data=None,
-    strategy=None,
+    data: PreparedData | None = None,
+    strategy: Strategy | None = None,
     out: str | os.PathLike | None = None,
     start_lr: float = START_LR,
     end_lr: float = END_LR,
@@ -127,22 +132,10 @@ def lr_find(
 ) -> LRFindResult:
     """Run the range test for the first phase of `config.strategy`; write lr_find.json/.png into `out` if given.
 
-    `data` (a trainer.PreparedData) and `strategy` are reused when the caller already has them (`--lr auto`)."""
-    from thawline import engine, runtime
-    from thawline.cache import default_cache_dir
-    from thawline.data import Normalize
-    from thawline.models import apply_freezing
-    from thawline.strategies import get_strategy, resolve
-    from thawline.trainer import (
-        _class_weights,
-        _phase_source,
-        build_run_model,
-        data_settings,
-        pick_device,
-        prepare_data,
-    )
-    from thawline.weights import build_model_with_info
-
+    `data` and `strategy` are reused when the caller already has them (`--lr auto`). The test drives the one
+    training loop, `engine.train_one_epoch`: an exponential `set_lr`, and a progress hook that records each
+    step's loss and ends the epoch once the smoothed loss diverges (fastai's LRFinder is a callback the same way).
+    """
     if not 0 < start_lr < end_lr:
         raise ThawlineError(f"LR range {start_lr:g}..{end_lr:g}: needs 0 < start < end")
     if steps < 5:
@@ -150,79 +143,41 @@ def lr_find(
     started = time.perf_counter()
     runtime.keep_freed_memory()
     strategy = strategy or get_strategy(config.strategy, config.strategies_file)
-    device = pick_device(config)
-    amp = config.amp if config.amp is not None else device.type == "cuda"
-    channels_last = config.channels_last if config.channels_last is not None else True
     if data is None:
-        probe = build_model_with_info(config.model, "none", 2)[0]
-        size, interp, _, _ = data_settings(probe, config)
-        data = prepare_data(config, size, interp, quiet)
-    weights = "none" if strategy.init == "random" else config.weights
-    model, _, smap = build_run_model(config, weights, len(data.classes), device, channels_last)
-    _, _, mean, std = data_settings(model, config)
-    phase = resolve(strategy, smap.n_stages, config.epochs)[0]
-    n_trainable = apply_freezing(model, smap, set(phase.trainable), phase.bn)
-    optimizer = engine.build_optimizer(config, engine.stage_groups(model, smap, phase.trainable, config))
+        data = prepare_data(config, quiet)
+    setup = setup_run(config, strategy, data)  # a throwaway model, built as the run builds it
+    phase = setup.phases[0]
+    n_trainable = apply_freezing(setup.model, setup.smap, set(phase.trainable), phase.bn)
+    groups = engine.stage_groups(setup.model, setup.smap, phase.trainable, config)
+    optimizer = engine.build_optimizer(config, groups)
     # Layer-wise LR decay keeps its ratios: each group runs at lr * its multiplier.
-    multipliers = [phase.layer_decay ** (smap.head - g["stage"]) for g in optimizer.param_groups]
-    normalize = Normalize(mean, std, channels_last)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    source = _phase_source(model, smap, phase, config, data, normalize, device, cache_dir, quiet, "lr-find")
-    # The same loss as training (class weights included), or the range test measures something else.
-    weight = _class_weights(data.splits["train"].labels, len(data.classes)) if config.class_weights == "auto" else None
-    loss_fn = nn.CrossEntropyLoss(
-        weight=weight.to(device) if weight is not None else None, label_smoothing=config.label_smoothing
-    )
-    ratio = (end_lr / start_lr) ** (1 / (steps - 1))
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    best = math.inf
-    avg = 0.0
-    stopped_early = False
+    multipliers = [phase.layer_decay ** (setup.smap.head - g["stage"]) for g in optimizer.param_groups]
+    source = phase_source(setup, phase, "lr-find", quiet)
+    recorder = _Recorder(start_lr, (end_lr / start_lr) ** (1 / (steps - 1)), steps, diverge, beta)
+
+    def set_lr() -> None:
+        recorder.lr = recorder.next_lr()
+        for g, m in zip(optimizer.param_groups, multipliers, strict=True):
+            g["lr"] = recorder.lr * m
+
     bar = tqdm(total=steps, desc="lr-find", unit="step", disable=quiet or not sys.stderr.isatty(), leave=False)
     try:
         epoch = 0
-        while len(lrs) < steps and not stopped_early:
-            for x, y in source.train_batches(epoch):
-                lr = start_lr * ratio ** len(lrs)
-                for g, m in zip(optimizer.param_groups, multipliers, strict=True):
-                    g["lr"] = lr * m
-                x, y = x.to(device), y.to(device)
-                with engine.autocast(device, amp):
-                    if source.dropout > 0:
-                        x = nn.functional.dropout(x, p=source.dropout, training=True)
-                    loss = loss_fn(source.forward(x).float(), y)
-                value = float(loss.detach())
-                lrs.append(lr)
-                losses.append(value)
-                bar.update(1)
-                if not math.isfinite(value):
-                    smoothed.append(math.inf)
-                    stopped_early = True
-                    break
-                avg = beta * avg + (1 - beta) * value
-                s = avg / (1 - beta ** len(lrs))
-                smoothed.append(s)
-                best = min(best, s)
-                if len(lrs) > 1 and s > diverge * best:
-                    stopped_early = True
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if len(lrs) >= steps:
-                    break
+        while not recorder.done:
+            try:
+                engine.train_one_epoch(
+                    source.forward, source.train_batches(epoch), optimizer, setup.loss_fn, set_lr, setup.device,
+                    setup.amp, progress=lambda n, loss: recorder.record(loss, bar), dropout=source.dropout,
+                )  # fmt: skip
+            except engine.NonFiniteLoss as e:
+                recorder.record(e.value, bar)
             epoch += 1
     finally:
         bar.close()
         source.close()
-    # A diverged last point (inf or > diverge x best) is kept for the plot but not used for the suggestion.
-    usable = len(smoothed) - 1 if stopped_early else len(smoothed)
-    pick = suggestion(lrs[: max(usable, 1)], smoothed[: max(usable, 1)])
     info = {
         "model": config.model,
-        "weights": weights,
+        "weights": setup.weights,
         "strategy": strategy.name,
         "phase": phase.to_dict(),
         "trainable_params": n_trainable,
@@ -238,26 +193,57 @@ def lr_find(
         "beta": beta,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    result = LRFindResult(
-        lrs,
-        losses,
-        smoothed,
-        pick.lr,
-        pick.method,
-        pick.min_loss_lr,
-        pick.valley_lr,
-        pick.steepest_lr,
-        stopped_early,
-        info,
-    )
+    result = recorder.result(info)
     if out is not None:
         write_lr_find(Path(out), result)
     return result
 
 
-def suggest_lr(config: TrainConfig, *, data=None, strategy=None, out=None, quiet: bool = True, **options) -> float:
-    """The LR range test's suggested first-phase LR for `config` (what `--lr auto` uses)."""
-    return lr_find(config, data=data, strategy=strategy, out=out, quiet=quiet, **options).suggested_lr
+class _Recorder:
+    """The range test's state across steps: LRs and losses so far, the smoothed loss, and when to stop."""
+
+    def __init__(self, start_lr: float, ratio: float, steps: int, diverge: float, beta: float) -> None:
+        self.start_lr, self.ratio, self.steps, self.diverge, self.beta = start_lr, ratio, steps, diverge, beta
+        self.lr = start_lr
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.best = math.inf
+        self.avg = 0.0
+        self.stopped_early = False
+
+    @property
+    def done(self) -> bool:
+        return self.stopped_early or len(self.lrs) >= self.steps
+
+    def next_lr(self) -> float:
+        return self.start_lr * self.ratio ** len(self.lrs)
+
+    def record(self, loss: float, bar: tqdm) -> bool:
+        """Log this step's loss at its LR; True (stop) on a non-finite or diverged loss or after the last step."""
+        self.lrs.append(self.lr)
+        self.losses.append(loss)
+        bar.update(1)
+        if not math.isfinite(loss):
+            self.smoothed.append(math.inf)
+            self.stopped_early = True
+            return True
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        s = self.avg / (1 - self.beta ** len(self.lrs))
+        self.smoothed.append(s)
+        self.best = min(self.best, s)
+        if len(self.lrs) > 1 and s > self.diverge * self.best:
+            self.stopped_early = True
+        return self.done
+
+    def result(self, info: dict[str, Any]) -> LRFindResult:
+        # A diverged last point (inf or > diverge x best) is kept for the plot but not used for the suggestion.
+        usable = max(len(self.smoothed) - 1 if self.stopped_early else len(self.smoothed), 1)
+        pick = suggestion(self.lrs[:usable], self.smoothed[:usable])
+        return LRFindResult(
+            self.lrs, self.losses, self.smoothed, pick.lr, pick.method, pick.min_loss_lr, pick.valley_lr,
+            pick.steepest_lr, self.stopped_early, info,
+        )  # fmt: skip
 
 
 def resolve_auto_lr(
@@ -299,42 +285,7 @@ def write_lr_find(out: Path, result: LRFindResult) -> list[Path]:
     json_path = out / "lr_find.json"
     atomic_write_text(json_path, json.dumps(payload, indent=2))
     png_path = out / "lr_find.png"
-    _plot(png_path, result)
+    title = f"LR range test: {result.info.get('model')} / {result.info.get('strategy')} ({result.method})"
+    plot_lr_find(png_path, result.lrs, result.losses, result.smoothed, result.suggested_lr, title)
     result.files = [json_path, png_path]
     return result.files
-
-
-def _plot(path: Path, result: LRFindResult) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lrs = np.asarray(result.lrs)
-    raw = np.asarray([v if math.isfinite(v) else np.nan for v in result.losses])
-    sm = np.asarray([v if math.isfinite(v) else np.nan for v in result.smoothed])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    ax.plot(lrs, raw, color="#bbbbbb", lw=0.8, label="loss")
-    ax.plot(lrs, sm, color="#1f77b4", lw=1.8, label="smoothed loss")
-    finite = sm[np.isfinite(sm)]
-    if finite.size:
-        lo, hi = float(finite.min()), float(finite[0])
-        ax.set_ylim(lo - 0.1 * abs(hi - lo) - 1e-3, max(hi, lo) + 0.6 * abs(hi - lo) + 1e-3)
-    y_at = float(np.interp(np.log10(result.suggested_lr), np.log10(lrs), np.nan_to_num(sm, nan=np.nanmax(sm))))
-    ax.axvline(result.suggested_lr, color="#d62728", ls="--", lw=1)
-    ax.plot([result.suggested_lr], [y_at], "o", color="#d62728", label=f"suggested {result.suggested_lr:.2e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (first phase)")
-    ax.set_ylabel("training loss")
-    info = result.info
-    ax.set_title(f"LR range test: {info.get('model')} / {info.get('strategy')} ({result.method})", fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)

@@ -7,11 +7,13 @@ predicted, or has no samples) give 0.0, as scikit-learn does with `zero_division
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from thawline.config import atomic_write_text
 from thawline.errors import ThawlineError
 
 PREDICTION_COLUMNS = ("split", "path", "label", "pred", "confidence", "loss", "correct")
@@ -189,3 +191,23 @@ def read_predictions(path: str | Path, classes: list[str] | None = None) -> Pred
         loss=loss,
         correct=correct,
     )
+
+
+def write_predictions(
+    path: str | Path, split: str, paths: list[str], labels: np.ndarray, logits: np.ndarray, classes: list[str]
+) -> None:
+    """predictions.csv (PREDICTION_COLUMNS) from logits: the one writer for training, `evaluate` and the report."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    top = logits.max(axis=1, keepdims=True) if len(logits) else np.zeros((0, 1))
+    log_norm = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]  # log-sum-exp per row
+    pred = logits.argmax(axis=1) if len(logits) else np.zeros(0, np.int64)
+    confidence = np.exp(top[:, 0] - log_norm)
+    loss = log_norm - logits[np.arange(len(labels)), labels] if len(labels) else np.zeros(0)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(PREDICTION_COLUMNS)
+    for i, p in enumerate(paths):
+        y, yhat = int(labels[i]), int(pred[i])
+        w.writerow([split, p, classes[y], classes[yhat], f"{confidence[i]:.6f}", f"{loss[i]:.6f}", int(y == yhat)])
+    atomic_write_text(path, buf.getvalue())

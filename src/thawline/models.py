@@ -170,10 +170,6 @@ def _body_modules(model: nn.Module) -> list[nn.Module] | None:
     return None
 
 
-def first_trainable(trainable: set[int] | tuple[int, ...]) -> int:
-    return min(trainable)
-
-
 def is_suffix(trainable: set[int] | tuple[int, ...], n_total: int) -> bool:
     """True when the trainable stages are exactly a top block (everything from some stage up)."""
     t = sorted(trainable)

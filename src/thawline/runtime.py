@@ -16,6 +16,9 @@ import ctypes
 import os
 import sys
 
+import psutil
+import torch
+
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's malloc.h
 _M_MMAP_MAX = -4
 _KEEP_BYTES = 2**31 - 1  # free heap top kept (not trimmed) up to this size
@@ -41,3 +44,26 @@ def keep_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     _configured = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
     return _configured
+
+
+class MemoryMeter:
+    """Peak resident memory of this process during a run (sampled), and peak CUDA memory when used."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        self.sample()
+        return self.peak / 2**20
+
+    @property
+    def peak_gpu_mb(self) -> float | None:
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None

@@ -243,8 +243,8 @@ def sweep(
     import optuna
 
     from thawline.comparison import parse_strategies
-    from thawline.trainer import data_settings, prepare_data, train
-    from thawline.weights import build_model_with_info
+    from thawline.prepare import input_settings, prepare_data
+    from thawline.trainer import train
 
     started = time.perf_counter()
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
@@ -304,8 +304,7 @@ def sweep(
             if study.direction != optuna.study.StudyDirection.MAXIMIZE:
                 raise ThawlineError(f"study '{study_name}' in {shown} minimises; pass a new --study")
 
-            probe = build_model_with_info(config.model, "none", 2)[0]
-            size, interpolation, _, _ = data_settings(probe, config)
+            size, _ = input_settings(config)
             search = {"strategies": names, "epochs": budget, "model": config.model, "img_size": size}
             _check_search(study, search, shown)
             reaped = fail_dead_trials(study, me)
@@ -320,7 +319,7 @@ def sweep(
             )
             errors: list[str] = []
             if done + running < trials:
-                data = prepare_data(config, size, interpolation, quiet)
+                data = prepare_data(config, quiet)
                 _check_search(study, {"classes": data.classes}, shown, attr="thawline_classes")
                 objective = _objective(config, bases, names, budget, out_dir, data, me, train, verbose)
                 stopper = _Stopper(trials, MAX_CONSECUTIVE_FAILURES, errors, say)

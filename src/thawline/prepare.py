@@ -1,0 +1,243 @@
+"""What every command that trains needs before its first step, set up in one place.
+
+`prepare_data(config)` discovers the folder and decodes each image once (train, compare, lr-find and sweep call
+it; compare and sweep once for all their runs). `setup_run(config, strategy, data)` builds what one run trains
+with: device, AMP, the seeded model and its stage map, the resolved phases, normalisation and the loss.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from thawline import distributed
+from thawline.cache import ImageCache, build_image_cache, default_cache_dir
+from thawline.config import TrainConfig
+from thawline.data import Discovered, Normalize, discover
+from thawline.depthwise import use_fast_depthwise
+from thawline.errors import ThawlineError
+from thawline.models import StageMap, stage_map
+from thawline.strategies import ResolvedPhase, Strategy, resolve
+from thawline.weights import build_model_with_info
+
+
+def warn(message: str) -> None:
+    """Problems with the user's input: on stderr even with --quiet (which only silences progress lines)."""
+    if distributed.is_main():
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitData:
+    """One split after decoding: cached rows, labels and the paths of the images that decoded."""
+
+    name: str
+    cache: ImageCache
+    paths: list[str]
+    labels: np.ndarray
+    rows: np.ndarray  # row indices into cache.store of the images that decoded
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class PreparedData:
+    discovered: Discovered
+    img_size: int
+    interpolation: str
+    splits: dict[str, SplitData]
+    skipped: list[tuple[str, str]]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.discovered.classes
+
+    def counts(self) -> dict[str, int]:
+        """num_train / num_val / num_test, as config.yaml and summary.json record them."""
+        return {f"num_{s}": len(self.splits[s]) if s in self.splits else 0 for s in ("train", "val", "test")}
+
+
+def data_settings(model: nn.Module, config: TrainConfig) -> tuple[int, str, tuple, tuple]:
+    """(image size, interpolation, mean, std): the config's size, else the model's pretrained input config."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    size = config.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    interpolation = cfg.get("interpolation", "bilinear") or "bilinear"
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return size, interpolation, mean, std
+
+
+def input_settings(config: TrainConfig) -> tuple[int, str]:
+    """Image size and interpolation of `config.model` without loading weights (a weightless probe model)."""
+    probe = build_model_with_info(config.model, "none", 2)[0]
+    size, interpolation, _, _ = data_settings(probe, config)
+    return size, interpolation
+
+
+def cache_dir(config: TrainConfig) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+
+
+def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
+    """Discover the folder and decode every image once at the model's input size (reused across runs)."""
+    if not config.data:
+        raise ThawlineError("no data given; pass --data DIR (an ImageFolder tree with train/ and val/)")
+    img_size, interpolation = input_settings(config)
+    found = discover(config.data, config.max_per_class)
+    for w in found.warnings:
+        warn(w)
+    from thawline.datacheck import check_leakage
+
+    leak_warning = check_leakage(found, allow=config.allow_leakage)  # refuses leakage unless allowed
+    if leak_warning:
+        warn(leak_warning)
+    splits: dict[str, SplitData] = {}
+    skipped = [(s.path, s.reason) for s in found.skipped]
+    for name, files in found.splits.items():
+        bar = tqdm(
+            total=len(files.paths),
+            desc=f"decode {name}",
+            unit="img",
+            disable=quiet or not sys.stderr.isatty(),
+            leave=False,
+        )
+        with distributed.local_main_first():  # one decode per node under DDP; the other ranks read the cache
+            cache = build_image_cache(
+                files.paths, img_size, interpolation, cache_dir(config), config.workers, bar.update
+            )
+        bar.close()
+        rows = np.flatnonzero(cache.ok)
+        skipped.extend(cache.bad)
+        labels = np.asarray(files.labels, dtype=np.int64)
+        if len(rows) == 0:
+            raise ThawlineError(f"no image in {found.root / name} could be decoded; see the skipped files listed")
+        splits[name] = SplitData(name, cache, [files.paths[i] for i in rows], labels[rows], rows)
+    if skipped:
+        warn(f"skipped {len(skipped)} file(s) that are not decodable images (listed in skipped.csv of the run)")
+    return PreparedData(found, img_size, interpolation, splits, skipped)
+
+
+# ---- model, device and loss -----------------------------------------------------------------------------------
+
+
+def pick_device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ThawlineError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    if kind == "cuda" and distributed.active():
+        return torch.device("cuda", distributed.local_rank())  # one GPU per torchrun process
+    return torch.device(kind)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
+    if momentum is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+def build_run_model(
+    config: TrainConfig, weights: str, n_classes: int, device: torch.device, channels_last: bool
+) -> tuple[nn.Module, dict[str, Any], StageMap]:
+    """The model a run trains: seeded head init (independent of what ran before), BN momentum, device, layout."""
+    seed_everything(config.seed)
+    model, weights_info = build_model_with_info(config.model, weights, n_classes, config.drop_rate)
+    set_bn_momentum(model, config.bn_momentum)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        use_fast_depthwise(model)  # oneDNN's depthwise weight gradient is slow on the last stages' small maps
+    return model, weights_info, stage_map(model)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Loss weights n / (k * count): rare classes count more, and a balanced folder gets all ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+@dataclass
+class RunSetup:
+    """Everything one run (or one LR range test) trains with, built once before the first step."""
+
+    config: TrainConfig
+    strategy: Strategy
+    data: PreparedData
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    model: nn.Module
+    weights: str  # what was asked for: "none" for a random-init strategy, else config.weights
+    weights_info: dict[str, Any]
+    smap: StageMap
+    phases: list[ResolvedPhase]
+    mean: tuple
+    std: tuple
+    normalize: Normalize
+    class_weights: torch.Tensor | None
+    loss_fn: nn.Module
+    cache_dir: Path
+
+    @property
+    def lr_scale(self) -> float:
+        """`--lr X` sets the first phase's LR; every phase keeps the strategy's LR ratios."""
+        return self.config.lr / self.phases[0].lr if self.config.lr else 1.0
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+
+def setup_run(config: TrainConfig, strategy: Strategy, data: PreparedData) -> RunSetup:
+    device = pick_device(config)
+    amp = config.amp if config.amp is not None else device.type == "cuda"
+    # channels_last: 1.7x faster lite0 training on this AVX2 CPU (9 -> 15 img/s at 224) and faster on CUDA
+    channels_last = config.channels_last if config.channels_last is not None else True
+    weights = "none" if strategy.init == "random" else config.weights
+    model, weights_info, smap = build_run_model(config, weights, len(data.classes), device, channels_last)
+    _, _, mean, std = data_settings(model, config)
+    # The same loss for training and the LR range test (class weights included).
+    weight = class_weights(data.splits["train"].labels, len(data.classes)) if config.class_weights == "auto" else None
+    loss_fn = nn.CrossEntropyLoss(
+        weight=weight.to(device) if weight is not None else None, label_smoothing=config.label_smoothing
+    )
+    return RunSetup(
+        config=config,
+        strategy=strategy,
+        data=data,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        model=model,
+        weights=weights,
+        weights_info=weights_info,
+        smap=smap,
+        phases=resolve(strategy, smap.n_stages, config.epochs),
+        mean=mean,
+        std=std,
+        normalize=Normalize(mean, std, channels_last),
+        class_weights=weight,
+        loss_fn=loss_fn,
+        cache_dir=cache_dir(config),
+    )

@@ -1,0 +1,198 @@
+"""The comparison table: its columns declared once, rows read from summary.json, one ranking, and its formats.
+
+`thawline compare` (comparison.csv/json and the console table) and the report (its HTML table) both build their
+rows with `row_from_summary` and order them with `rank`. A new column is one `Column` entry below, reading a key
+that the run's summary.json holds: it then appears in comparison.csv/json, in the console table when it has a
+`cli` format, and in the report's table. No torch here: the report imports this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thawline.config import atomic_write_text
+
+Row = dict[str, Any]
+Summary = dict[str, Any]
+
+
+# ---- value formats (console and report) ---------------------------------------------------------------------
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str:
+    if x is None or math.isnan(float(x)):
+        return "—"
+    return f"{float(x):.{digits}%}"
+
+
+def fmt_seconds(s: Any) -> str:
+    if s is None:
+        return "—"
+    s = float(s)
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def fmt_count(n: Any) -> str:
+    if n is None:
+        return "—"
+    n = float(n)
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_mb(mb: Any) -> str:
+    if mb is None:
+        return "—"
+    mb = float(mb)
+    return f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def fmt_rate(x: Any) -> str:
+    return "—" if x is None else f"{float(x):,.0f}"
+
+
+def _console(fmt: str) -> Callable[[Any], str]:
+    """A console-table format: `-` for a missing value."""
+    return lambda v: "-" if v is None else format(v, fmt)
+
+
+# ---- report cells -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    text: str
+    title: str = ""
+    css: str = ""
+    note: str = ""  # a small grey addition after the text
+
+
+def _params_cell(row: Row, s: Summary) -> Cell:
+    per_phase = s.get("trainable_params") or [int(n) for n in str(row.get("trainable_params") or "").split("/") if n]
+    total = s.get("total_params")
+    exact = " / ".join(f"{n:,}" for n in per_phase)
+    return Cell(
+        " → ".join(fmt_count(n) for n in per_phase) or "—",
+        f"{exact} of {total:,} parameters" if total else exact,
+        note=f"({fmt_pct(max(per_phase) / total, 1)})" if per_phase and total else "",
+    )
+
+
+def _memory_cell(row: Row, s: Summary) -> Cell:
+    memory = fmt_mb(row.get("peak_rss_mb"))
+    if s.get("peak_gpu_mb"):
+        memory += f" · GPU {fmt_mb(s['peak_gpu_mb'])}"
+    return Cell(memory)
+
+
+def _saved_cell(row: Row, s: Summary) -> Cell:
+    vs = row.get("time_vs_full")
+    if row["strategy"] == "full":
+        return Cell("baseline")
+    if vs is None:
+        return Cell("—")
+    return Cell(f"{-float(vs):.0%}", css="good" if vs < 0 else "bad")
+
+
+# ---- the columns ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the comparison table."""
+
+    key: str  # in comparison.csv/json, and the summary.json key it is read from (unless `value` is given)
+    header: str  # report header
+    value: Callable[[Summary], Any] | None = None  # how to read it from summary.json (default: summary[key])
+    cli: tuple[str, int, Callable[[Any], str]] | None = None  # (header, width, format) in the console table
+    cell: Callable[[Row, Summary], Cell] | None = None  # the report's cell (default: `text(row[key])`)
+    text: Callable[[Any], str] = str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column(
+        "best_val_acc", "best val acc", cli=("val acc", 8, _console(".2%")),
+        cell=lambda r, s: Cell(fmt_pct(r.get("best_val_acc")), f"best epoch {s.get('best_epoch')}"),
+    ),
+    Column("test_acc", "test acc", cli=("test acc", 9, _console(".2%")), text=fmt_pct),
+    Column("epochs", "epochs", cli=("epochs", 6, str), text=lambda v: "—" if v is None else str(v)),
+    Column("train_time_s", "train time", cli=("train s", 8, _console(".1f")), text=fmt_seconds),
+    Column("wall_time_s", "wall time", text=fmt_seconds),
+    Column("images_per_s", "img/s", cli=("img/s", 8, _console(".0f")), text=fmt_rate),
+    Column(
+        "trainable_params", "trainable params per phase",
+        value=lambda s: "/".join(str(n) for n in s.get("trainable_params") or []),
+        cli=("trainable params", 22, str), cell=_params_cell,
+    ),
+    Column("peak_rss_mb", "peak memory", cell=_memory_cell),
+    Column(
+        "time_vs_full", "train time saved vs full",
+        value=lambda s: None,  # filled in by `rank`, relative to the full fine-tune's train time
+        cli=("vs full", 8, _console("+.0%")), cell=_saved_cell,
+    ),
+)  # fmt: skip
+
+CSV_FIELDS = ("rank", "strategy", *(c.key for c in COLUMNS), "run_dir")
+
+
+def row_from_summary(name: str, run_dir: Path | str, summary: Summary) -> Row:
+    row: Row = {"strategy": name}
+    for c in COLUMNS:
+        row[c.key] = c.value(summary) if c.value else summary.get(c.key)
+    row["run_dir"] = str(run_dir)
+    return row
+
+
+def rank(rows: list[Row]) -> list[Row]:
+    """Best val accuracy first, then less training time; `time_vs_full` relative to the full fine-tune."""
+    full = next((r for r in rows if r["strategy"] == "full"), None)
+    full_time = full.get("train_time_s") if full else None
+    for r in rows:
+        if r.get("time_vs_full") is None and full_time and r.get("train_time_s") is not None:
+            # Negative = this strategy needed less training time than full fine-tuning.
+            r["time_vs_full"] = round(r["train_time_s"] / full_time - 1, 4)
+    rows.sort(key=lambda r: (-(r.get("best_val_acc") or 0.0), r.get("train_time_s") or 0.0))
+    for i, r in enumerate(rows):
+        r["rank"] = i + 1
+    return rows
+
+
+def report_cells(row: Row, summary: Summary | None) -> list[Cell]:
+    """The report's cells of one row after rank and strategy, in column order."""
+    s = summary or {}
+    return [c.cell(row, s) if c.cell else Cell(c.text(row.get(c.key))) for c in COLUMNS]
+
+
+def write_comparison(out_dir: Path, rows: list[Row]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in CSV_FIELDS})
+    atomic_write_text(out_dir / "comparison.csv", buf.getvalue())
+    atomic_write_text(out_dir / "comparison.json", json.dumps(rows, indent=2))
+
+
+def format_table(rows: list[Row]) -> str:
+    """The console table of a comparison."""
+    shown = [c for c in COLUMNS if c.cli]
+    header = f"{'#':>2}  {'strategy':<14} " + " ".join(f"{c.cli[0]:>{c.cli[1]}}" for c in shown)
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        cells = " ".join(f"{c.cli[2](r.get(c.key)):>{c.cli[1]}}" for c in shown)
+        lines.append(f"{r['rank']:>2}  {r['strategy']:<14} {cells}")
+    return "\n".join(lines)

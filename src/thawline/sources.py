@@ -1,0 +1,221 @@
+"""Where a phase's batches come from: decoded images, or cached outputs of the frozen prefix.
+
+`phase_source(setup, phase)` picks the cheapest exact source: when every trainable stage sits above a frozen
+prefix that runs as at inference (BatchNorm frozen or on running statistics), the prefix's outputs are computed
+once per image and view and the phase trains only the suffix on them; otherwise the whole model runs on images.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from thawline import distributed
+from thawline.cache import FeatureCache, state_fingerprint
+from thawline.data import Batches, Normalize
+from thawline.models import Forward, Split, eval_mode, is_suffix, split_at
+from thawline.prepare import RunSetup, SplitData
+from thawline.strategies import ResolvedPhase
+
+
+@dataclass
+class PhaseSource:
+    """Train/val batches and forward functions for one phase: full images, or cached frozen-prefix features."""
+
+    forward: Forward
+    eval_forward: Forward
+    train_batches: Callable[[int], Batches]  # epoch -> that epoch's shuffled batches
+    val_batches: Callable[[], Batches]
+    n_train: int
+    cached: bool
+    setup_seconds: float = 0.0  # feature computation not yet counted in an epoch's time
+    dropout: float = 0.0  # the dropout the model applies before its classifier (suffix over pooled features)
+    stores: list[FeatureCache] = field(default_factory=list)
+
+    def take_setup_seconds(self) -> float:
+        s, self.setup_seconds = self.setup_seconds, 0.0
+        return s
+
+    def complete(self) -> None:
+        """Compute the train features not drawn yet (timed as setup), so the phase's later epochs only read."""
+        t0 = time.perf_counter()
+        for store in self.stores:
+            if not store.complete:
+                store.fill_all()
+        self.setup_seconds += time.perf_counter() - t0
+
+    def flush(self) -> None:
+        """Mark the features computed so far as durable: called before each checkpoint, so a resumed run finds
+        exactly the features the uninterrupted run had at that point (their values depend, in the last bits, on
+        the batch they were computed in)."""
+        for s in self.stores:
+            s.flush()
+
+    def close(self) -> None:
+        for s in self.stores:
+            s.close()
+
+
+def image_batches(
+    split: SplitData,
+    batch_size: int,
+    normalize: Normalize,
+    *,
+    shuffle: bool,
+    hflip: bool,
+    seed: int,
+    balanced: bool = False,
+    positions: np.ndarray | None = None,
+) -> Batches:
+    store = split.cache.store
+    # Batches index positions 0..N-1; translate to cache rows (files that failed to decode are absent).
+    return Batches(
+        lambda idx: store.read(split.rows[idx]),
+        split.labels,
+        np.arange(len(split)) if positions is None else positions,
+        batch_size,
+        shuffle=shuffle,
+        hflip=hflip,
+        seed=seed,
+        transform=normalize,
+        balanced=balanced,
+        shard=(distributed.rank(), distributed.world_size()) if shuffle else (0, 1),
+    )
+
+
+def eval_positions(n: int) -> np.ndarray:
+    """This rank's contiguous share of an evaluation split (all of it in one process); gathered in rank order."""
+    return np.array_split(np.arange(n), distributed.world_size())[distributed.rank()]
+
+
+def eval_batches(split: SplitData, batch_size: int, normalize: Normalize) -> Batches:
+    positions = eval_positions(len(split))
+    return image_batches(split, batch_size, normalize, shuffle=False, hflip=False, seed=0, positions=positions)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The batch order and flips of an epoch: a pure function of the run's seed and the global epoch."""
+    return seed * 1_000_003 + epoch
+
+
+def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool = False) -> PhaseSource:
+    config, smap, model = setup.config, setup.smap, setup.model
+    train, val = setup.data.splits["train"], setup.data.splits["val"]
+    bs = config.batch_size
+    split = None
+    if config.feature_cache and phase.bn in ("frozen", "eval") and is_suffix(phase.trainable, smap.head + 1):
+        split = split_at(model, smap, min(phase.trainable))
+    if split is None:
+        return PhaseSource(
+            model,
+            model,
+            lambda epoch: image_batches(
+                train,
+                bs,
+                setup.normalize,
+                shuffle=True,
+                hflip=config.hflip,
+                seed=epoch_seed(config.seed, epoch),
+                balanced=config.balanced_sampler,
+            ),
+            lambda: eval_batches(val, bs * 2, setup.normalize),
+            len(train),
+            cached=False,
+        )
+    t0 = time.perf_counter()
+    # Train features are computed on first use (the first epoch runs the prefix once per image, for the view it
+    # draws) and completed after it when more epochs follow (so those only read); a one-epoch phase, like the
+    # seed two-phase head, never pays for the views it does not draw. Under DDP the node's first rank computes
+    # them all up front and the other ranks read its file.
+    with distributed.local_main_first():
+        views = 2 if config.hflip else 1
+        train_store = features(setup, split, train, views, name, quiet, eager=distributed.active())
+        val_store = features(setup, split, val, 1, name, quiet)
+    channels_last = setup.normalize.channels_last
+
+    def layout(x: torch.Tensor) -> torch.Tensor:  # feature maps in the model's memory format (no conv reorders)
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and channels_last else x
+
+    return PhaseSource(
+        split.suffix,
+        split.suffix,
+        lambda epoch: Batches(
+            train_store.read,
+            train.labels,
+            np.arange(len(train)),
+            bs,
+            shuffle=True,
+            hflip=config.hflip,
+            seed=epoch_seed(config.seed, epoch),
+            transform=layout,
+            has_views=True,
+            balanced=config.balanced_sampler,
+            shard=(distributed.rank(), distributed.world_size()),
+        ),
+        lambda: Batches(
+            val_store.read,
+            val.labels,
+            eval_positions(len(val)),
+            bs * 2,
+            shuffle=False,
+            hflip=False,
+            seed=0,
+            transform=layout,
+            has_views=True,
+        ),
+        len(train),
+        cached=True,
+        setup_seconds=time.perf_counter() - t0,
+        dropout=split.dropout,
+        stores=[train_store, val_store],
+    )
+
+
+def features(
+    setup: RunSetup, split: Split, data: SplitData, views: int, name: str, quiet: bool, eager: bool = True
+) -> FeatureCache:
+    """Frozen-prefix outputs for every image (and its mirror image when flips are on), cached on disk.
+
+    `eager` computes them all now (with a progress bar); otherwise each is computed when first read."""
+    model, smap, config = setup.model, setup.smap, setup.config
+    prefix_modules = {n.rsplit(".", 1)[0] for s in range(split.first_trainable) for n in smap.params[s]}
+    state = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] in prefix_modules}
+    key = "_".join(
+        [
+            config.model.replace("/", "_"),
+            f"s{split.first_trainable}",
+            f"v{views}",
+            data.cache.key,
+            state_fingerprint(state),
+            str(len(data)),
+            str(hash(tuple(data.rows.tolist())) & 0xFFFFFFFF),
+        ]
+    )
+
+    @torch.inference_mode()
+    def compute(idx: np.ndarray, view: int) -> torch.Tensor:
+        rows = torch.from_numpy(data.cache.store.read(data.rows[idx]))
+        if view == 1:
+            rows = rows.flip(2)
+        # The prefix as at inference (no dropout, BatchNorm on running statistics), also when called mid-epoch.
+        with eval_mode(model):
+            return split.prefix(setup.normalize(rows).to(setup.device))
+
+    store = FeatureCache(key, len(data), views, compute, config.batch_size * 2, setup.cache_dir)
+    if eager and not store.complete:
+        bar = tqdm(
+            total=len(data),
+            desc=f"{name}: features {data.name}",
+            unit="img",
+            disable=quiet or not sys.stderr.isatty(),
+            leave=False,
+        )
+        store.fill_all(lambda n: bar.update(n))
+        bar.close()
+    return store
