@@ -254,6 +254,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_commands(sub: Any) -> None:
+    """evaluate, predict and export: commands that read a finished run folder."""
+    p = sub.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion of a run on a split or folder")
+    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
+    p.add_argument("--split", help="test | val | train | DIR of class sub-folders (default: test, else val)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--batch-size", type=int, dest="batch_size", default=64)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels for image files and folders")
+    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
+    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--top-k", type=int, dest="top_k", default=3)
+    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    p.add_argument("--batch-size", type=int, dest="batch_size", default=32)
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run to ONNX, checked against PyTorch in onnxruntime")
+    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--dynamic-batch", action="store_true", dest="dynamic_batch", help="any batch size at run time")
+    p.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; preprocessing.json goes beside it)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thawline", description="Compare fine-tuning strategies for image classifiers."
@@ -295,33 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_check)
 
-    p = sub.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion of a run on a split or folder")
-    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
-    p.add_argument("--split", help="test | val | train | DIR of class sub-folders (default: test, else val)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    p.add_argument("--batch-size", type=int, dest="batch_size", default=64)
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("predict", help="top-k labels for image files and folders")
-    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
-    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
-    p.add_argument("--top-k", type=int, dest="top_k", default=3)
-    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
-    p.add_argument("--batch-size", type=int, dest="batch_size", default=32)
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("export", help="export a run to ONNX, checked against PyTorch in onnxruntime")
-    p.add_argument("run", help="run folder (or its best.pt/last.pt)")
-    p.add_argument("--format", default="onnx", choices=("onnx",))
-    p.add_argument("--dynamic-batch", action="store_true", dest="dynamic_batch", help="any batch size at run time")
-    p.add_argument("--out", help="ONNX file to write (default RUN/model.onnx; preprocessing.json goes beside it)")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    p.set_defaults(func=cmd_export)
-
+    _add_run_commands(sub)
     p = sub.add_parser("lr-find", help="LR range test for a strategy's first phase (plot + suggested --lr)")
     add_config_options(p)
     p.add_argument("--strategy", help="whose first phase is tested (default two-phase)")

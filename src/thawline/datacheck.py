@@ -211,7 +211,6 @@ def scan(
 
     splits = [s for s in SPLITS if (root / s).is_dir()]
     warnings: list[str] = []
-    problems: list[str] = []
     try:
         top = sorted(root.iterdir())
     except OSError as e:
@@ -224,23 +223,7 @@ def scan(
     def rel(path: str) -> str:
         return _shown(os.path.relpath(path, root))
 
-    files: list[tuple[str, str, str]] = []  # (split, class, absolute path)
-    ignored: list[BadFile] = []
-    unusable: list[BadFile] = []
-    class_dirs: dict[str, list[str]] = {}
-    for split in splits:
-        d = root / split
-        skipped: list[Skipped] = []
-        class_dirs[split] = _class_dirs(d, skipped)
-        for cls in class_dirs[split]:
-            files.extend((split, cls, p) for p in _images(d / cls, skipped))
-        for f in sorted(d.iterdir()):
-            if f.is_file():
-                skipped.append(Skipped(str(f), f"file directly in {split}/, not in a class folder; ignored"))
-        for s in skipped:  # a name training cannot handle or a folder it cannot read loses images: a problem
-            lost = "not valid UTF-8" in s.reason or s.reason.startswith("unreadable")
-            (unusable if lost else ignored).append(BadFile(split, rel(s.path), s.reason))
-
+    files, class_dirs, ignored, unusable = _list_files(root, splits, rel)
     results = _run_inspect([p for _, _, p in files], workers, progress)
 
     counts: dict[str, dict[str, int]] = {s: dict.fromkeys(class_dirs[s], 0) for s in splits}
@@ -287,13 +270,45 @@ def scan(
     result.leakage.sort(key=lambda g: g.files[0][2])
     result.duplicates.sort(key=lambda g: g.files[0][2])
 
-    # what needs fixing (exit 1) and what is worth knowing
-    if "val" not in splits:
+    result.problems = _problems(result, root, train_classes)
+    result.warnings = warnings + _warnings(result, train_classes, ignored)
+    return result
+
+
+def _list_files(
+    root: Path, splits: list[str], rel: Callable[[str], str]
+) -> tuple[list[tuple[str, str, str]], dict[str, list[str]], list[BadFile], list[BadFile]]:
+    """(split, class, path) of every image file, the class folders per split, what is ignored, what is unusable."""
+    files: list[tuple[str, str, str]] = []  # (split, class, absolute path)
+    ignored: list[BadFile] = []
+    unusable: list[BadFile] = []
+    class_dirs: dict[str, list[str]] = {}
+    for split in splits:
+        d = root / split
+        skipped: list[Skipped] = []
+        class_dirs[split] = _class_dirs(d, skipped)
+        for cls in class_dirs[split]:
+            files.extend((split, cls, p) for p in _images(d / cls, skipped))
+        for f in sorted(d.iterdir()):
+            if f.is_file():
+                skipped.append(Skipped(str(f), f"file directly in {split}/, not in a class folder; ignored"))
+        for s in skipped:  # a name training cannot handle or a folder it cannot read loses images: a problem
+            lost = "not valid UTF-8" in s.reason or s.reason.startswith("unreadable")
+            (unusable if lost else ignored).append(BadFile(split, rel(s.path), s.reason))
+
+    return files, class_dirs, ignored, unusable
+
+
+def _problems(result: CheckResult, root: Path, train_classes: list[str]) -> list[str]:
+    """What needs fixing before training (`thawline data check` exits 1)."""
+    problems: list[str] = []
+    if "val" not in result.splits:
         problems.append(f"no val/ folder: training needs {root}/val/<class name>/<images> to pick the best epoch")
     if len(train_classes) < 2:
         problems.append(f"train/ has {len(train_classes)} class(es) with images; a classifier needs at least 2")
-    if bad:
-        problems.append(f"{len(bad)} file(s) cannot be used; fix or remove them (listed under 'bad files')")
+    if result.bad_files:
+        n = len(result.bad_files)
+        problems.append(f"{n} file(s) cannot be used; fix or remove them (listed under 'bad files')")
     if result.leakage:
         problems.append(
             f"LEAKAGE: {result.leaked_files} file(s) in val/test are byte-identical to files in an earlier split; "
@@ -305,11 +320,17 @@ def scan(
         shown = ", ".join(f"{s}/{c}" for s, c in result.empty_classes[:5])
         more = f" and {len(result.empty_classes) - 5} more" if len(result.empty_classes) > 5 else ""
         problems.append(f"class folder(s) with no usable image: {shown}{more}; add images or remove the folder")
+    return problems
+
+
+def _warnings(result: CheckResult, train_classes: list[str], ignored: list[BadFile]) -> list[str]:
+    """What is worth knowing but does not stop training."""
+    warnings: list[str] = []
     for split, missing in result.missing.items():
         warnings.append(f"{split}/ has no images of class(es) {_names(missing)}; its accuracy leaves them out")
     ratio = result.imbalance.get("train")
     if ratio is not None and ratio > IMBALANCE_WARN:
-        n = counts["train"]
+        n = result.counts["train"]
         big = max(train_classes, key=n.__getitem__)
         small = min(train_classes, key=n.__getitem__)
         warnings.append(
@@ -324,8 +345,7 @@ def scan(
         warnings.append(f"{len(conflicting)} identical image(s) carry different class labels (see duplicates)")
     if ignored:
         warnings.append(f"{len(ignored)} file(s) or folder(s) are not images in class folders and are ignored")
-    result.problems, result.warnings = problems, warnings
-    return result
+    return warnings
 
 
 def _names(classes: list[str]) -> str:

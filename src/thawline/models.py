@@ -174,3 +174,14 @@ def is_suffix(trainable: set[int] | tuple[int, ...], n_total: int) -> bool:
     """True when the trainable stages are exactly a top block (everything from some stage up)."""
     t = sorted(trainable)
     return t == list(range(t[0], n_total))
+
+
+def stage_drift(model: nn.Module, initial: dict[str, torch.Tensor], smap: StageMap) -> dict[str, float]:
+    """Relative L2 change of each stage's weights from their values at the start of the run."""
+    params = dict(model.named_parameters())
+    drift = {}
+    for name, names in zip(smap.names, smap.params, strict=True):
+        num = sum(float((params[n].detach().cpu() - initial[n].cpu()).double().pow(2).sum()) for n in names)
+        den = sum(float(initial[n].cpu().double().pow(2).sum()) for n in names)
+        drift[name] = round((num / den) ** 0.5, 6) if den > 0 else 0.0
+    return drift

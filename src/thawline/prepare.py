@@ -208,6 +208,34 @@ class RunSetup:
     def total_epochs(self) -> int:
         return sum(p.epochs for p in self.phases)
 
+    def resolved_config(self, lr_auto: bool) -> dict[str, Any]:
+        """config.yaml: every option, and what the run derived from them (phases, stages, classes, input settings)."""
+        data, strategy = self.data, self.strategy
+        resolved = {
+            **self.config.to_dict(),
+            "strategy": strategy.name,
+            "strategy_init": strategy.init,
+            "phases": [p.to_dict() for p in self.phases],
+            "stages": list(self.smap.names),
+            "classes": data.classes,
+            "img_size": data.img_size,
+            "interpolation": data.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "weights_source": self.weights_info.get("source"),
+            "weights_sha256": self.weights_info.get("sha256"),
+            "device": str(self.device),
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            **data.counts(),
+        }
+        if lr_auto:
+            resolved["lr_auto"] = True
+        resolved["world_size"] = distributed.world_size()
+        if self.class_weights is not None:
+            resolved["class_weight_values"] = [round(float(w), 6) for w in self.class_weights]
+        return resolved
+
 
 def setup_run(config: TrainConfig, strategy: Strategy, data: PreparedData) -> RunSetup:
     device = pick_device(config)

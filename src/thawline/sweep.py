@@ -227,26 +227,40 @@ def _check_search(study: Any, search: dict[str, Any], storage: str, attr: str = 
 # ---- the sweep --------------------------------------------------------------------------------------------
 
 
-def sweep(
-    config: TrainConfig,
-    strategies: list[str] | tuple[str, ...] | str = DEFAULT_STRATEGIES,
-    *,
-    trials: int = 20,
-    storage: str | None = None,
-    study_name: str | None = None,
-    timeout: float | None = None,
-    out: str | os.PathLike | None = None,
-    quiet: bool = False,
-    verbose: bool = False,
-) -> SweepResult:
-    """Run (or resume) the study until `trials` trials are COMPLETE or PRUNED, then write the sweep files."""
+def _open_study(url: str, shown: str, study_name: str, seed: int, me: dict[str, Any], trials: int, budget: int):
+    """The study in `url` (created on first use): TPE over the strategy's parameters, median pruning per epoch."""
     import optuna
 
-    from thawline.comparison import parse_strategies
-    from thawline.prepare import input_settings, prepare_data
-    from thawline.trainer import train
+    sampler = optuna.samplers.TPESampler(
+        n_startup_trials=max(3, min(10, trials // 3)),
+        multivariate=True,
+        group=True,  # conditional parameters (lr2_mult, partial_frac, ...) depend on the strategy
+        # distinct per worker and per resume, so parallel workers do not start with the same trials
+        seed=(seed * 1_000_003 + me["pid"] * 7919 + int(time.time())) % 2**32,
+    )
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(2, (budget + 1) // 2))
+    try:
+        study = optuna.create_study(
+            storage=open_storage(url),
+            study_name=study_name,
+            direction="maximize",
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except Exception as e:  # noqa: BLE001 - e.g. an existing multi-objective study of the same name
+        raise ThawlineError(f"cannot create or load study '{study_name}' in {shown}: {e}") from None
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ThawlineError(f"study '{study_name}' in {shown} minimises; pass a new --study")
+    return study
 
-    started = time.perf_counter()
+
+def _check_arguments(
+    config: TrainConfig, strategies: list[str] | tuple[str, ...] | str, trials: int, timeout: float | None
+) -> tuple[list[str], dict[str, Strategy], int]:
+    """(strategy names, their base strategies, epoch budget), or one line saying which argument to fix."""
+    from thawline.comparison import parse_strategies
+
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ThawlineError(f"--trials {trials!r}: must be a positive integer (the total number of trials)")
     if timeout is not None and not timeout > 0:
@@ -262,6 +276,29 @@ def sweep(
                 f"strategy '{name}' has {len(base.phases)} phases but the budget is --epochs {budget}; "
                 f"give --epochs {len(base.phases)} or more, or leave '{name}' out of --strategies"
             )
+    return names, bases, budget
+
+
+def sweep(
+    config: TrainConfig,
+    strategies: list[str] | tuple[str, ...] | str = DEFAULT_STRATEGIES,
+    *,
+    trials: int = 20,
+    storage: str | None = None,
+    study_name: str | None = None,
+    timeout: float | None = None,
+    out: str | os.PathLike | None = None,
+    quiet: bool = False,
+    verbose: bool = False,
+) -> SweepResult:
+    """Run (or resume) the study until `trials` trials are COMPLETE or PRUNED, then write the sweep files."""
+    import optuna
+
+    from thawline.prepare import input_settings, prepare_data
+    from thawline.trainer import train
+
+    started = time.perf_counter()
+    names, bases, budget = _check_arguments(config, strategies, trials, timeout)
     out_dir = Path(out or config.out or DEFAULT_OUT).absolute()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -280,29 +317,8 @@ def sweep(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            rdb = open_storage(url)
             me = worker_identity()
-            sampler = optuna.samplers.TPESampler(
-                n_startup_trials=max(3, min(10, trials // 3)),
-                multivariate=True,
-                group=True,  # conditional parameters (lr2_mult, partial_frac, ...) depend on the strategy
-                # distinct per worker and per resume, so parallel workers do not start with the same trials
-                seed=(config.seed * 1_000_003 + me["pid"] * 7919 + int(time.time())) % 2**32,
-            )
-            pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(2, (budget + 1) // 2))
-            try:
-                study = optuna.create_study(
-                    storage=rdb,
-                    study_name=study_name,
-                    direction="maximize",
-                    sampler=sampler,
-                    pruner=pruner,
-                    load_if_exists=True,
-                )
-            except Exception as e:  # noqa: BLE001 - e.g. an existing multi-objective study of the same name
-                raise ThawlineError(f"cannot create or load study '{study_name}' in {shown}: {e}") from None
-            if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-                raise ThawlineError(f"study '{study_name}' in {shown} minimises; pass a new --study")
+            study = _open_study(url, shown, study_name, config.seed, me, trials, budget)
 
             size, _ = input_settings(config)
             search = {"strategies": names, "epochs": budget, "model": config.model, "img_size": size}

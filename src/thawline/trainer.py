@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from thawline import distributed, engine, runtime
@@ -30,7 +29,7 @@ from thawline.config import TrainConfig, atomic_write_text, save_yaml
 from thawline.errors import ThawlineError
 from thawline.lrfind import LRFindResult, resolve_auto_lr, write_lr_find
 from thawline.metrics import read_predictions, write_predictions
-from thawline.models import StageMap, apply_freezing, count_params
+from thawline.models import apply_freezing, count_params, stage_drift
 from thawline.plots import GRID_NAME, plot_prediction_grid
 from thawline.prepare import PreparedData, RunSetup, prepare_data, seed_everything, setup_run
 from thawline.runfolder import (
@@ -150,40 +149,11 @@ def train(
 # ---- set-up and restore ---------------------------------------------------------------------------------------
 
 
-def _resolved_config(setup: RunSetup, lr_auto: bool) -> dict[str, Any]:
-    """config.yaml: every option, and what the run derived from them (phases, stages, classes, input settings)."""
-    data, strategy = setup.data, setup.strategy
-    resolved = {
-        **setup.config.to_dict(),
-        "strategy": strategy.name,
-        "strategy_init": strategy.init,
-        "phases": [p.to_dict() for p in setup.phases],
-        "stages": list(setup.smap.names),
-        "classes": data.classes,
-        "img_size": data.img_size,
-        "interpolation": data.interpolation,
-        "mean": list(setup.mean),
-        "std": list(setup.std),
-        "weights_source": setup.weights_info.get("source"),
-        "weights_sha256": setup.weights_info.get("sha256"),
-        "device": str(setup.device),
-        "amp": setup.amp,
-        "channels_last": setup.channels_last,
-        **data.counts(),
-    }
-    if lr_auto:
-        resolved["lr_auto"] = True
-    resolved["world_size"] = distributed.world_size()
-    if setup.class_weights is not None:
-        resolved["class_weight_values"] = [round(float(w), 6) for w in setup.class_weights]
-    return resolved
-
-
 def _open_run(
     setup: RunSetup, out: Path, resuming: bool, lr_auto: bool, lr_found: LRFindResult | None, quiet: bool
 ) -> Run:
     """Write the run folder's fixed files (config.yaml once, complete) and open the tracker."""
-    resolved = _resolved_config(setup, lr_auto)
+    resolved = setup.resolved_config(lr_auto)
     if distributed.is_main():
         if not resuming and (out / "metrics.jsonl").exists():
             # A fresh run in an old folder, or a resume killed before its first checkpoint: start a fresh log.
@@ -425,7 +395,7 @@ def _summary(
         "images_per_s": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
         "peak_rss_mb": round(run.meter.peak_rss_mb, 1),
         "peak_gpu_mb": run.meter.peak_gpu_mb,
-        "layer_drift": _layer_drift(setup.model, run.initial, setup.smap),
+        "layer_drift": stage_drift(setup.model, run.initial, setup.smap),
         **setup.data.counts(),
         "skipped_files": len(setup.data.skipped),
         "img_size": setup.data.img_size,
@@ -460,17 +430,6 @@ def _phase_results(
             }
         )
     return out
-
-
-def _layer_drift(model: nn.Module, initial: dict[str, torch.Tensor], smap: StageMap) -> dict[str, float]:
-    """Relative L2 change of each stage's weights from their values at the start of the run."""
-    params = dict(model.named_parameters())
-    drift = {}
-    for name, names in zip(smap.names, smap.params, strict=True):
-        num = sum(float((params[n].detach().cpu() - initial[n].cpu()).double().pow(2).sum()) for n in names)
-        den = sum(float(initial[n].cpu().double().pow(2).sum()) for n in names)
-        drift[name] = round((num / den) ** 0.5, 6) if den > 0 else 0.0
-    return drift
 
 
 def _epoch_line(row: dict[str, Any], phase: ResolvedPhase, n_phases: int, total_epochs: int) -> str:
