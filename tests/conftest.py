@@ -54,6 +54,10 @@ def tiny_config(data: Path, **overrides: Any) -> TrainConfig:
         "batch_size": 8,
         "workers": 1,
         "lr": 3e-3,
+        # one pass per epoch: the tiny folders would otherwise repeat passes to reach the minimum steps
+        # (tested on their own in test_train.py)
+        "min_steps": 0,
+        "head_steps": 0,
     }
     return make_config({**options, **overrides})
 

@@ -94,7 +94,11 @@ def test_two_ranks_equal_one_process(data: Path, tmp_path: Path, model: str, str
 def test_resume_crosses_between_one_and_two_processes(data: Path, tmp_path: Path) -> None:
     """A one-process checkpoint resumes under torchrun (and lands where a one-process resume lands);
     the torchrun checkpoint then loads in a single process."""
-    run(1, *train_args(data, tmp_path / "a", "test_vit", "full", 1))
+    # killed right after epoch 1's checkpoint (SIGKILL, deterministic), then resumed with the same options
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THAWLINE_KILL_AFTER": "checkpoint:1"}
+    killed = subprocess.run(thawline_cmd(1, *train_args(data, tmp_path / "a", "test_vit", "full", 2)), env=env,
+                            capture_output=True, text=True, timeout=400)
+    assert killed.returncode == -9 and [r["epoch"] for r in metrics(tmp_path / "a")] == [1], killed.stderr[-2000:]
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     run(1, *train_args(data, tmp_path / "a", "test_vit", "full", 2), "--resume")
     run(2, *train_args(data, tmp_path / "b", "test_vit", "full", 2), "--resume")

@@ -56,8 +56,8 @@ def test_evaluate_agrees_with_its_predictions_and_the_training_summary(run: dict
     classes = run["summary"]["classes"]
     assert report["split"] == "test" and report["classes"] == classes and report["num_images"] == 24
 
-    # The numbers equal a direct computation on the predictions.csv evaluate wrote ...
-    preds = read_predictions(out / "predictions.csv", classes)
+    # The numbers equal a direct computation on the per-image rows evaluate wrote (evaluation_test.csv) ...
+    preds = read_predictions(out / "evaluation_test.csv", classes)
     assert len(preds) == 24 and preds.split == "test"
     assert report["accuracy"] == pytest.approx(float(np.mean(preds.labels == preds.preds)), abs=1e-6)
     direct = per_class_metrics(preds.labels, preds.preds, len(classes))
@@ -73,8 +73,9 @@ def test_evaluate_agrees_with_its_predictions_and_the_training_summary(run: dict
     assert report["accuracy"] == pytest.approx(run["summary"]["test_acc"], abs=1e-6)
     assert report["loss"] == pytest.approx(run["summary"]["test_loss"], abs=1e-4)
     train_rows = list(csv.DictReader(io.StringIO(run["train_predictions"])))
-    eval_rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))
+    eval_rows = list(csv.DictReader(io.StringIO((out / "evaluation_test.csv").read_text())))
     assert [(r["path"], r["pred"]) for r in eval_rows] == [(r["path"], r["pred"]) for r in train_rows]
+    assert (out / "predictions.csv").read_text() == run["train_predictions"]  # the training run's file stays
 
 
 def test_evaluate_on_val_and_on_a_labelled_folder(run: dict, tmp_path: Path, capsys) -> None:

@@ -28,6 +28,8 @@ TINY = {
     "batch_size": 8,
     "workers": 1,
     "device": "cpu",
+    "min_steps": 0,
+    "head_steps": 0,
 }
 TINY_ARGS = ["--model", "test_efficientnet", "--weights", "none", "--img-size", "32", "--batch-size", "8"]
 TINY_ARGS += ["--workers", "1", "--device", "cpu"]

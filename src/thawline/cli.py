@@ -57,7 +57,13 @@ def add_config_options(p: argparse.ArgumentParser, cls: type | None = None) -> N
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     add_config_options(p)
     p.add_argument("--config", help="YAML file of options (flags given here win over it)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="DIR",
+        help="continue a stopped run or comparison in DIR with the options saved there (bare --resume: in --out)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 
@@ -69,11 +75,91 @@ def _config_from_args(args: argparse.Namespace, **extra: Any):
     return make_config(overrides, args.config)
 
 
+def _resume_overrides(args: argparse.Namespace, saved: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The flags given with `--resume DIR`: place options (--workers, --device, ...) apply; any other must equal the
+    value DIR was started with (`saved`: its config.yaml or compare.yaml), else one line naming it."""
+    from thawline.config import PLACE_OPTIONS, option_specs
+    from thawline.runfolder import defining_options, same_option, show
+
+    if args.config:
+        raise ThawlineError(
+            f"--config cannot be combined with --resume {folder}: it continues with the options saved there"
+        )
+    if args.out is not None and Path(args.out).resolve() != folder.resolve():
+        raise ThawlineError(f"--out {args.out}: --resume {folder} continues in {folder}; drop --out")
+    started = defining_options(saved)
+    overrides: dict[str, Any] = {}
+    for spec in option_specs():
+        given = getattr(args, spec.name, None)
+        if given is None or spec.name == "out":
+            continue
+        if spec.name in PLACE_OPTIONS:
+            overrides[spec.name] = given
+        elif not same_option(spec.name, started.get(spec.name), given):
+            store_flag = spec.kind is bool and not spec.nullable  # --no-hflip, --test-each-phase: no value
+            flag = f"--no-{spec.flag[2:]}" if store_flag and spec.default else spec.flag
+            given_text = flag if store_flag else f"{flag} {show(given)}"
+            raise ThawlineError(
+                f"{given_text} differs from the {spec.name} '{folder}' was started with "
+                f"({show(started.get(spec.name))}); drop it to resume, or pass a new --out"
+            )
+    return overrides
+
+
+def _resumed_run_config(args: argparse.Namespace):
+    """`train --resume RUN_DIR`: the run's own config.yaml (plus place flags), continuing in RUN_DIR."""
+    from thawline.config import load_yaml_mapping, make_config
+
+    folder = Path(args.resume)
+    saved_file = folder / "config.yaml"
+    if not saved_file.is_file():
+        compare_folder = (folder / "compare.yaml").is_file()
+        hint = "; resume a compare folder with `thawline compare --resume`" if compare_folder else ""
+        raise ThawlineError(f"--resume {folder}: no config.yaml there, so it is not a run folder{hint}")
+    saved = load_yaml_mapping(str(saved_file))
+    overrides = _resume_overrides(args, saved, folder)
+    if saved.get("lr_auto"):
+        overrides["lr"] = "auto"  # the resume reads the LR the range test found from the run's lr_find.json
+    return make_config({**overrides, "out": str(folder)}, str(saved_file))
+
+
+def _resumed_compare(args: argparse.Namespace):
+    """`compare --resume DIR`: the comparison's compare.yaml (options and strategies), continuing in DIR."""
+    from thawline.config import load_yaml_mapping, make_config
+
+    folder = Path(args.resume)
+    path = folder / "compare.yaml"
+    if not path.is_file():
+        hint = "; resume a run folder with `thawline train --resume`" if (folder / "config.yaml").is_file() else ""
+        raise ThawlineError(f"--resume {folder}: no compare.yaml there, so it is not a compare folder{hint}")
+    doc = load_yaml_mapping(str(path))
+    saved, names = doc.get("config"), doc.get("strategies")
+    if not isinstance(saved, dict) or not isinstance(names, list):
+        raise ThawlineError(f"'{path}' holds no config and strategies; it is not a thawline compare.yaml")
+    overrides = _resume_overrides(args, saved, folder)
+    if args.strategies and list(args.strategies) != names:
+        raise ThawlineError(
+            f"--strategies {','.join(args.strategies)} differs from {','.join(names)} that {folder} was started "
+            "with; drop it to resume, or pass a new --out"
+        )
+    options = {k: v for k, v in saved.items() if k != "out"}
+    return make_config({**options, **overrides, "out": str(folder)}), names
+
+
+def _needs_folder(args: argparse.Namespace, out: str | None) -> None:
+    if args.resume is True and not out:
+        raise ThawlineError(f"--resume needs the folder: {args.command} --resume DIR (or --resume --out DIR)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from thawline.trainer import train
 
-    config = _config_from_args(args, strategy=args.strategy)
-    result = train(config, resume=args.resume, quiet=args.quiet)
+    if isinstance(args.resume, str):
+        config = _resumed_run_config(args)
+    else:
+        config = _config_from_args(args, strategy=args.strategy)
+        _needs_folder(args, config.out)
+    result = train(config, resume=bool(args.resume), quiet=args.quiet)
     from thawline import distributed
 
     if not distributed.is_main():  # under torchrun rank 0 reports
@@ -89,20 +175,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from thawline.comparison import DEFAULT_STRATEGIES, compare
 
-    if args.data is None and args.config is None:
-        args.data = _prepare_demo(args.quiet)
-        for k, v in DEMO_OPTIONS.items():
-            if getattr(args, k, None) is None:
-                setattr(args, k, v)
-    config = _config_from_args(args)
-    result = compare(
-        config, args.strategies or list(DEFAULT_STRATEGIES), args.out, resume=args.resume, quiet=args.quiet
-    )
+    if isinstance(args.resume, str):
+        config, strategies = _resumed_compare(args)
+    else:
+        if args.data is None and args.config is None:
+            args.data = _prepare_demo(args.quiet)
+            for k, v in DEMO_OPTIONS.items():
+                if getattr(args, k, None) is None:
+                    setattr(args, k, v)
+        config = _config_from_args(args)
+        strategies = args.strategies or list(DEFAULT_STRATEGIES)
+        _needs_folder(args, config.out)
+    result = compare(config, strategies, config.out, resume=bool(args.resume), quiet=args.quiet)
     from thawline import distributed
 
     if not distributed.is_main():
         return 0
-    print(f"winner: {result.winner}")
+    if args.quiet:  # otherwise the table and the verdict line under it name the winner
+        print(f"winner: {result.winner}")
     _report(result.out_dir)
     return 0
 
@@ -195,20 +285,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from thawline.export import TOLERANCE, export_onnx
+    from thawline.export import export_onnx
 
+    # The parity check runs before the file is put in place: a failed check is an error and writes nothing.
     result = export_onnx(args.run, args.out, dynamic_batch=args.dynamic_batch, which=args.checkpoint, opset=args.opset)
     print(f"wrote {result.onnx_path} and {result.preprocessing_path}")
     batches = ", ".join(str(b) for b in result.batch_sizes)
     line = f"onnxruntime vs PyTorch: max abs logit difference {result.max_abs_diff:.3g} on {result.inputs}"
     print(f"{line} (batch sizes {batches})")
-    if not result.ok:
-        print(
-            f"thawline: error: ONNX output differs from PyTorch by {result.max_abs_diff:.3g} (limit {TOLERANCE:g}); "
-            f"do not deploy {result.onnx_path}",
-            file=sys.stderr,
-        )
-        return 1
     return 0
 
 
@@ -298,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several strategies side by side and rank them")
     _add_train_options(p)
     p.add_argument(
-        "--strategies", help="comma-separated strategy names (default: head-only,two-phase,partial,full,scratch)"
+        "--strategies", help="comma-separated strategy names (default: all seven, see `thawline strategies`)"
     )
     p.set_defaults(func=cmd_compare)
 
@@ -351,6 +435,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_hint(args: argparse.Namespace, interrupt: KeyboardInterrupt) -> str:
+    """How to continue after Ctrl-C: the folder to resume when the run (or comparison) had written one."""
+    import shlex
+
+    command = getattr(interrupt, "command", None)
+    if command is not None and command == args.command:
+        return f"; continue with `{interrupt.resume_command}`"  # type: ignore[attr-defined]
+    if args.command == "sweep":
+        return "; rerun the same command to continue the study"
+    if args.command in ("train", "compare") and isinstance(getattr(args, "resume", None), str):
+        return f"; continue with `thawline {args.command} --resume {shlex.quote(args.resume)}`"
+    if args.command in ("train", "compare"):
+        return " before training started; rerun the command"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -361,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     except ThawlineError as e:
         print(f"thawline: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("thawline: interrupted; rerun with --resume to continue", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"thawline: interrupted{_resume_hint(args, e)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os._exit(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -56,6 +57,16 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy loss")
     schedule: str = option("cosine", "cosine | constant (per phase, after warm-up)")
     warmup_epochs: float = option(0.25, "linear LR warm-up at the start of every phase, in epochs")
+    # Small data gives a handful of steps per epoch: epochs then repeat passes over the train set until the run
+    # has about this many optimizer steps, so a short budget measures the strategy, not the lack of steps.
+    min_steps: int = option(
+        100, "a run takes about this many optimizer steps at least: small data repeats passes (0: the epochs only)"
+    )
+    head_steps: int = option(
+        500,
+        "a phase that trains only the head on cached features takes at least this many steps (milliseconds "
+        "each), so the head converges before anything thaws (0: the epochs only)",
+    )
     hflip: bool = option(True, "random horizontal flip on train images (the seeds' only augmentation)")
     drop_rate: float = option(0.0, "dropout before the classifier")
     # TF-ported models (tf_efficientnet_*) carry TF's 0.01, which lets running stats lag far behind the batch stats
@@ -110,6 +121,8 @@ class TrainConfig:
             raise ThawlineError(f"bn_momentum {self.bn_momentum}: must be in (0, 1], e.g. 0.1")
         if self.max_per_class is not None:
             _positive("max_per_class", self.max_per_class)
+        if self.min_steps < 0 or self.head_steps < 0:
+            raise ThawlineError("min_steps and head_steps must be >= 0 (0: the epochs alone set the steps)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +141,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.0,
         "schedule": "constant",
         "warmup_epochs": 0.0,
+        "min_steps": 0,
+        "head_steps": 0,
         "batch_size": 32,
         "img_size": 224,
         "feature_cache": True,
@@ -197,16 +212,28 @@ def option_specs(cls: type[TrainConfig] = TrainConfig) -> list[OptionSpec]:
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
+# The keys a run's config.yaml holds beside its options: what `prepare.RunSetup.resolved_config` derives from them
+# (phases, stages, classes, input settings, counts, ...). `make_config` ignores exactly these, so a run's
+# config.yaml is itself a --config file that reruns the run.
+DERIVED_KEYS = (
+    "strategy_init", "phases", "stages", "classes", "interpolation", "mean", "std", "weights_source",
+    "weights_sha256", "num_train", "num_val", "num_test", "lr_auto", "world_size", "class_weight_values",
+)  # fmt: skip
+
+# Options that say where and how a run executes, not what it computes: a resume may change them freely. Every
+# other option (and the derived classes and phases) must equal the saved run's to continue it.
+PLACE_OPTIONS = ("out", "workers", "cache_dir", "device", "wandb")
+
 
 def make_config(
     overrides: dict[str, Any], yaml_file: str | None = None, cls: type[TrainConfig] = TrainConfig
 ) -> TrainConfig:
     """Defaults < preset < YAML file < explicit overrides (None values in `overrides` are ignored)."""
+    names = tuple(f.name for f in fields(cls))
     values: dict[str, Any] = {}
     if yaml_file:
-        values.update(load_yaml_mapping(yaml_file))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    names = tuple(f.name for f in fields(cls))
+        values.update(_options_of(load_yaml_mapping(yaml_file), names, from_file=True))
+    values.update({k: v for k, v in _options_of(overrides, names).items() if v is not None})
     for key in values:
         if key not in names:
             raise ThawlineError(
@@ -221,6 +248,16 @@ def make_config(
         raise ThawlineError(f"bad configuration: {e}") from None
     _check_types(config)
     return config.validate()
+
+
+def _options_of(values: dict[str, Any], names: tuple[str, ...], from_file: bool = False) -> dict[str, Any]:
+    """`values` without the derived keys a run's config.yaml adds; in a file, the resolved device a run records
+    ("cuda:0" under torchrun) as the option it came from."""
+    options = {k: v for k, v in values.items() if k in names or k not in DERIVED_KEYS}
+    device = options.get("device")
+    if from_file and isinstance(device, str) and re.fullmatch(r"cuda:\d+", device):
+        options["device"] = "cuda"
+    return options
 
 
 def _check_types(config: TrainConfig) -> None:

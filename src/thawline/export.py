@@ -73,7 +73,8 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
 ) -> ExportResult:
-    """Export the run's checkpoint to ONNX, write preprocessing.json beside it, and compare with PyTorch."""
+    """Export the run's checkpoint to ONNX and compare it with PyTorch in onnxruntime; only a checked file replaces
+    `out` (and preprocessing.json beside it): a failed check raises and leaves an earlier export untouched."""
     model, cfg = load_run(run_dir, which, "cpu")
     model = model.to(memory_format=torch.contiguous_format).eval()
     prep = Preprocess.from_config(cfg)
@@ -89,6 +90,32 @@ def export_onnx(
     tmp = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp")
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:
+        _export_to(tmp, model, dummy, axes, opset, cfg, prep, onnx_path)
+        # Checked before it replaces anything: a failed check leaves an earlier good export where it was.
+        diff, source, batch_sizes = float("nan"), "not checked", []
+        if check:
+            diff, source, batch_sizes = _check(model, tmp, cfg, prep, dynamic_batch)
+        if check and not diff < TOLERANCE:
+            kept = f"; the earlier {onnx_path} is unchanged" if onnx_path.exists() else f"; {onnx_path} not written"
+            raise ThawlineError(
+                f"ONNX output differs from PyTorch by {diff:.3g} (limit {TOLERANCE:g}) on {source}{kept}"
+            )
+        prep_path = onnx_path.with_name("preprocessing.json")
+        _write_preprocessing(prep_path, onnx_path, cfg, prep, dynamic_batch, opset)
+        os.replace(tmp, onnx_path)
+    except OSError as e:
+        raise ThawlineError(f"cannot write '{onnx_path}' ({e.strerror}); pass a writable --out") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(onnx_path, prep_path, diff, source, batch_sizes)
+
+
+def _export_to(
+    tmp: Path, model: torch.nn.Module, dummy: torch.Tensor, axes: dict[str, Any] | None, opset: int,
+    cfg: dict[str, Any], prep: Preprocess, onnx_path: Path,
+) -> None:  # fmt: skip
+    """The ONNX file (with its metadata) at `tmp`; exporter failures are one line naming the model."""
+    try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy-exporter deprecation and tracer notes are not for users
             torch.onnx.export(
@@ -103,16 +130,28 @@ def export_onnx(
                 dynamo=False,
             )
         _add_metadata(tmp, cfg, prep)
-        os.replace(tmp, onnx_path)
     except OSError as e:
         raise ThawlineError(f"cannot write '{onnx_path}' ({e.strerror}); pass a writable --out") from None
     except Exception as e:  # exporter failures (unsupported op, ...) are one line, naming the model
         first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ThawlineError(f"ONNX export of {cfg['model']} failed ({type(e).__name__}: {first})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
-    prep_path = onnx_path.with_name("preprocessing.json")
+
+def _check(
+    model: torch.nn.Module, path: Path, cfg: dict[str, Any], prep: Preprocess, dynamic_batch: bool
+) -> tuple[float, str, list[int]]:
+    """(largest logit difference, where the inputs came from, batch sizes) of the ONNX file at `path`."""
+    x, source = check_inputs(cfg, prep)
+    if dynamic_batch and len(x) < 3:
+        x = torch.cat([x, x[:1].expand(3 - len(x), -1, -1, -1)])
+    batches = [x[:1], x[:3], x] if dynamic_batch else [x[i : i + 1] for i in range(len(x))]
+    return parity(model, path, batches), source, sorted({len(b) for b in batches})
+
+
+def _write_preprocessing(
+    prep_path: Path, onnx_path: Path, cfg: dict[str, Any], prep: Preprocess, dynamic_batch: bool, opset: int
+) -> None:
+    size = prep.img_size
     info = {
         "onnx_file": onnx_path.name,
         "model": cfg["model"],
@@ -137,14 +176,6 @@ def export_onnx(
         "opset": opset,
     }
     atomic_write_text(prep_path, json.dumps(info, indent=2))
-    if not check:
-        return ExportResult(onnx_path, prep_path, float("nan"), "not checked", [])
-    x, source = check_inputs(cfg, prep)
-    if dynamic_batch and len(x) < 3:
-        x = torch.cat([x, x[:1].expand(3 - len(x), -1, -1, -1)])
-    batches = [x[:1], x[:3], x] if dynamic_batch else [x[i : i + 1] for i in range(len(x))]
-    diff = parity(model, onnx_path, batches)
-    return ExportResult(onnx_path, prep_path, diff, source, sorted({len(b) for b in batches}))
 
 
 def _add_metadata(path: Path, cfg: dict[str, Any], prep: Preprocess) -> None:

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,7 +250,10 @@ def evaluate_run(
 ) -> Evaluation:
     """Accuracy, per-class P/R/F1 and confusion matrix of a run's checkpoint on a split or a labelled folder.
 
-    Writes evaluation.json (and evaluation_<split>.json) and predictions.csv into the run folder when `write`."""
+    Writes evaluation.json (the latest evaluation), evaluation_<split>.json and its per-image rows
+    evaluation_<split>.csv into the run folder when `write` (`split`: test/val/train, or folder-<name> for a
+    folder). The training run's own predictions.csv and predictions_val.csv, which the report reads, stay as
+    training wrote them."""
     from thawline.cache import build_image_cache, default_cache_dir
 
     runtime.keep_freed_memory()
@@ -283,16 +287,22 @@ def evaluate_run(
     result.report = evaluation_report(result, cfg)
     if write:
         text = json.dumps(result.report, indent=2)
-        targets = [out / "evaluation.json"]
-        if name in ("test", "val", "train"):
-            targets.append(out / f"evaluation_{name}.json")
+        tag = evaluation_tag(name, split)
+        targets = [out / "evaluation.json", out / f"evaluation_{tag}.json"]
         for target in targets:
             atomic_write_text(target, text)
-        write_predictions(
-            out / "predictions.csv", name, result.paths, result.labels, result.logits.numpy(), classes
-        )
-        result.files = [*targets, out / "predictions.csv"]
+        rows = out / f"evaluation_{tag}.csv"
+        write_predictions(rows, name, result.paths, result.labels, result.logits.numpy(), classes)
+        result.files = [*targets, rows]
     return result
+
+
+def evaluation_tag(name: str, split: str | None) -> str:
+    """The file-name part of an evaluation: the split (test, val, train), or folder-<name> for a labelled folder
+    (so a folder named like a split never replaces that split's files)."""
+    if split is None or split in ("test", "val", "train"):
+        return name
+    return "folder-" + re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def evaluation_report(ev: Evaluation, cfg: dict[str, Any]) -> dict[str, Any]:

@@ -166,7 +166,7 @@ def lr_find(
         while not recorder.done:
             try:
                 engine.train_one_epoch(
-                    source.forward, source.train_batches(epoch), optimizer, setup.loss_fn, set_lr, setup.device,
+                    source.forward, source.train_batches(epoch, 0), optimizer, setup.loss_fn, set_lr, setup.device,
                     setup.amp, progress=lambda n, loss: recorder.record(loss, bar), dropout=source.dropout,
                 )  # fmt: skip
             except engine.NonFiniteLoss as e:

@@ -3,7 +3,9 @@
 `thawline compare` (comparison.csv/json and the console table) and the report (its HTML table) both build their
 rows with `row_from_summary` and order them with `rank`. A new column is one `Column` entry below, reading a key
 that the run's summary.json holds: it then appears in comparison.csv/json, in the console table when it has a
-`cli` format, and in the report's table. No torch here: the report imports this module.
+`cli` format, and in the report's table. The accuracy intervals of old run folders and the marks of strategies
+tied with the winner come from the runs' per-image predictions (`uncertainty.annotate`, after `rank`). No torch
+here: the report imports this module.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from thawline.config import atomic_write_text
+from thawline.uncertainty import ALPHA, RESAMPLES, fmt_p
 
 Row = dict[str, Any]
 Summary = dict[str, Any]
@@ -30,6 +33,14 @@ def fmt_pct(x: Any, digits: int = 1) -> str:
     if x is None or math.isnan(float(x)):
         return "—"
     return f"{float(x):.{digits}%}"
+
+
+def fmt_interval(ci: Any, sep: str = "–", unit: str = "%") -> str:
+    """[lo, hi] as '76.5–92.6%'; '—' when missing."""
+    if not ci:
+        return "—"
+    lo, hi = ci
+    return f"{float(lo) * 100:.1f}{sep}{float(hi) * 100:.1f}{unit}"
 
 
 def fmt_seconds(s: Any) -> str:
@@ -70,6 +81,14 @@ def _console(fmt: str) -> Callable[[Any], str]:
     return lambda v: "-" if v is None else format(v, fmt)
 
 
+def _console_interval(ci: Any) -> str:
+    return "-" if not ci else fmt_interval(ci, "-", "")
+
+
+def _console_tied(tied: Any) -> str:
+    return "-" if tied is None else ("tied" if tied else "no")
+
+
 # ---- report cells -----------------------------------------------------------------------------------------------
 
 
@@ -108,6 +127,40 @@ def _saved_cell(row: Row, s: Summary) -> Cell:
     return Cell(f"{-float(vs):.0%}", css="good" if vs < 0 else "bad")
 
 
+def _interval_cell(split: str) -> Callable[[Row, Summary], Cell]:
+    key = f"{split}_acc_ci"
+
+    def cell(row: Row, s: Summary) -> Cell:
+        ci = row.get(key)
+        title = (
+            f"95% percentile bootstrap interval ({RESAMPLES} resamples of the {split} images) of the best weights' "
+            f"{split} accuracy"
+        )
+        return Cell(fmt_interval(ci), title if ci else f"no per-image {split} predictions in this run folder")
+
+    return cell
+
+
+def _versus(row: Row) -> str:
+    return f"from the winner on the same {row.get('tie_split')} images (exact McNemar test)"
+
+
+def _p_cell(row: Row, s: Summary) -> Cell:
+    p = row.get("p_vs_winner")
+    if p is None:
+        return Cell("—", "the winner itself" if row.get("rank") == 1 else "untested: no paired predictions")
+    return Cell(fmt_p(p), f"p-value of its difference {_versus(row)}")
+
+
+def _tied_cell(row: Row, s: Summary) -> Cell:
+    tied = row.get("tied")
+    if tied is None:
+        return Cell("—", "the winner itself" if row.get("rank") == 1 else "untested: no paired predictions")
+    if tied:
+        return Cell("tied", f"not significantly different {_versus(row)}: p ≥ {ALPHA}")
+    return Cell("no", f"significantly different {_versus(row)}: p < {ALPHA}")
+
+
 # ---- the columns ------------------------------------------------------------------------------------------------
 
 
@@ -128,7 +181,19 @@ COLUMNS: tuple[Column, ...] = (
         "best_val_acc", "best val acc", cli=("val acc", 8, _console(".2%")),
         cell=lambda r, s: Cell(fmt_pct(r.get("best_val_acc")), f"best epoch {s.get('best_epoch')}"),
     ),
+    Column("val_acc_ci", "val 95% CI", cli=("val 95% CI", 11, _console_interval), cell=_interval_cell("val")),
     Column("test_acc", "test acc", cli=("test acc", 9, _console(".2%")), text=fmt_pct),
+    Column("test_acc_ci", "test 95% CI", cli=("test 95% CI", 11, _console_interval), cell=_interval_cell("test")),
+    Column(
+        "p_vs_winner", "McNemar p vs winner",
+        value=lambda s: None,  # filled in by `uncertainty.annotate` from the run folders' predictions
+        cli=("p vs #1", 7, fmt_p), cell=_p_cell,
+    ),
+    Column(
+        "tied", "tied with winner",
+        value=lambda s: None,  # filled in by `uncertainty.annotate`: p >= 0.05 against the winner
+        cli=("tied", 4, _console_tied), cell=_tied_cell,
+    ),
     Column("epochs", "epochs", cli=("epochs", 6, str), text=lambda v: "—" if v is None else str(v)),
     Column("train_time_s", "train time", cli=("train s", 8, _console(".1f")), text=fmt_seconds),
     Column("wall_time_s", "wall time", text=fmt_seconds),

@@ -45,6 +45,7 @@ from thawline.plots import (
     plot_tradeoffs,
 )
 from thawline.ranking import COLUMNS, fmt_pct, fmt_seconds, rank, report_cells, row_from_summary
+from thawline.uncertainty import ALPHA, RESAMPLES, Verdict, annotate, fmt_p
 
 FIG_DIR = "report_files"
 REPORT_NAME = "report.html"
@@ -270,9 +271,40 @@ def _display_row(row: dict[str, Any], run: RunData | None, folder: Path) -> dict
         "strategy": row["strategy"],
         "plan": _phase_plan(s),
         "winner": row.get("rank") == 1,
+        "tied": row.get("tied") is True,
         "cells": report_cells(row, s),
         "href": href,
     }
+
+
+def _tie_sentence(verdict: Verdict | None, rows: list[dict[str, Any]]) -> str | None:
+    """One sentence under the table: which strategies the winner does not beat significantly."""
+    if verdict is None:
+        return None
+    if verdict.split is None:
+        return "No split has per-image predictions of the winner, so whether its lead is significant is untested."
+    images = f"the same {verdict.n} {verdict.split} images" if verdict.n else f"the same {verdict.split} images"
+    runner_up = ""
+    if verdict.p is not None:
+        diff = abs(verdict.winner_only - verdict.runner_up_only)
+        runner_up = (
+            f" The runner-up {verdict.runner_up} differs from the winner by {diff} image{'s' if diff != 1 else ''} "
+            f"({verdict.winner_only} vs {verdict.runner_up_only} right only by one of the two), "
+            f"p={fmt_p(verdict.p)}."
+        )
+    p_of = {r["strategy"]: r.get("p_vs_winner") for r in rows}
+    if verdict.tied:
+        names = ", ".join(f"{n} (p={fmt_p(p_of.get(n))})" for n in verdict.tied)
+        return (
+            f"Tied with the winner {verdict.winner}: {names}. On {images} their differences from it are not "
+            f"significant (exact McNemar test, p ≥ {ALPHA}), so the order among them is not settled.{runner_up}"
+        )
+    if verdict.p is None and not any(p is not None for p in p_of.values()):
+        return None
+    return (
+        f"The winner {verdict.winner} differs significantly from every other tested strategy on {images} "
+        f"(exact McNemar test, p < {ALPHA}).{runner_up}"
+    )
 
 
 def _slug(name: str, taken: set[str]) -> str:
@@ -399,6 +431,7 @@ def _template():
 def render(folder: Path, figdir: Path) -> str:
     """Write every figure into `figdir` and return the page's HTML."""
     kind, rows, runs, notes = load_folder(folder)
+    verdict, uncertainty_notes = annotate(rows, {name: run.run_dir for name, run in runs.items()})
     spec = _read_yaml(folder / "compare.yaml") if kind == "compare" else None
     trials = _trial_display(read_trials(folder, [])) if kind == "sweep" else None
     display = [_display_row(r, runs.get(r["strategy"]), folder) for r in rows]
@@ -453,6 +486,9 @@ def render(folder: Path, figdir: Path) -> str:
         rows=display,
         headers=[c.header for c in COLUMNS],
         winner=display[0]["strategy"] if display else None,
+        ties=_tie_sentence(verdict, rows),
+        uncertainty_notes=uncertainty_notes,
+        resamples=RESAMPLES,
         notes=notes,
         curves=curves,
         tradeoffs=tradeoffs,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,13 +30,18 @@ class PhaseSource:
 
     forward: Forward
     eval_forward: Forward
-    train_batches: Callable[[int], Batches]  # epoch -> that epoch's shuffled batches
+    train_batches: Callable[[int, int], Batches]  # (epoch, pass) -> that pass's shuffled batches
     val_batches: Callable[[], Batches]
     n_train: int
     cached: bool
     setup_seconds: float = 0.0  # feature computation not yet counted in an epoch's time
     dropout: float = 0.0  # the dropout the model applies before its classifier (suffix over pooled features)
     stores: list[FeatureCache] = field(default_factory=list)
+
+    def epoch_batches(self, epoch: int, passes: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one epoch: `passes` shuffled passes over the train set (1 unless data is small)."""
+        for p in range(passes):
+            yield from self.train_batches(epoch, p)
 
     def take_setup_seconds(self) -> float:
         s, self.setup_seconds = self.setup_seconds, 0.0
@@ -99,9 +104,10 @@ def eval_batches(split: SplitData, batch_size: int, normalize: Normalize) -> Bat
     return image_batches(split, batch_size, normalize, shuffle=False, hflip=False, seed=0, positions=positions)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The batch order and flips of an epoch: a pure function of the run's seed and the global epoch."""
-    return seed * 1_000_003 + epoch
+def epoch_seed(seed: int, epoch: int, pass_index: int = 0) -> int:
+    """The batch order and flips of an epoch's pass: a pure function of the run's seed, the global epoch and the
+    pass within it (the first pass keeps the order of a one-pass epoch)."""
+    return seed * 1_000_003 + epoch + pass_index * 7_919_000_003
 
 
 def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool = False) -> PhaseSource:
@@ -115,13 +121,13 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
         return PhaseSource(
             model,
             model,
-            lambda epoch: image_batches(
+            lambda epoch, p=0: image_batches(
                 train,
                 bs,
                 setup.normalize,
                 shuffle=True,
                 hflip=config.hflip,
-                seed=epoch_seed(config.seed, epoch),
+                seed=epoch_seed(config.seed, epoch, p),
                 balanced=config.balanced_sampler,
             ),
             lambda: eval_batches(val, bs * 2, setup.normalize),
@@ -145,14 +151,14 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
     return PhaseSource(
         split.suffix,
         split.suffix,
-        lambda epoch: Batches(
+        lambda epoch, p=0: Batches(
             train_store.read,
             train.labels,
             np.arange(len(train)),
             bs,
             shuffle=True,
             hflip=config.hflip,
-            seed=epoch_seed(config.seed, epoch),
+            seed=epoch_seed(config.seed, epoch, p),
             transform=layout,
             has_views=True,
             balanced=config.balanced_sampler,
@@ -219,3 +225,17 @@ def features(
         store.fill_all(lambda n: bar.update(n))
         bar.close()
     return store
+
+
+def passes_per_epoch(setup: RunSetup, phase: ResolvedPhase, steps_per_pass: int) -> int:
+    """How many passes over the train set each epoch of `phase` makes.
+
+    `min_steps` is a budget for the whole run: when all epochs of all phases give fewer steps, every epoch
+    repeats passes (the same number in every phase, so strategies keep equal budgets). `head_steps` applies to a
+    phase that trains only the head; on cached features (the usual case) such a step costs microseconds. The
+    recipe never depends on whether the cache is used. Whole passes, the nearest number to the target (>= 1)."""
+    config = setup.config
+    passes = max(1, round(config.min_steps / max(1, steps_per_pass * setup.total_epochs)))
+    if tuple(phase.trainable) == (setup.smap.head,):
+        passes = max(passes, round(config.head_steps / max(1, steps_per_pass * phase.epochs)))
+    return passes

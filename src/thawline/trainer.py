@@ -12,6 +12,7 @@ and `engine.evaluate`; this module decides what runs when and what is written wh
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from thawline import distributed, engine, runtime
+from thawline import distributed, engine, faults, runtime
 from thawline.checkpoint import load_checkpoint, save_checkpoint
 from thawline.config import TrainConfig, atomic_write_text, save_yaml
 from thawline.errors import ThawlineError
@@ -33,14 +34,16 @@ from thawline.models import apply_freezing, count_params, stage_drift
 from thawline.plots import GRID_NAME, plot_prediction_grid
 from thawline.prepare import PreparedData, RunSetup, prepare_data, seed_everything, setup_run
 from thawline.runfolder import (
+    RunInterrupted,
     append_jsonl,
+    check_fresh_folder,
     make_writable_folder,
     next_run_dir,
     resume_state,
     truncate_metrics,
     write_skipped,
 )
-from thawline.sources import PhaseSource, eval_batches, phase_source
+from thawline.sources import PhaseSource, eval_batches, passes_per_epoch, phase_source
 from thawline.strategies import ResolvedPhase, Strategy, get_strategy
 from thawline.tracking import SCALARS, Tracker, wandb_module
 
@@ -119,6 +122,11 @@ def train(
     strategy = strategy or get_strategy(config.strategy, config.strategies_file)
     if config.wandb:
         wandb_module()  # fail before any work when --wandb cannot be honoured
+    folder = run_dir or config.out
+    if resume and not folder:
+        raise ThawlineError("resuming needs the run folder: pass run_dir (CLI: --resume RUN_DIR)")
+    if not resume and folder:
+        check_fresh_folder(Path(folder))  # before any work: a new run never overwrites another's files
     seed_everything(config.seed)
     if data is None:
         data = prepare_data(config, quiet)
@@ -132,7 +140,7 @@ def train(
     out = Path(distributed.broadcast_object(str(run_dir or config.out or next_run_dir(Path("runs"), strategy.name))))
     if distributed.is_main():
         make_writable_folder(out)
-    saved = resume_state(out, config, data.classes) if resume else None
+    saved = resume_state(out, setup.resolved_config(lr_auto)) if resume else None  # same options, or refused
     distributed.barrier()  # every rank has read last.pt before rank 0 writes anything new
     run = _open_run(setup, out, saved is not None, lr_auto, lr_found, quiet)
     try:
@@ -141,6 +149,10 @@ def train(
         for phase in setup.phases:
             _train_phase(run, loop, phase, sinks)
         summary = _finish(run, loop, started)
+    except KeyboardInterrupt as e:  # Ctrl-C: say which folder to resume (config.yaml is there by now)
+        if isinstance(e, RunInterrupted):
+            raise
+        raise RunInterrupted(out, "train") from None
     finally:
         run.tracker.close()  # also when a pruned sweep trial or Ctrl-C stops the run
     return RunResult(out, summary, loop.metrics)
@@ -210,9 +222,12 @@ def _train_phase(run: Run, loop: LoopState, phase: ResolvedPhase, sinks: list[Ep
         return
     loop.optimizer = engine.enter_phase(loop.optimizer, setup.model, setup.smap, phase, setup.config, setup.lr_scale)
     source = phase_source(setup, phase, run.name, run.quiet)
+    faults.after("phase", phase.index + 1)
     try:
         train_forward = distributed.wrap(source.forward, setup.model, setup.device)  # DDP over this phase's trainables
-        steps_per_epoch = len(source.train_batches(0))
+        steps_per_pass = len(source.train_batches(0, 0))
+        passes = passes_per_epoch(setup, phase, steps_per_pass)
+        steps_per_epoch = steps_per_pass * passes
         for epoch_in_phase in range(phase.epochs):
             if loop.global_epoch < loop.done_epochs:
                 loop.global_epoch += 1
@@ -221,11 +236,12 @@ def _train_phase(run: Run, loop: LoopState, phase: ResolvedPhase, sinks: list[Ep
                 loop.optimizer, epoch_in_phase * steps_per_epoch, steps_per_epoch * phase.epochs,
                 int(round(setup.config.warmup_epochs * steps_per_epoch)), setup.config.schedule,
             )  # fmt: skip
-            stats, val = _train_epoch(run, loop, phase, source, train_forward, schedule)
+            stats, val = _train_epoch(run, loop, phase, source, train_forward, schedule, passes)
             if epoch_in_phase + 1 < phase.epochs:
                 source.complete()  # the views the first epoch did not draw: the next epochs read only
             loop.global_epoch += 1
             row = _epoch_row(run, loop, phase, source, epoch_in_phase, stats, val, n_trainable)
+            row["passes"] = passes  # > 1 when small data needed more steps than one pass gives (min_steps)
             source.flush()  # the features this checkpoint relies on are durable before it is written
             loop.metrics.append(row)
             for sink in sinks:
@@ -244,11 +260,12 @@ def _train_epoch(
     source: PhaseSource,
     train_forward: engine.Forward,
     schedule: engine.PhaseSchedule,
+    passes: int,
 ) -> tuple[engine.EpochStats, engine.EvalResult]:
     setup = run.setup
     torch.manual_seed(setup.config.seed * 100_003 + loop.global_epoch)  # dropout etc.: a pure function of the epoch
     bar = tqdm(
-        total=source.n_train // distributed.world_size(),
+        total=source.n_train * passes // distributed.world_size(),
         desc=f"{run.name} p{phase.index + 1} e{loop.global_epoch + 1}",
         unit="img",
         disable=run.quiet or not sys.stderr.isatty(),
@@ -263,7 +280,7 @@ def _train_epoch(
     assert loop.optimizer is not None
     try:
         stats = engine.train_one_epoch(
-            train_forward, source.train_batches(loop.global_epoch), loop.optimizer, setup.loss_fn, schedule,
+            train_forward, source.epoch_batches(loop.global_epoch, passes), loop.optimizer, setup.loss_fn, schedule,
             setup.device, setup.amp, progress=on_batch, dropout=source.dropout, across_ranks=run.across,
         )  # fmt: skip
     except engine.NonFiniteLoss as e:
@@ -312,8 +329,22 @@ def _epoch_row(
 
 
 def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float) -> None:
-    """best.pt when validation improved, then last.pt: everything an exact resume needs."""
+    """best.pt when validation improved, then last.pt: everything an exact resume needs. Weights that are no longer
+    finite (a blown-up epoch) are never saved: the run stops and last.pt keeps the epoch before."""
     model = run.setup.model
+    val_loss = loop.metrics[-1].get("val_loss") if loop.metrics else None
+    bad = f"validation loss {val_loss}" if val_loss is not None and not math.isfinite(val_loss) else None
+    bad = bad or next(
+        (f"weights ('{k}')" for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()),
+        None,
+    )
+    if bad is not None:
+        kept = loop.global_epoch - 1
+        where = f"{run.out / 'last.pt'} keeps epoch {kept}" if kept > 0 else "no checkpoint was written"
+        raise ThawlineError(
+            f"epoch {loop.global_epoch} of strategy '{run.name}' ended with non-finite {bad}, so it was not saved; "
+            f"{where}; lower the learning rate (--lr) and rerun into a new --out"
+        )
     improved = val_acc > loop.best_acc
     if improved:
         loop.best_acc, loop.best_epoch = val_acc, loop.global_epoch
@@ -327,7 +358,9 @@ def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float)
         "group_stages": [g["stage"] for g in loop.optimizer.param_groups],
         "global_epoch": loop.global_epoch,
         "phase": phase.index,
-        "best_val_acc": round(loop.best_acc, 6),
+        # exact, not rounded: a resumed run compares later epochs against it as the uninterrupted run does
+        # (a rounded 0.958333 < 0.9583333 made a tie look like an improvement and moved the best epoch)
+        "best_val_acc": loop.best_acc,
         "best_epoch": loop.best_epoch,
         "config": run.resolved_config,
         "torch_rng": torch.get_rng_state(),
@@ -335,6 +368,7 @@ def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float)
     if improved:
         save_checkpoint(run.out / "best.pt", state)
     save_checkpoint(run.out / "last.pt", state)
+    faults.after("checkpoint", loop.global_epoch)
 
 
 # ---- finish -----------------------------------------------------------------------------------------------------
@@ -356,12 +390,27 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
     eval_split = "test" if "test" in setup.data.splits else "val"
     result = _evaluate_split(run, eval_split)
     split = setup.data.splits[eval_split]
+    # The val split's per-image predictions too (predictions_val.csv) when predictions.csv holds test: the val
+    # interval and paired tests of `thawline.uncertainty` need them. Every rank evaluates (a gather under DDP).
+    val = _evaluate_split(run, "val") if eval_split == "test" else result
     if run.main:
         write_predictions(
             run.out / "predictions.csv", eval_split, split.paths, result.labels.numpy(), result.logits.numpy(),
             setup.data.classes,
         )  # fmt: skip
+        if eval_split == "test":
+            write_predictions(
+                run.out / "predictions_val.csv", "val", setup.data.splits["val"].paths, val.labels.numpy(),
+                val.logits.numpy(), setup.data.classes,
+            )  # fmt: skip
     summary = _summary(run, loop, result if eval_split == "test" else None, eval_split, started)
+    from thawline.uncertainty import bootstrap_interval  # numpy only; _finish is its one user here
+
+    def interval(r: engine.EvalResult) -> list[float] | None:  # 95% percentile bootstrap of accuracy, [lo, hi]
+        return bootstrap_interval((r.logits.argmax(dim=1) == r.labels).numpy())
+
+    summary["val_acc_ci"] = interval(val)
+    summary["test_acc_ci"] = interval(result) if eval_split == "test" else None
     if run.main:
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
         if summary["test_acc"] is not None:

