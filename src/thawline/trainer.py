@@ -46,6 +46,7 @@ from thawline.runfolder import (
 from thawline.sources import PhaseSource, eval_batches, passes_per_epoch, phase_source
 from thawline.strategies import ResolvedPhase, Strategy, get_strategy
 from thawline.tracking import SCALARS, Tracker, wandb_module
+from thawline.uncertainty import bootstrap_interval
 
 EpochSink = Callable[[dict[str, Any], ResolvedPhase], None]
 
@@ -403,14 +404,7 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
                 run.out / "predictions_val.csv", "val", setup.data.splits["val"].paths, val.labels.numpy(),
                 val.logits.numpy(), setup.data.classes,
             )  # fmt: skip
-    summary = _summary(run, loop, result if eval_split == "test" else None, eval_split, started)
-    from thawline.uncertainty import bootstrap_interval  # numpy only; _finish is its one user here
-
-    def interval(r: engine.EvalResult) -> list[float] | None:  # 95% percentile bootstrap of accuracy, [lo, hi]
-        return bootstrap_interval((r.logits.argmax(dim=1) == r.labels).numpy())
-
-    summary["val_acc_ci"] = interval(val)
-    summary["test_acc_ci"] = interval(result) if eval_split == "test" else None
+    summary = _summary(run, loop, val, result if eval_split == "test" else None, eval_split, started)
     if run.main:
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
         if summary["test_acc"] is not None:
@@ -419,8 +413,18 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
     return summary
 
 
+def _interval(result: engine.EvalResult) -> list[float] | None:
+    """95% percentile bootstrap interval [lo, hi] of the accuracy of `result`."""
+    return bootstrap_interval((result.logits.argmax(dim=1) == result.labels).numpy())
+
+
 def _summary(
-    run: Run, loop: LoopState, test: engine.EvalResult | None, eval_split: str, started: float
+    run: Run,
+    loop: LoopState,
+    val: engine.EvalResult,
+    test: engine.EvalResult | None,
+    eval_split: str,
+    started: float,
 ) -> dict[str, Any]:
     setup, metrics = run.setup, loop.metrics
     train_seconds = sum(r["seconds"] for r in metrics)
@@ -450,6 +454,8 @@ def _summary(
         "img_size": setup.data.img_size,
         "device": str(setup.device),
         "predictions_split": eval_split,
+        "val_acc_ci": _interval(val),
+        "test_acc_ci": _interval(test) if test else None,
     }
 
 
