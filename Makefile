@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 
-.PHONY: demo test install system-deps lint bench clean
+.PHONY: demo test install system-deps lint bench gpu-check clean
 
 demo: install
 	$(VENV)/bin/thawline compare
@@ -41,6 +41,17 @@ lint: $(STAMP)
 
 bench: install
 	$(PY) benchmarks/seed_vs_thawline.py
+
+# On a CUDA machine: the tests that need a GPU, then thawline vs timm's train.py (ResNet-50, bf16 autocast,
+# channels_last, batch 256) back to back, printing the ratio (~5 minutes on one H100/H200). GPU_PYTHON=python3 uses
+# an interpreter that already has CUDA PyTorch and timm instead of installing the venv (machines without internet).
+gpu-check:
+	@if [ -n "$(GPU_PYTHON)" ]; then py="$(GPU_PYTHON)"; export PYTHONPATH="$$PWD/src:$$PYTHONPATH"; \
+	else $(MAKE) install >/dev/null && py=$(PY); fi; \
+	$$py -c "import sys, torch; torch.cuda.is_available() or sys.exit('gpu-check: no CUDA GPU is visible')" && \
+	$$py -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" && \
+	$$py -m pytest -q -ra -p no:cacheprovider tests/test_gpu.py; tests=$$?; \
+	$$py benchmarks/gpu_check.py $(GPU_CHECK_ARGS) && exit $$tests
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache .ruff_cache

@@ -36,6 +36,7 @@ class _Page(HTMLParser):
         super().__init__()
         self.images: list[str] = []
         self.comparison_rows: list[dict[str, str]] = []
+        self.comparison_headers: list[str] = []
         self.per_class: dict[str, list[str]] = {}
         self.text: list[str] = []
         self._table: str | None = None
@@ -62,7 +63,9 @@ class _Page(HTMLParser):
             self._row.append(" ".join("".join(self._cell).split()))
             self._cell = None
         elif tag == "tr" and self._row is not None:
-            if self._table == "comparison" and self._section == "tbody":
+            if self._table == "comparison" and self._section == "thead":
+                self.comparison_headers = self._row
+            elif self._table == "comparison" and self._section == "tbody":
                 self.comparison_rows.append(
                     {
                         "class": self._row_attrs.get("class", ""),

@@ -116,7 +116,7 @@ def test_user_strategy_from_yaml(tmp_path) -> None:
     phases = resolve(s, 5, 6)
     assert [p.epochs for p in phases] == [2, 4]
     assert phases[0].trainable == (3, 4, 5) and phases[0].bn == "train" and phases[1].layer_decay == 0.7
-    f.write_text("strategies:\n  bad:\n    phases:\n      - {train: 'middle', lr: 0.1}\n")
+    f.write_text("strategies:\n  bad:\n    phases:\n      - {train: 'centre', lr: 0.1}\n")
     with pytest.raises(ThawlineError, match="selector"):
         resolve(load_strategies_file(str(f))["bad"], 5, 2)
 

@@ -3,6 +3,7 @@
 Python API mirrors the CLI:
     thawline.train(config) -> RunResult
     thawline.compare(config, strategies) -> CompareResult
+    thawline.advise(config) -> Advice   (predicted ranking from frozen-feature probes, no training)
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ OMP_WAIT_POLICY = "PASSIVE"
 os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
 
 __version__ = "0.1.0"
+
+# Imported here, not wrapped lazily like train and compare: the submodule thawline.advise has the same name, and
+# importing it would replace a wrapper on the package. It imports numpy and yaml only (torch when called).
+from thawline.advise import Advice, advise  # noqa: E402
 
 if TYPE_CHECKING:
     from thawline.comparison import CompareResult
@@ -45,4 +50,4 @@ def make_config(**options: Any) -> TrainConfig:
     return _make(options)
 
 
-__all__ = ["__version__", "compare", "make_config", "train"]
+__all__ = ["Advice", "__version__", "advise", "compare", "make_config", "train"]

@@ -1,15 +1,15 @@
-"""Checkpoints: atomic writes (temp, fsync, rename) and `weights_only` loads of plain tensors and primitives."""
+"""Checkpoints: atomic writes (thawline.atomic) and `weights_only` loads of plain tensors and primitives."""
 
 from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from thawline.atomic import WriteFailed, atomic_file
 from thawline.errors import ThawlineError
 
 FORMAT = "thawline-checkpoint-1"
@@ -18,23 +18,16 @@ FORMAT = "thawline-checkpoint-1"
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write `state` so that `path` holds either the old or the new checkpoint, never a partial one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    note = "; the previous checkpoint is intact" if path.exists() else ""
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path, "wb", note=note) as f:
             torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise ThawlineError(
-                f"disk full while writing checkpoint '{path}'; free space there (the previous checkpoint is intact)"
-            ) from None
-        raise ThawlineError(f"cannot write checkpoint '{path}': {e.strerror}; check the folder's permissions") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except WriteFailed as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        kept = " (the previous checkpoint is intact)" if note else ""
+        message = f"disk full while writing checkpoint '{path}'; free space there or pass --out elsewhere{kept}"
+        raise WriteFailed(path, OSError(e.errno, os.strerror(e.errno)), message=message) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -144,6 +144,8 @@ def _resumed_compare(args: argparse.Namespace):
             "with; drop it to resume, or pass a new --out"
         )
     options = {k: v for k, v in saved.items() if k != "out"}
+    for key in ("seeds", "halving", "advise", "models", "shift_test"):  # how the comparison trains: as it was started
+        setattr(args, key, doc.get(key, getattr(args, key)))
     return make_config({**options, **overrides, "out": str(folder)}), names
 
 
@@ -187,7 +189,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         strategies = args.strategies or list(DEFAULT_STRATEGIES)
         _needs_folder(args, config.out)
-    result = compare(config, strategies, config.out, resume=bool(args.resume), quiet=args.quiet)
+    result = compare(
+        config, strategies, config.out, resume=bool(args.resume), quiet=args.quiet, seeds=args.seeds,
+        halving=args.halving, advise=args.advise, models=args.models, shift_test=args.shift_test,
+    )  # fmt: skip
     from thawline import distributed
 
     if not distributed.is_main():
@@ -195,6 +200,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.quiet:  # otherwise the table and the verdict line under it name the winner
         print(f"winner: {result.winner}")
     _report(result.out_dir)
+    return 0
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from thawline.advise import advise
+
+    if args.data is None and args.config is None:
+        args.data = _prepare_demo(args.quiet)
+    config = _config_from_args(args)
+    result = advise(config, config.out, max_train=args.max_train, max_val=args.max_val, quiet=args.quiet)
+    if args.quiet:
+        print(f"predicted: {', '.join(result.ranking)}; partial as {result.recommendation['partial']}")
+    print(f"wrote {result.out_dir / 'advise.json'} and {result.out_dir / 'advise.html'} in {result.seconds:.1f} s")
     return 0
 
 
@@ -228,9 +246,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_strategies(args: argparse.Namespace) -> int:
     from thawline.strategies import all_strategies, describe
 
-    for name, s in all_strategies(args.strategies_file).items():
-        print(f"{name:<12} {s.description}")
-        print(f"{'':<12} {describe(s)}")
+    registry = all_strategies(args.strategies_file)
+    width = max(12, *(len(name) + 1 for name in registry))
+    for name, s in registry.items():
+        print(f"{name:<{width}} {s.description}")
+        print(f"{'':<{width}} {describe(s)}")
+        if s.reference:
+            print(f"{'':<{width}} paper: {s.reference}")
     return 0
 
 
@@ -248,6 +270,16 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     )
     counts = manifest.get("counts", manifest)
     print(f"{args.out}: {counts}")
+    return 0
+
+
+def cmd_data_shift(args: argparse.Namespace) -> int:
+    from thawline.shift import format_manifest, write_shifted
+
+    manifest = write_shifted(
+        args.dir, args.out, split=args.split, kinds=args.kinds, severities=args.severities, seed=args.seed
+    )
+    print(format_manifest(manifest, args.out))
     return 0
 
 
@@ -339,6 +371,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_ls(args: argparse.Namespace) -> int:
+    from thawline.cache import format_entries
+
+    print(format_entries(args.cache_dir))
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from thawline.cache import clear, format_cleared
+
+    print(format_cleared(*clear(args.cache_dir, args.older_than), args.older_than))
+    return 0
+
+
+def _add_cache_commands(sub: Any) -> None:
+    cache = sub.add_parser("cache", help="list or clear the image and feature caches (THAWLINE_CACHE_MAX_GB caps them)")
+    csub = cache.add_subparsers(dest="cache_command", required=True)
+    where = "cache folder (default: THAWLINE_CACHE_DIR, else ~/.cache/thawline)"
+    p = csub.add_parser("ls", help="each entry: kind, size, last used and what it is for")
+    p.add_argument("--cache-dir", dest="cache_dir", type=Path, help=where)
+    p.set_defaults(func=cmd_cache_ls)
+    p = csub.add_parser("clear", help="remove cache entries that no run is using")
+    p.add_argument("--older-than", dest="older_than", type=float, metavar="DAYS", help="only those unused for DAYS")
+    p.add_argument("--cache-dir", dest="cache_dir", type=Path, help=where)
+    p.set_defaults(func=cmd_cache_clear)
+
+
 def _add_run_commands(sub: Any) -> None:
     """evaluate, predict and export: commands that read a finished run folder."""
     p = sub.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion of a run on a split or folder")
@@ -369,6 +428,32 @@ def _add_run_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="train several strategies side by side and rank them")
+    _add_train_options(p)
+    p.add_argument(
+        "--strategies", help="comma-separated strategy names (default: all seven, see `thawline strategies`)"
+    )
+    p.add_argument("--seeds", type=int, default=1, help="train every strategy with N seeds; rank by mean ± std")
+    p.add_argument(
+        "--halving", action="store_true",
+        help="successive halving: all train to a first rung, the better half continues, until the whole budget",
+    )  # fmt: skip
+    p.add_argument(
+        "--advise", action="store_true", help="first predict the ranking from frozen-feature probes (seconds)"
+    )
+    p.add_argument(
+        "--models", help="comma-separated timm models: every strategy on every model (OUT/<model>/<strategy>), "
+        "one table ranks all (model, strategy) pairs",
+    )  # fmt: skip
+    p.add_argument(
+        "--shift-test", dest="shift_test", metavar="DIR",
+        help="after training, evaluate each strategy's best weights on every shifted set in DIR "
+        "(`thawline data shift`): shift.json per run, shifted acc and shift gap in the table",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thawline", description="Compare fine-tuning strategies for image classifiers."
@@ -380,12 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="strategy name (see `thawline strategies`)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="train several strategies side by side and rank them")
-    _add_train_options(p)
-    p.add_argument(
-        "--strategies", help="comma-separated strategy names (default: all seven, see `thawline strategies`)"
-    )
-    p.set_defaults(func=cmd_compare)
+    _add_compare_parser(sub)
+
+    p = sub.add_parser("advise", help="predict the strategies' ranking in seconds from frozen-feature probes")
+    add_config_options(p)
+    p.add_argument("--config", help="YAML file of options (flags given here win over it)")
+    p.add_argument("--max-train", type=int, dest="max_train", default=2000, help="train images probed (stratified)")
+    p.add_argument("--max-val", type=int, dest="max_val", default=1000, help="val images probed (stratified)")
+    p.add_argument("--quiet", action="store_true", help="only the ranking line")
+    p.set_defaults(func=cmd_advise)
 
     p = sub.add_parser("strategies", help="list the registered strategies and their phases")
     p.add_argument("--strategies-file", dest="strategies_file")
@@ -395,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.set_defaults(func=cmd_report)
 
-    data = sub.add_parser("data", help="prepare the embedded data set or check a folder")
+    data = sub.add_parser("data", help="prepare the embedded data set, check a folder, or write shifted copies")
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("prepare", help="write the embedded data set as an ImageFolder tree")
     p.add_argument("dataset", help="fashion-mnist")
@@ -405,12 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, dest="test_per_class")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_prepare)
+    p = dsub.add_parser("shift", help="write corrupted copies of a split (noise, blur, contrast, jpeg, rotate)")
+    p.add_argument("dir", help="data folder holding the split (DIR/test/<class>/<images>)")
+    p.add_argument("--out", required=True, help="folder to write: OUT/<kind>-<severity>/<class>/<file>.png")
+    p.add_argument("--split", default="test", help="which split to shift (default test)")
+    p.add_argument("--kinds", help="comma-separated corruptions (default: noise,blur,contrast,jpeg,rotate)")
+    p.add_argument("--severities", help="comma-separated severities 1..5 (default 1,3,5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-image random draws")
+    p.set_defaults(func=cmd_data_shift)
     p = dsub.add_parser("check", help="find unreadable files, imbalance, duplicates and leakage")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_check)
 
     _add_run_commands(sub)
+    _add_cache_commands(sub)
     p = sub.add_parser("lr-find", help="LR range test for a strategy's first phase (plot + suggested --lr)")
     add_config_options(p)
     p.add_argument("--strategy", help="whose first phase is tested (default two-phase)")
@@ -461,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ThawlineError as e:
         print(f"thawline: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2: bad input; 1: a file could not be written (thawline.atomic)
     except KeyboardInterrupt as e:
         print(f"thawline: interrupted{_resume_hint(args, e)}", file=sys.stderr)
         return 130

@@ -1,21 +1,45 @@
-"""Run several strategies on the same data, model, seed and epoch budget; rank them in one table."""
+"""Run several strategies on the same data, model, seed and epoch budget; rank them in one table.
+
+Two options change how much is trained:
+- `seeds=N` trains every strategy N times (seeds seed, seed+1, ...; the extra ones in `seeds/seed-<s>/`) and ranks
+  by the mean best val accuracy, with the spread over seeds in the table;
+- `halving=True` is successive halving: every strategy trains to a first rung (a fraction of the budget), the
+  better half by best val accuracy so far continues from its checkpoint to the next rung (exactly as if it had
+  never stopped), until the last rung, the whole budget; `halving.json` records who stopped where.
+
+`models=[a, b]` is a model x strategy grid: each model trains every strategy into `OUT/<model>/<strategy>` (its
+data decoded at its own input size) and one table ranks every (model, strategy) pair, named "a / partial".
+`shift_test=DIR` (a tree of `thawline data shift`) evaluates each ranked run's best weights on every shifted set:
+the run folder gets shift.json ({set: accuracy}) and its summary.json the table's `shifted_acc` and `shift_gap`.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thawline import distributed
-from thawline.config import TrainConfig, load_yaml_mapping, replace, save_yaml
+from thawline.advise import ADVICE_DIR
+from thawline.config import TrainConfig, atomic_write_text, load_yaml_mapping, replace, save_yaml
 from thawline.errors import ThawlineError
 from thawline.prepare import PreparedData, prepare_data
-from thawline.ranking import format_table, rank, row_from_summary, write_comparison
+from thawline.ranking import (
+    format_table,
+    grid_name,
+    model_folder,
+    rank,
+    row_from_summary,
+    run_subdir,
+    write_comparison,
+)
 from thawline.runfolder import RunInterrupted, first_difference, mismatch_message, next_run_dir
+from thawline.shift import read_shift, shift_sets, shift_summary
 from thawline.strategies import STRATEGIES, get_strategy
 from thawline.trainer import RunResult, train
-from thawline.uncertainty import Verdict, annotate, verdict_line
+from thawline.uncertainty import Verdict, annotate, seed_spread, verdict_line
 
 # Every registered strategy: a default that leaves one out can miss the winner (layer-wise and gradual won on
 # small real photos where the other five were compared).
@@ -44,6 +68,26 @@ def parse_strategies(text: str | list[str] | tuple[str, ...], strategies_file: s
     return names
 
 
+def parse_models(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """`--models a,b`: the grid's model names (checked against timm before anything trains); [] when not given
+    (a compare.yaml of a one-model comparison records [])."""
+    if text is None or (not isinstance(text, str) and not text):
+        return []
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    if not names:
+        raise ThawlineError("--models is empty; give a comma-separated list such as tf_efficientnet_lite0,resnet50")
+    if len(set(names)) != len(names):
+        raise ThawlineError(f"--models lists a model twice: {','.join(names)}")
+    from thawline.weights import check_model_name
+
+    for name in names:
+        check_model_name(name)  # one clear line for an unknown name
+    folders = [model_folder(n) for n in names]
+    if len(set(folders)) != len(folders):
+        raise ThawlineError(f"--models {','.join(names)}: two names share a folder name; list each model once")
+    return names
+
+
 def compare(
     config: TrainConfig,
     strategies: list[str] | tuple[str, ...] | str = DEFAULT_STRATEGIES,
@@ -51,9 +95,28 @@ def compare(
     *,
     resume: bool = False,
     quiet: bool = False,
+    seeds: int = 1,
+    halving: bool = False,
+    advise: bool = False,
+    models: str | list[str] | tuple[str, ...] | None = None,
+    shift_test: str | Path | None = None,
 ) -> CompareResult:
-    """Train every strategy with the same config (only `strategy` differs) and write comparison.csv."""
+    """Train every strategy with the same config (only `strategy` differs) and write comparison.csv; with `models`,
+    every strategy on every model; with `shift_test`, each run's accuracy on the shifted sets too."""
     names = parse_strategies(strategies, config.strategies_file)
+    grid = parse_models(models)
+    if len(grid) == 1:  # one model is no grid: the plain layout, as with --model
+        config, grid = replace(config, model=grid[0]), []
+    if seeds < 1:
+        raise ThawlineError(f"--seeds {seeds}: must be 1 or more")
+    if halving and seeds > 1:
+        raise ThawlineError("--halving and --seeds N do not combine yet; use one of them")
+    for flag, on in (("--halving", halving), ("--advise", advise)):
+        if grid and on:
+            raise ThawlineError(f"--models and {flag} do not combine yet; use one of them")
+    shift_dir = Path(shift_test) if shift_test else None
+    if shift_dir is not None:
+        shift_sets(shift_dir)  # one line before anything is written; its classes are checked once data is read
     if config.wandb:
         from thawline.tracking import wandb_module
 
@@ -71,13 +134,26 @@ def compare(
             raise ThawlineError(
                 f"cannot create compare folder '{out_dir}' ({e.strerror}); pass a writable --out"
             ) from None
-        save_yaml(out_dir / "compare.yaml", {"strategies": names, "config": config.to_dict()})
+        plan = {"strategies": names, "config": config.to_dict(), "seeds": seeds, "halving": halving, "advise": advise,
+                "models": grid, "shift_test": str(shift_dir) if shift_dir else None}  # fmt: skip
+        save_yaml(out_dir / "compare.yaml", plan)
+    options = {"resume": resume, "quiet": quiet, "seeds": seeds, "halving": halving, "advise": advise}
     try:
-        data = prepare_data(config, quiet)
-        runs = train_strategies(config, names, out_dir, data, resume=resume, quiet=quiet)
+        if grid:
+            runs = {}
+            for model in grid:
+                trained = train_model(replace(config, model=model), names, out_dir, model_folder(model),
+                                      shift_dir=shift_dir, **options)  # fmt: skip
+                runs.update({grid_name(model, name): run for name, run in trained.items()})
+        else:
+            runs = train_model(config, names, out_dir, "", shift_dir=shift_dir, **options)
+        if shift_dir is not None and main:
+            sets = shift_sets(shift_dir)
+            for name, run in runs.items():
+                shift_test_run(name, run, sets, shift_dir, config, quiet=quiet)
     except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
         raise RunInterrupted(out_dir, "compare") from None
-    rows = ranked_rows(runs)
+    rows = ranked_rows(runs, out_dir)
     verdict, notes = mark_uncertainty(rows, runs) if main else (None, [])
     if main:
         write_comparison(out_dir, rows)
@@ -86,6 +162,66 @@ def compare(
         if lines := uncertainty_lines(verdict, notes):
             print(lines, flush=True)
     return CompareResult(out_dir, runs, rows)
+
+
+def train_model(
+    config: TrainConfig,
+    names: list[str],
+    out_dir: Path,
+    sub: str,
+    *,
+    resume: bool,
+    quiet: bool,
+    seeds: int,
+    halving: bool,
+    advise: bool,
+    shift_dir: Path | None,
+) -> dict[str, RunResult]:
+    """Every strategy on `config.model` into `out_dir/sub` (sub: "" for one model, its folder in a grid), the extra
+    seeds into `out_dir/seeds/seed-<s>/sub`; the data decoded once for them all."""
+    data = prepare_data(config, quiet)
+    if shift_dir is not None:
+        shift_sets(shift_dir, data.classes)  # before any training: the shifted sets must hold the same classes
+    folder = out_dir / sub
+    if advise and distributed.is_main() and not (resume and (folder / ADVICE_DIR / "advise.json").is_file()):
+        from thawline.advise import advise as run_advice
+
+        run_advice(config, folder / ADVICE_DIR, data=data, quiet=quiet)  # seconds; the report's first section
+    if halving:
+        runs = successive_halving(config, names, folder, data, resume=resume, quiet=quiet)
+    else:
+        runs = train_strategies(config, names, folder, data, resume=resume, quiet=quiet)
+    for extra in range(1, seeds):
+        seed = config.seed + extra
+        train_strategies(replace(config, seed=seed), names, out_dir / "seeds" / f"seed-{seed}" / sub, data,
+                         resume=resume, quiet=quiet)  # fmt: skip
+    return runs
+
+
+def shift_test_run(
+    name: str, run: RunResult, sets: dict[str, Path], shift_dir: Path, config: TrainConfig, *, quiet: bool
+) -> None:
+    """The run's best weights on every shifted set: shift.json ({set: accuracy}) in its folder, and the table's
+    `shifted_acc`/`shift_gap` in its summary.json. A resumed comparison reuses a shift.json of the same sets."""
+    if run.summary is None:
+        return
+    source = str(shift_dir.resolve())
+    done = read_shift(run.run_dir)
+    if done is None or list(done) != list(sets) or run.summary.get("shift_test") != source:
+        from thawline.inference import evaluate_folders
+
+        evaluations = evaluate_folders(
+            run.run_dir, sets, batch_size=max(64, config.batch_size), device=config.device, workers=config.workers,
+            cache_dir=config.cache_dir,
+        )  # fmt: skip
+        done = {s: round(ev.accuracy, 6) for s, ev in evaluations.items()}
+        atomic_write_text(run.run_dir / "shift.json", json.dumps(done, indent=2))
+    run.summary.update(shift_summary(done, run.summary.get("test_acc")), shift_test=source)
+    atomic_write_text(run.run_dir / "summary.json", json.dumps(run.summary, indent=2))
+    if not quiet:
+        gap = run.summary.get("shift_gap")
+        gap_text = f", shift gap {gap * 100:+.1f} pts (test − shifted)" if gap is not None else ""
+        print(f"[{name}] shifted acc {run.summary['shifted_acc']:.2%} over {len(done)} sets{gap_text}", flush=True)
 
 
 def mark_uncertainty(rows: list[dict[str, Any]], runs: dict[str, RunResult]) -> tuple[Verdict | None, list[str]]:
@@ -116,6 +252,61 @@ def train_strategies(
             continue
         strategy = get_strategy(name, config.strategies_file)
         runs[name] = train(cfg, data=data, run_dir=run_dir, resume=resume, quiet=quiet, strategy=strategy)
+    return runs
+
+
+def halving_rungs(budget: int, n_strategies: int) -> list[int]:
+    """The epochs at which strategies are compared: halving the field each time until two remain, the last rung
+    the whole budget (e.g. 7 strategies, 8 epochs: 2, 4, 8); rungs closer than one epoch merge."""
+    rounds = max(1, math.ceil(math.log2(max(n_strategies, 2))))
+    rungs = sorted({max(1, budget >> (rounds - 1 - i)) for i in range(rounds)})
+    return rungs if rungs[-1] == budget else [*rungs, budget]
+
+
+def successive_halving(
+    config: TrainConfig, names: list[str], out_dir: Path, data: PreparedData, *, resume: bool, quiet: bool
+) -> dict[str, RunResult]:
+    """Successive halving across strategies; returns the runs that reached the whole budget."""
+    if config.epochs is None:
+        raise ThawlineError("--halving needs an epoch budget: pass --epochs N")
+    log_path = out_dir / "halving.json"
+    state = json.loads(log_path.read_text()) if resume and log_path.is_file() else {}
+    rungs = halving_rungs(config.epochs, len(names))
+    alive = list(state.get("alive", names))
+    stopped: dict[str, dict[str, Any]] = dict(state.get("stopped", {}))
+    scores: dict[str, dict[str, float]] = dict(state.get("scores", {}))
+    runs: dict[str, RunResult] = {}
+    for i, rung in enumerate(rungs):
+        if str(rung) in state.get("done_rungs", []):
+            continue
+        for name in alive:
+            run_dir = out_dir / name.replace("/", "_")
+            cfg = replace(config, strategy=name, out=str(run_dir))
+            started = (run_dir / "last.pt").is_file() or (run_dir / "summary.json").is_file()
+            strategy = get_strategy(name, config.strategies_file)
+            result = train(cfg, data=data, run_dir=run_dir, resume=started, quiet=quiet, strategy=strategy,
+                           stop_after_epoch=rung)  # fmt: skip
+            best = max((r["val_acc"] for r in result.metrics), default=0.0)
+            scores.setdefault(name, {})[str(rung)] = best
+            if result.summary is not None:
+                runs[name] = result
+        if i + 1 < len(rungs):
+            keep = max(2, math.ceil(len(alive) / 2)) if len(alive) > 2 else len(alive)
+            ordered = sorted(alive, key=lambda n: -scores[n][str(rung)])  # stable: ties keep the given order
+            for name in ordered[keep:]:
+                stopped[name] = {"epoch": rung, "val_acc": scores[name][str(rung)], "rung": i + 1}
+                if not quiet:
+                    print(f"[halving] {name} stops after epoch {rung} "
+                          f"(best val acc {scores[name][str(rung)]:.2%})", flush=True)  # fmt: skip
+            alive = ordered[:keep]
+        state = {"rungs": rungs, "alive": alive, "stopped": stopped, "scores": scores,
+                 "done_rungs": [*state.get("done_rungs", []), str(rung)]}  # fmt: skip
+        if distributed.is_main():
+            atomic_write_text(log_path, json.dumps(state, indent=2))
+    for name in alive:  # a resumed comparison whose last rung was done before
+        if name not in runs:
+            runs[name] = RunResult(out_dir / name.replace("/", "_"),
+                                   json.loads((out_dir / name.replace("/", "_") / "summary.json").read_text()))
     return runs
 
 
@@ -156,5 +347,9 @@ def check_compare_resume(folder: str | Path | None, config: TrainConfig) -> None
         raise ThawlineError(mismatch_message(Path(folder), *diff, what="a comparison"))
 
 
-def ranked_rows(runs: dict[str, RunResult]) -> list[dict[str, Any]]:
-    return rank([row_from_summary(name, run.run_dir, run.summary) for name, run in runs.items()])
+def ranked_rows(runs: dict[str, RunResult], out_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The finished runs' rows, ranked; with `out_dir`, the spread over the seeds trained in its seeds/ folder."""
+    rows = [row_from_summary(name, run.run_dir, run.summary) for name, run in runs.items() if run.summary]
+    if out_dir is not None:
+        seed_spread(rows, out_dir, folder_of=run_subdir)
+    return rank(rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from thawline.atomic import write_text_atomic
 from thawline.errors import ThawlineError, close_matches
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
@@ -300,18 +300,9 @@ def load_yaml_mapping(path: str) -> dict[str, Any]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write to a temp file in the same folder, fsync, then rename: readers never see a partial file (thawline.atomic;
+    an OSError becomes one line naming the file)."""
+    write_text_atomic(path, text)
 
 
 def save_yaml(path: str | os.PathLike, data: dict[str, Any]) -> None:

@@ -236,14 +236,27 @@ class Batches:
 
 
 class Normalize:
-    """uint8 NHWC -> float NCHW normalised; optional channels_last memory format for conv speed."""
+    """uint8 NHWC -> float NCHW normalised; optional channels_last memory format for conv speed.
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False) -> None:
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.inv_std = 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+    With a CUDA `device` the uint8 rows go to the GPU (pinned, asynchronous: a quarter of the float bytes) and are
+    normalised there: converting a batch of 256 images at 224 px to float on the CPU took longer than the GPU's
+    step (ResNet-50, bf16, H200)."""
+
+    def __init__(
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        channels_last: bool = False,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device if device is not None and device.type == "cuda" else None
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255)
         self.channels_last = channels_last
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.device is not None:
+            rows = rows.pin_memory().to(self.device, non_blocking=True)
         x = rows.permute(0, 3, 1, 2).float()
         x = (x - self.mean) * self.inv_std
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

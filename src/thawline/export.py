@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from thawline.atomic import atomic_path, write_error, writing
 from thawline.config import atomic_write_text
 from thawline.errors import ThawlineError
 from thawline.images import BadImage
@@ -81,15 +82,12 @@ def export_onnx(
     onnx_path = Path(out) if out else run_folder(run_dir) / "model.onnx"
     if onnx_path.suffix != ".onnx":
         onnx_path = onnx_path / "model.onnx" if onnx_path.is_dir() else onnx_path.with_suffix(".onnx")
-    try:
+    with writing(onnx_path.parent):
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ThawlineError(f"cannot create '{onnx_path.parent}' ({e.strerror}); pass a writable --out") from None
     size = prep.img_size
     dummy = torch.zeros(1, 3, size, size)
-    tmp = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp")
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    try:
+    with atomic_path(onnx_path) as tmp:  # renamed into place only when the block ends without an error
         _export_to(tmp, model, dummy, axes, opset, cfg, prep, onnx_path)
         # Checked before it replaces anything: a failed check leaves an earlier good export where it was.
         diff, source, batch_sizes = float("nan"), "not checked", []
@@ -102,11 +100,6 @@ def export_onnx(
             )
         prep_path = onnx_path.with_name("preprocessing.json")
         _write_preprocessing(prep_path, onnx_path, cfg, prep, dynamic_batch, opset)
-        os.replace(tmp, onnx_path)
-    except OSError as e:
-        raise ThawlineError(f"cannot write '{onnx_path}' ({e.strerror}); pass a writable --out") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(onnx_path, prep_path, diff, source, batch_sizes)
 
 
@@ -131,7 +124,7 @@ def _export_to(
             )
         _add_metadata(tmp, cfg, prep)
     except OSError as e:
-        raise ThawlineError(f"cannot write '{onnx_path}' ({e.strerror}); pass a writable --out") from None
+        raise write_error(onnx_path, e) from None
     except Exception as e:  # exporter failures (unsupported op, ...) are one line, naming the model
         first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ThawlineError(f"ONNX export of {cfg['model']} failed ({type(e).__name__}: {first})") from None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from thawline.atomic import write_error, writing
 from thawline.errors import ThawlineError
 
 CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
@@ -150,8 +151,9 @@ def prepare_fashion_mnist(
     train_idx, val_idx = stratified_split(train_labels, n_val, per_class, seed)
     test_idx = _cap_per_class(test_labels, test_per_class, seed)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         counts = {
             "train": _write_split(tmp / "train", train_images, train_labels, train_idx, "train"),
@@ -169,7 +171,9 @@ def prepare_fashion_mnist(
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # disk full, file-size limit, read-only folder: one line naming the folder
+            raise write_error(out, e) from None
         raise
     return manifest

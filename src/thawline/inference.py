@@ -254,18 +254,45 @@ def evaluate_run(
     evaluation_<split>.csv into the run folder when `write` (`split`: test/val/train, or folder-<name> for a
     folder). The training run's own predictions.csv and predictions_val.csv, which the report reads, stay as
     training wrote them."""
-    from thawline.cache import build_image_cache, default_cache_dir
-
     runtime.keep_freed_memory()
     dev = pick_device(device)
     model, cfg = load_run(run_dir, which, dev)
     out = run_folder(run_dir)
-    classes = list(cfg["classes"])
     name, folder = resolve_split(cfg, split)
+    result = evaluate_loaded(model, cfg, dev, out, name, folder, batch_size=batch_size, workers=workers)
+    if write:
+        text = json.dumps(result.report, indent=2)
+        tag = evaluation_tag(name, split)
+        targets = [out / "evaluation.json", out / f"evaluation_{tag}.json"]
+        for target in targets:
+            atomic_write_text(target, text)
+        rows = out / f"evaluation_{tag}.csv"
+        write_predictions(rows, name, result.paths, result.labels, result.logits.numpy(), result.classes)
+        result.files = [*targets, rows]
+    return result
+
+
+def evaluate_loaded(
+    model: nn.Module,
+    cfg: dict[str, Any],
+    dev: torch.device,
+    out: Path,
+    name: str,
+    folder: Path,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Evaluation:
+    """A loaded run model (`load_run`) on one labelled folder: logits of every image that decodes, and the report;
+    nothing written."""
+    from thawline.cache import build_image_cache, default_cache_dir
+
+    classes = list(cfg["classes"])
     paths, labels = labelled_files(folder, classes)
     prep = Preprocess.from_config(cfg)
     # The decode-once cache: the same pixels training saw, and no second decode of a split it already decoded.
-    cache = build_image_cache(paths, prep.img_size, prep.interpolation, default_cache_dir(), workers)
+    cache = build_image_cache(paths, prep.img_size, prep.interpolation, cache_dir or default_cache_dir(), workers)
     rows = np.flatnonzero(cache.ok)
     if len(rows) == 0:
         raise ThawlineError(f"no image in {folder} could be decoded (e.g. {cache.bad[0][0]}: {cache.bad[0][1]})")
@@ -285,16 +312,31 @@ def evaluate_run(
         skipped=list(cache.bad),
     )
     result.report = evaluation_report(result, cfg)
-    if write:
-        text = json.dumps(result.report, indent=2)
-        tag = evaluation_tag(name, split)
-        targets = [out / "evaluation.json", out / f"evaluation_{tag}.json"]
-        for target in targets:
-            atomic_write_text(target, text)
-        rows = out / f"evaluation_{tag}.csv"
-        write_predictions(rows, name, result.paths, result.labels, result.logits.numpy(), classes)
-        result.files = [*targets, rows]
     return result
+
+
+def evaluate_folders(
+    run_dir: str | os.PathLike,
+    folders: dict[str, Path],
+    *,
+    which: str = "best",
+    batch_size: int = 64,
+    device: str | None = "cpu",
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Evaluation]:
+    """A run's checkpoint, loaded once, on several labelled folders ({name: folder}), e.g. the shifted sets of
+    `compare --shift-test`; nothing written."""
+    runtime.keep_freed_memory()
+    dev = pick_device(device)
+    model, cfg = load_run(run_dir, which, dev)
+    out = run_folder(run_dir)
+    return {
+        name: evaluate_loaded(
+            model, cfg, dev, out, name, Path(folder), batch_size=batch_size, workers=workers, cache_dir=cache_dir
+        )
+        for name, folder in folders.items()
+    }
 
 
 def evaluation_tag(name: str, split: str | None) -> str:

@@ -19,20 +19,22 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from thawline import engine, runtime
 from thawline.config import TrainConfig, atomic_write_text
 from thawline.errors import ThawlineError
-from thawline.models import apply_freezing
+from thawline.models import apply_freezing, trainable_names
 from thawline.plots import plot_lr_find
-from thawline.prepare import PreparedData, prepare_data, setup_run
-from thawline.sources import phase_source
+from thawline.prepare import PreparedData, RunSetup, prepare_data, setup_run
+from thawline.sources import PhaseSource, phase_source
 from thawline.strategies import Strategy, get_strategy
 
 START_LR = 1e-7
@@ -129,8 +131,12 @@ def lr_find(
     diverge: float = DIVERGE,
     beta: float = BETA,
     quiet: bool = False,
+    phase_index: int = 0,
+    model_state: dict[str, Any] | None = None,
 ) -> LRFindResult:
-    """Run the range test for the first phase of `config.strategy`; write lr_find.json/.png into `out` if given.
+    """Run the range test for a phase of `config.strategy` (the first by default); write lr_find.json/.png into
+    `out` if given. `model_state`: the weights to start from instead of the initial ones (`--lr auto` runs the
+    test for each later phase from the weights the run has when that phase starts).
 
     `data` and `strategy` are reused when the caller already has them (`--lr auto`). The test drives the one
     training loop, `engine.train_one_epoch`: an exponential `set_lr`, and a progress hook that records each
@@ -146,9 +152,12 @@ def lr_find(
     if data is None:
         data = prepare_data(config, quiet)
     setup = setup_run(config, strategy, data)  # a throwaway model, built as the run builds it
-    phase = setup.phases[0]
-    n_trainable = apply_freezing(setup.model, setup.smap, set(phase.trainable), phase.bn)
-    groups = engine.stage_groups(setup.model, setup.smap, phase.trainable, config)
+    if model_state is not None:
+        setup.model.load_state_dict(model_state)
+    phase = setup.phases[phase_index]
+    n_trainable = apply_freezing(setup.model, setup.smap, set(phase.trainable), phase.bn, phase.kinds)
+    names = trainable_names(setup.model, setup.smap, phase.trainable, phase.kinds)
+    groups = engine.stage_groups(setup.model, setup.smap, phase.trainable, config, names)
     optimizer = engine.build_optimizer(config, groups)
     # Layer-wise LR decay keeps its ratios: each group runs at lr * its multiplier.
     multipliers = [phase.layer_decay ** (setup.smap.head - g["stage"]) for g in optimizer.param_groups]
@@ -160,20 +169,9 @@ def lr_find(
         for g, m in zip(optimizer.param_groups, multipliers, strict=True):
             g["lr"] = recorder.lr * m
 
-    bar = tqdm(total=steps, desc="lr-find", unit="step", disable=quiet or not sys.stderr.isatty(), leave=False)
     try:
-        epoch = 0
-        while not recorder.done:
-            try:
-                engine.train_one_epoch(
-                    source.forward, source.train_batches(epoch, 0), optimizer, setup.loss_fn, set_lr, setup.device,
-                    setup.amp, progress=lambda n, loss: recorder.record(loss, bar), dropout=source.dropout,
-                )  # fmt: skip
-            except engine.NonFiniteLoss as e:
-                recorder.record(e.value, bar)
-            epoch += 1
+        _run_range(recorder, source, optimizer, setup, set_lr, quiet)
     finally:
-        bar.close()
         source.close()
     info = {
         "model": config.model,
@@ -181,7 +179,7 @@ def lr_find(
         "strategy": strategy.name,
         "phase": phase.to_dict(),
         "trainable_params": n_trainable,
-        "strategy_first_phase_lr": phase.lr,
+        "strategy_phase_lr": phase.lr,
         "img_size": data.img_size,
         "batch_size": config.batch_size,
         "num_train": len(data.splits["train"]),
@@ -197,6 +195,31 @@ def lr_find(
     if out is not None:
         write_lr_find(Path(out), result)
     return result
+
+
+def _run_range(
+    recorder: _Recorder,
+    source: PhaseSource,
+    optimizer: torch.optim.Optimizer,
+    setup: RunSetup,
+    set_lr: Callable[[], None],
+    quiet: bool,
+) -> None:
+    """Train epochs of the phase's batches until the recorder has its steps or the loss diverged."""
+    bar = tqdm(total=recorder.steps, desc="lr-find", unit="step", disable=quiet or not sys.stderr.isatty(), leave=False)
+    try:
+        epoch = 0
+        while not recorder.done:
+            try:
+                engine.train_one_epoch(
+                    source.forward, source.train_batches(epoch, 0), optimizer, setup.loss_fn, set_lr, setup.device,
+                    setup.amp, progress=lambda n, loss: recorder.record(float(loss), bar), dropout=source.dropout,
+                )  # fmt: skip
+            except engine.NonFiniteLoss as e:
+                recorder.record(e.value, bar)
+            epoch += 1
+    finally:
+        bar.close()
 
 
 class _Recorder:
@@ -273,8 +296,8 @@ def resolve_auto_lr(
     return dataclasses.replace(config, lr=result.suggested_lr), result
 
 
-def write_lr_find(out: Path, result: LRFindResult) -> list[Path]:
-    """lr_find.json (curve + suggestion) and lr_find.png (loss vs log LR, suggestion marked) into `out`."""
+def write_lr_find(out: Path, result: LRFindResult, stem: str = "lr_find") -> list[Path]:
+    """<stem>.json (curve + suggestion) and <stem>.png (loss vs log LR, suggestion marked) into `out`."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -282,9 +305,9 @@ def write_lr_find(out: Path, result: LRFindResult) -> list[Path]:
     payload = result.to_dict()
     payload["smoothed"] = [s if math.isfinite(s) else None for s in result.smoothed]
     payload["losses"] = [v if math.isfinite(v) else None for v in result.losses]
-    json_path = out / "lr_find.json"
+    json_path = out / f"{stem}.json"
     atomic_write_text(json_path, json.dumps(payload, indent=2))
-    png_path = out / "lr_find.png"
+    png_path = out / f"{stem}.png"
     title = f"LR range test: {result.info.get('model')} / {result.info.get('strategy')} ({result.method})"
     plot_lr_find(png_path, result.lrs, result.losses, result.smoothed, result.suggested_lr, title)
     result.files = [json_path, png_path]

@@ -1,7 +1,8 @@
 """Stages of a timm model (from its own `group_matcher`), freezing, and the frozen-prefix/trainable-suffix split.
 
 No strategy knows layer names: it selects stage indices, and this module maps them onto parameters and
-modules. Body stages are 0..n-1 (stem first); the head (the group holding the classifier) is index n.
+modules. Body stages are 0..n-1 (stem first); the head (the group holding the classifier) is index n. A phase
+may restrict its body stages to parameter kinds (`bias`, `norm`: see `parameter_kinds`); the head trains whole.
 """
 
 from __future__ import annotations
@@ -59,18 +60,76 @@ def _stage_name(first_param: str, index: int) -> str:
     return parts[0]
 
 
-def apply_freezing(model: nn.Module, smap: StageMap, trainable: set[int], bn: str = "frozen") -> int:
-    """Set requires_grad per stage and the train/eval mode of frozen modules; returns trainable param count.
+def _norm_types() -> tuple[type, ...]:
+    """Normalisation layer types: torch's (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm and every
+    subclass, such as timm's BatchNormAct2d, LayerNorm2d, GroupNorm1) and timm's own (RmsNorm, SimpleNorm,
+    EvoNorm, FilterResponseNorm)."""
+    import timm.layers
+
+    torch_types = [nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None)]
+    timm_names = (
+        "RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32", "SimpleNorm", "SimpleNorm2d", "SimpleNormFp32",
+        "SimpleNorm2dFp32", "EvoNorm2dB0", "EvoNorm2dB1", "EvoNorm2dB2", "EvoNorm2dS0", "EvoNorm2dS1", "EvoNorm2dS2",
+        "FilterResponseNormAct2d", "FilterResponseNormTlu2d",
+    )  # fmt: skip
+    timm_types = [getattr(timm.layers, n, None) for n in timm_names]
+    return tuple(t for t in [*torch_types, *timm_types] if isinstance(t, type))
+
+
+def parameter_kinds(model: nn.Module) -> dict[str, frozenset[str]]:
+    """The kinds of every parameter, by its full name: `bias` for a parameter its module registers as `bias` (or
+    `*_bias`, e.g. attention's in_proj_bias, q_bias); `norm` for the parameters of a normalisation layer, found by
+    module type (`_norm_types`). A norm layer's bias is both; a convolution's weight is neither."""
+    norms = _norm_types()
+    kinds: dict[str, frozenset[str]] = {}
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, norms)
+        for local, _ in module.named_parameters(recurse=False):
+            k = {"bias"} if local == "bias" or local.endswith("_bias") else set()
+            kinds[f"{module_name}.{local}" if module_name else local] = frozenset(k | ({"norm"} if is_norm else set()))
+    return kinds
+
+
+def trainable_names(
+    model: nn.Module, smap: StageMap, trainable: set[int] | tuple[int, ...], kinds: tuple[str, ...] = ()
+) -> list[str]:
+    """The parameters a phase trains, in model order: those of the `trainable` stages, restricted in the body
+    stages to `kinds` when given (the head always whole)."""
+    stage_of = smap.stage_of()
+    wanted = set(trainable)
+    of_kind = parameter_kinds(model) if kinds else {}
+    names = []
+    for name, _ in model.named_parameters():
+        stage = stage_of[name]
+        if stage not in wanted:
+            continue
+        if kinds and stage != smap.head and not of_kind.get(name, frozenset()) & set(kinds):
+            continue
+        names.append(name)
+    return names
+
+
+def apply_freezing(
+    model: nn.Module, smap: StageMap, trainable: set[int], bn: str = "frozen", kinds: tuple[str, ...] = ()
+) -> int:
+    """Set requires_grad per stage (and per parameter kind) and the train/eval mode of frozen modules; returns the
+    trainable parameter count.
 
     Frozen parameters get requires_grad=False, so autograd records nothing for a frozen prefix (no saved
-    activations, no backward through it). With bn="frozen" every module whose parameters all lie in frozen
-    stages goes to eval(): BatchNorm statistics stay untouched and dropout is off there. bn="eval" also puts
-    the BatchNorm layers of training stages in eval mode (their affine weights still train).
+    activations, no backward through it). With bn="frozen" every module whose parameters are all frozen goes to
+    eval(): BatchNorm statistics stay untouched and dropout is off there. bn="eval" also puts the BatchNorm layers
+    of training stages in eval mode (their affine weights still train).
+
+    `kinds` (e.g. ("bias",)) trains only those parameter kinds inside the trainable body stages. The rule above
+    then makes a selected stage a training stage for the `bn` policy: its BatchNorm layers keep a trainable bias
+    (and weight, under norm), so with bn="frozen" they use batch statistics as in any training stage, and the
+    blocks holding them keep dropout on; modules whose parameters all stay frozen (a convolution under norm) go to
+    eval, which changes nothing for them.
     """
-    stage_of = smap.stage_of()
+    selected = set(trainable_names(model, smap, trainable, kinds))
     count = 0
     for name, p in model.named_parameters():
-        p.requires_grad_(stage_of[name] in trainable)
+        p.requires_grad_(name in selected)
         count += p.numel() if p.requires_grad else 0
     model.train()
     for _, module in model.named_modules():

@@ -8,13 +8,12 @@ written next to its final name and renamed, so a reader never sees half a file.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from thawline.atomic import atomic_path
 from thawline.metrics import Calibration, Predictions, row_normalize
 
 GRID_NAME = "prediction_grid.png"
@@ -34,15 +33,9 @@ def _figure(w: float, h: float):
 
 
 def save_figure(fig, path: Path) -> None:
-    """Write a PNG next to its final name, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write a PNG next to its final name, then rename: a reader never sees half a file (thawline.atomic)."""
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pct_axis(ax, axis: str = "y") -> None:
@@ -161,6 +154,63 @@ def plot_tradeoffs(rows: list[dict[str, Any]], path: Path) -> None:
     ax_time.set_ylabel("best val accuracy")
     _pct_axis(ax_time)
     fig.suptitle("accuracy vs cost", fontsize=11)
+    save_figure(fig, path)
+
+
+def _unstack_labels(fig, texts: list) -> None:
+    """Move annotation labels down until none overlaps another (first in the list stays put); layout first."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    placed = []
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        for _ in range(len(texts)):
+            hits = [p for p in placed if box.overlaps(p)]
+            if not hits:
+                break
+            down = box.y1 - min(p.y0 for p in hits) + 1  # pixels, to just below the lowest label it touches
+            t.xyann = (t.xyann[0], t.xyann[1] - down * 72 / fig.dpi)
+            box = t.get_window_extent(renderer)
+        placed.append(box)
+
+
+def plot_shift(rows: list[dict[str, Any]], path: Path) -> None:
+    """Shifted accuracy (mean over the shifted sets) against in-distribution test accuracy; one labelled point per
+    strategy, the diagonal where the shift costs nothing."""
+    fig = _figure(5.6, 4.4)
+    ax = fig.add_subplot()
+    pts = [(r, float(r["test_acc"]), float(r["shifted_acc"])) for r in rows if r.get("test_acc") is not None
+           and r.get("shifted_acc") is not None]  # fmt: skip
+    texts = []
+    for r, x, y in sorted(pts, key=lambda p: -p[2]):  # labels placed top down
+        winner = r.get("rank") == 1
+        ax.scatter(
+            [x],
+            [y],
+            s=140 if winner else 50,
+            marker="*" if winner else "o",
+            color=WINNER_COLOR if winner else "#1f77b4",
+            edgecolor="#333",
+            zorder=4 if winner else 3,
+        )
+        texts.append(ax.annotate(r["strategy"], (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8))
+    if pts:
+        values = [v for _, x, y in pts for v in (x, y)]
+        lo, hi = min(values), max(values)
+        pad = max(0.02, (hi - lo) * 0.15)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="#555", lw=1, label="no loss to the shift")
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_xlabel("test accuracy (in distribution)")
+    ax.set_ylabel("shifted accuracy (mean over sets)")
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.15)
+    _pct_axis(ax)
+    _pct_axis(ax, "x")
+    ax.set_title("robustness: accuracy under distribution shift", fontsize=10)
+    _unstack_labels(fig, texts)
     save_figure(fig, path)
 
 
@@ -400,4 +450,72 @@ def plot_lr_find(
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_probe_depth(
+    stages: list[str],
+    linear: list[float | None],
+    knn: list[float | None],
+    logme: list[float | None],
+    rgn: list[float | None],
+    path: Path,
+    chance: float | None = None,
+    freeze: int | None = None,
+    title: str = "",
+) -> None:
+    """`thawline advise`: linear-probe and k-NN val accuracy of the frozen features after each stage (left), LogME
+    per stage and the relative gradient norm ||g||/||w|| per stage (right); the recommended freeze depth dashed."""
+    fig = _figure(10.0, 3.6)
+    ax_acc, ax_logme = fig.subplots(1, 2)
+    x = np.arange(len(stages))
+
+    def pts(values: list[float | None]) -> tuple[list[int], list[float]]:
+        keep = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+        return [i for i, _ in keep], [v for _, v in keep]
+
+    ax_acc.plot(*pts(linear), marker="o", ms=5, color="#1f77b4", label="linear probe")
+    ax_acc.plot(*pts(knn), marker="s", ms=4, color="#ff7f0e", label="k-NN (cosine)")
+    xs, ys = pts(linear)
+    if ys:
+        best = max(range(len(ys)), key=lambda j: (ys[j], xs[j]))
+        ax_acc.plot([xs[best]], [ys[best]], marker="*", ms=14, color=WINNER_COLOR, ls="none", label="best", zorder=5)
+    if chance is not None:
+        ax_acc.axhline(chance, color="#999", ls=":", lw=1, label="majority class")
+    ax_acc.set_ylabel("val accuracy (frozen features)")
+    _pct_axis(ax_acc)
+    ax_logme.plot(*pts(logme), marker="o", ms=5, color="#2ca02c", label="LogME")
+    ax_logme.set_ylabel("LogME", color="#2ca02c")
+    ax_rgn = ax_logme.twinx()
+    gx, gy = pts(rgn)
+    ax_rgn.bar(gx, gy, width=0.5, color="#9467bd", alpha=0.35, label="||g|| / ||w||")
+    ax_rgn.set_ylabel("relative gradient norm", color="#9467bd")
+    ax_logme.set_zorder(ax_rgn.get_zorder() + 1)  # the LogME line over the bars
+    ax_logme.patch.set_visible(False)
+    positive = [v for v in gy if v > 0]
+    if positive and max(positive) / min(positive) > 50:
+        ax_rgn.set_yscale("log")
+    for ax in (ax_acc, ax_logme):
+        ax.set_xticks(x, stages, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("features after stage")
+        ax.grid(alpha=0.3)
+        if freeze is not None and 0 < freeze < len(stages):
+            ax.axvline(freeze - 0.5, color=BAD_COLOR, ls="--", lw=1)
+            ax.text(
+                freeze - 0.5,
+                0.02,
+                "frozen | trained",
+                ha="center",
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                color=BAD_COLOR,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
+    ax_acc.legend(fontsize=8, loc="best")
+    handles = ax_logme.get_legend_handles_labels()[0] + ax_rgn.get_legend_handles_labels()[0]
+    ax_logme.legend(handles, [str(h.get_label()) for h in handles], fontsize=8, loc="best")
+    ax_acc.set_title("how well each depth's features separate the classes", fontsize=10)
+    ax_logme.set_title("transferability (LogME) and gradient pressure per stage", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
     save_figure(fig, path)

@@ -264,7 +264,7 @@ def setup_run(config: TrainConfig, strategy: Strategy, data: PreparedData) -> Ru
         phases=resolve(strategy, smap.n_stages, config.epochs),
         mean=mean,
         std=std,
-        normalize=Normalize(mean, std, channels_last),
+        normalize=Normalize(mean, std, channels_last, device),
         class_weights=weight,
         loss_fn=loss_fn,
         cache_dir=cache_dir(config),

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,30 @@ from thawline.uncertainty import ALPHA, RESAMPLES, fmt_p
 
 Row = dict[str, Any]
 Summary = dict[str, Any]
+
+# `compare --models a,b`: a row per (model, strategy), named "a / partial", its run in OUT/a/partial.
+GRID_SEP = " / "
+
+
+def grid_name(model: str, strategy: str) -> str:
+    return f"{model}{GRID_SEP}{strategy}"
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    """(model, strategy) of a row name: (None, name) outside a model grid."""
+    model, sep, strategy = name.partition(GRID_SEP)
+    return (model, strategy) if sep else (None, name)
+
+
+def model_folder(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip(".") or "model"
+
+
+def run_subdir(name: str) -> str:
+    """A row's run folder inside its compare folder: `partial-2_3`, or `<model>/partial-2_3` in a model grid."""
+    model, strategy = split_name(name)
+    folder = strategy.replace("/", "_")
+    return f"{model_folder(model)}/{folder}" if model else folder
 
 
 # ---- value formats (console and report) ---------------------------------------------------------------------
@@ -85,6 +110,18 @@ def _console_interval(ci: Any) -> str:
     return "-" if not ci else fmt_interval(ci, "-", "")
 
 
+def fmt_seed_spread(v: Any, unit: str = "%") -> str:
+    """[mean, std, n] as '91.2 ± 0.4% (3 seeds)'; '—' with one seed."""
+    if not v:
+        return "—"
+    mean, std, n = v
+    return f"{mean * 100:.1f} ± {std * 100:.1f}{unit} ({n} seeds)"
+
+
+def _console_seeds(v: Any) -> str:
+    return "-" if not v else f"{v[0] * 100:.1f}±{v[1] * 100:.1f}"
+
+
 def _console_tied(tied: Any) -> str:
     return "-" if tied is None else ("tied" if tied else "no")
 
@@ -120,7 +157,7 @@ def _memory_cell(row: Row, s: Summary) -> Cell:
 
 def _saved_cell(row: Row, s: Summary) -> Cell:
     vs = row.get("time_vs_full")
-    if row["strategy"] == "full":
+    if split_name(row["strategy"])[1] == "full":
         return Cell("baseline")
     if vs is None:
         return Cell("—")
@@ -174,6 +211,7 @@ class Column:
     cli: tuple[str, int, Callable[[Any], str]] | None = None  # (header, width, format) in the console table
     cell: Callable[[Row, Summary], Cell] | None = None  # the report's cell (default: `text(row[key])`)
     text: Callable[[Any], str] = str
+    optional: bool = False  # shown only when some row has a value (e.g. the spread over seeds)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -182,8 +220,26 @@ COLUMNS: tuple[Column, ...] = (
         cell=lambda r, s: Cell(fmt_pct(r.get("best_val_acc")), f"best epoch {s.get('best_epoch')}"),
     ),
     Column("val_acc_ci", "val 95% CI", cli=("val 95% CI", 11, _console_interval), cell=_interval_cell("val")),
+    Column(
+        "val_acc_seeds", "val acc over seeds (mean ± std)",
+        value=lambda s: None,  # filled in by `uncertainty.seed_spread` from the compare folder's seeds/
+        cli=("val mean±sd", 11, _console_seeds), text=fmt_seed_spread, optional=True,
+    ),
     Column("test_acc", "test acc", cli=("test acc", 9, _console(".2%")), text=fmt_pct),
+    Column(
+        "test_acc_seeds", "test acc over seeds (mean ± std)", value=lambda s: None,
+        cli=("test mean±sd", 12, _console_seeds), text=fmt_seed_spread, optional=True,
+    ),
     Column("test_acc_ci", "test 95% CI", cli=("test 95% CI", 11, _console_interval), cell=_interval_cell("test")),
+    # compare --shift-test: written into summary.json with the run's shift.json ({set: accuracy})
+    Column(
+        "shifted_acc", "shifted acc (mean over sets)", cli=("shifted", 8, _console(".2%")), text=fmt_pct,
+        optional=True,
+    ),
+    Column(
+        "shift_gap", "shift gap (test − shifted)", cli=("gap", 7, _console("+.2%")),
+        text=lambda v: "—" if v is None else f"{float(v) * 100:+.1f} pts", optional=True,
+    ),
     Column(
         "p_vs_winner", "McNemar p vs winner",
         value=lambda s: None,  # filled in by `uncertainty.annotate` from the run folders' predictions
@@ -223,23 +279,35 @@ def row_from_summary(name: str, run_dir: Path | str, summary: Summary) -> Row:
 
 
 def rank(rows: list[Row]) -> list[Row]:
-    """Best val accuracy first, then less training time; `time_vs_full` relative to the full fine-tune."""
-    full = next((r for r in rows if r["strategy"] == "full"), None)
-    full_time = full.get("train_time_s") if full else None
+    """Best val accuracy first (its mean over seeds when there are several), then less training time;
+    `time_vs_full` relative to the full fine-tune (of the same model in a model grid)."""
+    full_times = {
+        split_name(r["strategy"])[0]: r.get("train_time_s") for r in rows if split_name(r["strategy"])[1] == "full"
+    }
     for r in rows:
+        full_time = full_times.get(split_name(r["strategy"])[0])
         if r.get("time_vs_full") is None and full_time and r.get("train_time_s") is not None:
             # Negative = this strategy needed less training time than full fine-tuning.
             r["time_vs_full"] = round(r["train_time_s"] / full_time - 1, 4)
-    rows.sort(key=lambda r: (-(r.get("best_val_acc") or 0.0), r.get("train_time_s") or 0.0))
+
+    def val(r: Row) -> float:
+        return (r.get("val_acc_seeds") or [r.get("best_val_acc") or 0.0])[0]
+
+    rows.sort(key=lambda r: (-val(r), r.get("train_time_s") or 0.0))
     for i, r in enumerate(rows):
         r["rank"] = i + 1
     return rows
 
 
-def report_cells(row: Row, summary: Summary | None) -> list[Cell]:
+def shown_columns(rows: list[Row]) -> list[Column]:
+    """Every column, less the optional ones that no row has a value for."""
+    return [c for c in COLUMNS if not c.optional or any(r.get(c.key) is not None for r in rows)]
+
+
+def report_cells(row: Row, summary: Summary | None, columns: list[Column] | None = None) -> list[Cell]:
     """The report's cells of one row after rank and strategy, in column order."""
     s = summary or {}
-    return [c.cell(row, s) if c.cell else Cell(c.text(row.get(c.key))) for c in COLUMNS]
+    return [c.cell(row, s) if c.cell else Cell(c.text(row.get(c.key))) for c in columns or COLUMNS]
 
 
 def write_comparison(out_dir: Path, rows: list[Row]) -> None:
@@ -254,10 +322,11 @@ def write_comparison(out_dir: Path, rows: list[Row]) -> None:
 
 def format_table(rows: list[Row]) -> str:
     """The console table of a comparison."""
-    shown = [c for c in COLUMNS if c.cli]
-    header = f"{'#':>2}  {'strategy':<14} " + " ".join(f"{c.cli[0]:>{c.cli[1]}}" for c in shown)
+    shown = [c for c in shown_columns(rows) if c.cli]
+    width = max([14, *(len(str(r["strategy"])) for r in rows)])
+    header = f"{'#':>2}  {'strategy':<{width}} " + " ".join(f"{c.cli[0]:>{c.cli[1]}}" for c in shown)
     lines = [header, "-" * len(header)]
     for r in rows:
         cells = " ".join(f"{c.cli[2](r.get(c.key)):>{c.cli[1]}}" for c in shown)
-        lines.append(f"{r['rank']:>2}  {r['strategy']:<14} {cells}")
+        lines.append(f"{r['rank']:>2}  {r['strategy']:<{width}} {cells}")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from thawline.atomic import WriteFailed, atomic_path, writing
 from thawline.config import atomic_write_text
 from thawline.errors import ThawlineError
 from thawline.metrics import (
@@ -41,11 +42,23 @@ from thawline.plots import (
     plot_layer_drift,
     plot_prediction_grid,
     plot_reliability,
+    plot_shift,
     plot_top_losses,
     plot_tradeoffs,
 )
-from thawline.ranking import COLUMNS, fmt_pct, fmt_seconds, rank, report_cells, row_from_summary
-from thawline.uncertainty import ALPHA, RESAMPLES, Verdict, annotate, fmt_p
+from thawline.ranking import (
+    fmt_pct,
+    fmt_seconds,
+    grid_name,
+    rank,
+    report_cells,
+    row_from_summary,
+    run_subdir,
+    shown_columns,
+    split_name,
+)
+from thawline.shift import read_shift
+from thawline.uncertainty import ALPHA, RESAMPLES, Verdict, annotate, fmt_p, seed_spread
 
 FIG_DIR = "report_files"
 REPORT_NAME = "report.html"
@@ -141,7 +154,7 @@ def folder_kind(folder: Path) -> str:
 
 def _resolve_subrun(folder: Path, strategy: str, run_dir: str | None) -> Path:
     """The sub-run folder inside `folder` (so a moved compare folder still works), else the recorded path."""
-    candidates = [folder / strategy.replace("/", "_")]
+    candidates = [folder / run_subdir(strategy)]
     if run_dir:
         candidates += [folder / Path(run_dir).name, Path(run_dir)]
     for c in candidates:
@@ -229,7 +242,11 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
     else:
         notes.append("comparison.json is missing: the table is rebuilt from the finished sub-runs")
         names = [str(n) for n in spec.get("strategies") or []]
-        names += [p.name for p in sorted(folder.iterdir()) if (p / "summary.json").is_file() and p.name not in names]
+        if spec.get("models"):  # a model x strategy grid: OUT/<model>/<strategy>
+            names = [grid_name(str(m), n) for m in spec["models"] for n in names]
+        else:
+            found = [p.name for p in sorted(folder.iterdir()) if (p / "summary.json").is_file()]
+            names += [n for n in found if n not in names]
         rows = []
         for name in names:
             path = _resolve_subrun(folder, name, None)
@@ -240,6 +257,7 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
             runs[name] = run
             if run.summary:
                 rows.append(row_from_summary(name, path, run.summary))
+        seed_spread(rows, folder, folder_of=run_subdir)
         rows = rank(rows)
     for name, run in runs.items():
         if not run.finished:
@@ -259,7 +277,7 @@ def _phase_plan(summary: dict[str, Any] | None) -> str:
     )
 
 
-def _display_row(row: dict[str, Any], run: RunData | None, folder: Path) -> dict[str, Any]:
+def _display_row(row: dict[str, Any], run: RunData | None, folder: Path, columns: list) -> dict[str, Any]:
     s = (run.summary if run else None) or {}
     run_dir = run.run_dir if run else Path(row.get("run_dir") or folder)
     try:
@@ -272,7 +290,7 @@ def _display_row(row: dict[str, Any], run: RunData | None, folder: Path) -> dict
         "plan": _phase_plan(s),
         "winner": row.get("rank") == 1,
         "tied": row.get("tied") is True,
-        "cells": report_cells(row, s),
+        "cells": report_cells(row, s, columns),
         "href": href,
     }
 
@@ -383,8 +401,8 @@ def _best_run_section(run: RunData, figdir: Path) -> dict[str, Any]:
         out["grid"] = f"{FIG_DIR}/{GRID_NAME}"
         try:
             _copy_atomic(figdir / GRID_NAME, run.run_dir / GRID_NAME)
-        except OSError as e:
-            out["notes"].append(f"could not write {run.run_dir / GRID_NAME} ({e.strerror})")
+        except WriteFailed as e:
+            out["notes"].append(f"could not write {run.run_dir / GRID_NAME} ({os.strerror(e.errno or 0)})")
     shown_l, skipped_l = plot_top_losses(preds, figdir / "top_losses.png")
     if shown_l:
         out["top_losses"] = f"{FIG_DIR}/top_losses.png"
@@ -405,14 +423,8 @@ def _best_run_section(run: RunData, figdir: Path) -> dict[str, Any]:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _template():
@@ -434,7 +446,8 @@ def render(folder: Path, figdir: Path) -> str:
     verdict, uncertainty_notes = annotate(rows, {name: run.run_dir for name, run in runs.items()})
     spec = _read_yaml(folder / "compare.yaml") if kind == "compare" else None
     trials = _trial_display(read_trials(folder, [])) if kind == "sweep" else None
-    display = [_display_row(r, runs.get(r["strategy"]), folder) for r in rows]
+    columns = shown_columns(rows)
+    display = [_display_row(r, runs.get(r["strategy"]), folder, columns) for r in rows]
 
     taken: set[str] = set()
     curves = []
@@ -471,6 +484,8 @@ def render(folder: Path, figdir: Path) -> str:
             "rows": [{"name": n, "cells": [_fmt_drift(d.get(s)) for s in stages]} for n, d in drifts.items()],
         }
 
+    shift = _shift_section(rows, runs, figdir)
+
     best_name = rows[0]["strategy"] if rows else next(iter(runs), None)
     best = _best_run_section(runs[best_name], figdir) if best_name in runs else None
 
@@ -484,7 +499,9 @@ def render(folder: Path, figdir: Path) -> str:
         generated=datetime.now().strftime("%Y-%m-%d %H:%M"),
         info=info,
         rows=display,
-        headers=[c.header for c in COLUMNS],
+        headers=[c.header for c in columns],
+        halving=_halving_rows(folder, notes) if kind == "compare" else None,
+        advice=_advice_section(folder, figdir) if kind == "compare" else None,
         winner=display[0]["strategy"] if display else None,
         ties=_tie_sentence(verdict, rows),
         uncertainty_notes=uncertainty_notes,
@@ -494,9 +511,63 @@ def render(folder: Path, figdir: Path) -> str:
         tradeoffs=tradeoffs,
         best=best,
         drift=drift,
-        has_full=any(r["strategy"] == "full" for r in rows),
+        shift=shift,
+        has_full=any(split_name(r["strategy"])[1] == "full" for r in rows),
         trials=trials,
     )
+
+
+def _shift_section(rows: list[dict[str, Any]], runs: dict[str, RunData], figdir: Path) -> dict[str, Any] | None:
+    """`compare --shift-test`: test vs shifted accuracy per strategy (figure) and each run's shift.json as a
+    table, one column per shifted set, the best per column marked."""
+    per_run = {r["strategy"]: read_shift(runs[r["strategy"]].run_dir) for r in rows if r["strategy"] in runs}
+    per_run = {name: accs for name, accs in per_run.items() if accs}
+    if not per_run:
+        return None
+    sets = list(dict.fromkeys(s for accs in per_run.values() for s in accs))
+    best = {s: max((accs[s] for accs in per_run.values() if s in accs), default=None) for s in sets}
+    table = []
+    for r in rows:
+        accs = per_run.get(r["strategy"])
+        if not accs:
+            continue
+        cells = [{"text": fmt_pct(accs.get(s)), "best": accs.get(s) is not None and accs.get(s) == best[s]}
+                 for s in sets]  # fmt: skip
+        gap = r.get("shift_gap")
+        table.append({
+            "name": r["strategy"], "test": fmt_pct(r.get("test_acc")), "cells": cells,
+            "mean": fmt_pct(r.get("shifted_acc")), "gap": "—" if gap is None else f"{float(gap) * 100:+.1f} pts",
+        })  # fmt: skip
+    image = None
+    if any(r.get("shifted_acc") is not None and r.get("test_acc") is not None for r in rows):
+        plot_shift(rows, figdir / "shift.png")
+        image = f"{FIG_DIR}/shift.png"
+    return {"image": image, "sets": sets, "rows": table}
+
+
+def _halving_rows(folder: Path, notes: list[str]) -> dict[str, Any] | None:
+    """`compare --halving`: the rungs, and each stopped strategy with the epoch and val accuracy it stopped at."""
+    state = _read_json(folder / "halving.json", notes) if (folder / "halving.json").is_file() else None
+    if not isinstance(state, dict):
+        return None
+    stopped = sorted(state.get("stopped", {}).items(), key=lambda kv: (-kv[1]["epoch"], -kv[1]["val_acc"]))
+    return {
+        "rungs": ", ".join(str(r) for r in state.get("rungs", [])),
+        "stopped": [{"name": n, "epoch": v["epoch"], "val_acc": fmt_pct(v["val_acc"])} for n, v in stopped],
+    }
+
+
+def _advice_section(folder: Path, figdir: Path) -> str | None:
+    """`compare --advise`: the advisor's prediction (made before training) as the report's first section."""
+    from thawline.advise import ADVICE_DIR, FIGURE, advice_html, load_advice
+
+    doc = load_advice(folder / ADVICE_DIR)
+    if doc is None:
+        return None
+    figure = folder / ADVICE_DIR / FIGURE
+    if figure.is_file():
+        _copy_atomic(figure, figdir / FIGURE)
+    return advice_html(doc, f"{FIG_DIR}/{FIGURE}" if figure.is_file() else None)
 
 
 def _fmt_drift(v: Any) -> str:
@@ -510,16 +581,23 @@ def build_report(path: str | Path) -> Path:
     try:
         tmpdir = Path(tempfile.mkdtemp(dir=folder, prefix=f".{FIG_DIR}."))
     except OSError as e:
-        raise ThawlineError(
-            f"cannot write the report into '{folder}' ({e.strerror}); is the folder writable?"
+        raise WriteFailed(
+            folder, e, message=f"cannot write the report into '{folder}' ({e.strerror}); is the folder writable?"
         ) from None
     old = folder / f".{FIG_DIR}.old.{os.getpid()}"
     try:
-        page = render(folder, tmpdir)
+        try:
+            page = render(folder, tmpdir)
+        except WriteFailed as e:  # name the figure where it was going, not the hidden folder it was drawn in
+            if e.path.parent != tmpdir:
+                raise
+            cause = OSError(e.errno, os.strerror(e.errno or 0))
+            raise WriteFailed(folder / FIG_DIR / e.path.name, cause, "copy the run folder somewhere writable") from None
         final = folder / FIG_DIR
-        if final.exists():
-            final.rename(old)
-        tmpdir.rename(final)
+        with writing(final):
+            if final.exists():
+                final.rename(old)
+            tmpdir.rename(final)
         atomic_write_text(folder / REPORT_NAME, page)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from thawline.atomic import WriteFailed, append_text
 from thawline.checkpoint import load_checkpoint
 from thawline.config import FIELD_NAMES, PLACE_OPTIONS, atomic_write_text, option_specs
 from thawline.errors import ThawlineError
@@ -43,13 +44,16 @@ def next_run_dir(parent: Path, stem: str) -> Path:
 
 def make_writable_folder(out: Path) -> None:
     """Create `out` and prove it takes a file, so a bad --out fails before any training."""
+    probe_file = out / ".write-test"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe_file = out / ".write-test"
-        probe_file.write_text("")
+        fd = os.open(probe_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.close(fd)
         probe_file.unlink()
     except OSError as e:
-        raise ThawlineError(f"cannot write to run folder '{out}' ({e.strerror}); pass a writable --out") from None
+        raise WriteFailed(
+            out, e, message=f"cannot write to run folder '{out}' ({e.strerror}); pass a writable --out"
+        ) from None
 
 
 def check_fresh_folder(out: Path) -> None:
@@ -141,10 +145,8 @@ def truncate_metrics(path: Path, done_epochs: int) -> list[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """One line appended and fsynced; a failed append leaves no half line, and says so in one line."""
+    append_text(path, json.dumps(row) + "\n")
 
 
 def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from thawline import distributed
+from thawline import distributed, runtime
 from thawline.cache import FeatureCache, state_fingerprint
 from thawline.data import Batches, Normalize
 from thawline.models import Forward, Split, eval_mode, is_suffix, split_at
@@ -50,9 +50,13 @@ class PhaseSource:
     def complete(self) -> None:
         """Compute the train features not drawn yet (timed as setup), so the phase's later epochs only read."""
         t0 = time.perf_counter()
+        filled = False
         for store in self.stores:
             if not store.complete:
                 store.fill_all()
+                filled = True
+        if filled:
+            runtime.release_freed_memory()  # the prefix pass's activations: the epochs' working set is another
         self.setup_seconds += time.perf_counter() - t0
 
     def flush(self) -> None:
@@ -224,6 +228,7 @@ def features(
         )
         store.fill_all(lambda n: bar.update(n))
         bar.close()
+        runtime.release_freed_memory()  # the prefix pass's activations: what trains next has another working set
     return store
 
 

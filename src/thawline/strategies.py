@@ -1,13 +1,27 @@
 """Fine-tuning strategies as data: each is a list of phases saying which stages train, how long, at what LR.
 
 A phase's `train` selector never names a layer; it is resolved against the model's stages (timm's
-`group_matcher`), so every strategy works on every timm model:
+`group_matcher`), so every strategy works on every timm model. Body stages are numbered from 0 (the stem):
 
     head        only the classifier head
     all         every stage and the head
-    last:K      the top K stages and the head (last:0 == head)
+    last:K      the top K body stages and the head (last:0 == head)
+    first:K     the first K body stages (the stem first) and the head (first:0 == head)
+    stages:A-B  body stages A to B, both included, and the head; stages:A is stage A alone
+    middle      the middle body stage (the two middle ones when their number is even) and the head
     after:F     freeze the first fraction F of the stages (e.g. 2/3 or 0.5), train the rest and the head
     gradual     expands into phases that thaw the stages one at a time from the top, ending with all
+
+Any selector may end in `@KINDS`: inside the selected body stages only those kinds of parameters train; the head
+always trains whole. KINDS is `bias`, `norm` or `bias+norm`:
+
+    bias        every parameter a module registers as `bias` or `*_bias` (convolutions, linears, norm layers,
+                attention's in_proj_bias)
+    norm        weight and bias of normalisation layers (BatchNorm, LayerNorm, GroupNorm, RMSNorm, ...), found by
+                module type, never by name
+
+e.g. `all@bias` (BitFit), `all@norm`, `last:2@bias+norm`, `gradual@norm`. A selected stage counts as a training
+stage for the phase's `bn` policy (see `Phase.bn`), whatever kinds train in it.
 
 `epochs` of the phases are relative shares: a run's epoch budget (--epochs) is split in proportion, so every
 strategy in a comparison gets the same number of epochs.
@@ -24,6 +38,8 @@ from thawline.errors import ThawlineError, close_matches
 
 BN_POLICIES = ("frozen", "train", "eval")
 INITS = ("pretrained", "random")
+KINDS = ("bias", "norm")  # parameter kinds a selector can restrict its body stages to (`all@bias`)
+SELECTORS = "head, all, last:K, first:K, stages:A-B, middle, after:F (e.g. after:2/3), gradual"
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,9 @@ class Phase:
     # every BN updates its statistics (the seeds' plain model.train()); eval = every BN uses its running
     # statistics, training ones too (Keras' advice after a head-only phase: features keep the distribution the
     # head was fitted on, instead of jumping to batch statistics at the thaw).
+    # A stage selected with @KINDS is a training stage here: under frozen its BatchNorm layers (their affine bias,
+    # or weight and bias, train) use batch statistics and update their running ones, as in `full`; modules in it
+    # whose parameters all stay frozen (convolutions under @norm) run as in a frozen stage.
     bn: str = "frozen"
     layer_decay: float = 1.0  # LR multiplier per stage below the top trainable one (1.0 = same LR)
 
@@ -45,11 +64,15 @@ class Strategy:
     phases: tuple[Phase, ...]
     description: str = ""
     init: str = "pretrained"  # "random" ignores the weights source: the from-scratch baseline
+    reference: str = ""  # the paper the recipe comes from, shown by `thawline strategies`
 
 
 @dataclass(frozen=True)
 class ResolvedPhase:
-    """A phase bound to a model: concrete trainable stage indices (the head is index n_stages)."""
+    """A phase bound to a model: concrete trainable stage indices (the head is index n_stages).
+
+    `kinds` (from a selector's @KINDS) restricts the body stages in `trainable` to those parameter kinds; empty
+    means whole stages. The head always trains whole."""
 
     index: int
     train: str
@@ -58,9 +81,17 @@ class ResolvedPhase:
     lr: float
     bn: str
     layer_decay: float
+    kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:  # rebuilt from to_dict() (lists) as from resolve() (tuples)
+        object.__setattr__(self, "trainable", tuple(self.trainable))
+        object.__setattr__(self, "kinds", tuple(self.kinds))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "trainable": list(self.trainable)}  # JSON/YAML-plain
+        d = {**asdict(self), "trainable": list(self.trainable), "kinds": list(self.kinds)}  # JSON/YAML-plain
+        if not self.kinds:  # whole stages: the dict of runs saved before kinds existed (resume compares it)
+            del d["kinds"]
+        return d
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -90,9 +121,62 @@ STRATEGIES: dict[str, Strategy] = {
     ]
 }
 
+_SURGICAL = "Lee et al., Surgical Fine-Tuning Improves Adaptation to Distribution Shifts, ICLR 2023"
+
+# Recipes from the literature: selectable by name (train --strategy, compare --strategies), listed by `thawline
+# strategies`, but not in the default comparison (comparison.DEFAULT_STRATEGIES is the seven above).
+LITERATURE: dict[str, Strategy] = {
+    s.name: s
+    for s in [
+        Strategy(
+            "lp-ft",
+            # The probe gets --head-steps like head-only (on cached features, enough steps to converge for
+            # milliseconds); the fine-tuning keeps the features' statistics, as two-phase does after its head.
+            (Phase("head", 1, 1e-3), Phase("all", 1, 1e-5, bn="eval")),
+            "linear probe to convergence, then every layer at a 100x smaller LR",
+            reference="Kumar et al., Fine-Tuning can Distort Pretrained Features and Underperform "
+            "Out-of-Distribution, ICLR 2022",
+        ),
+        Strategy(
+            "surgical-first",
+            (Phase("first:1", 1, 3e-4),),
+            "only the first stage (the stem) and the head: for input-level shifts (corruptions, colour, contrast)",
+            reference=_SURGICAL,
+        ),
+        Strategy(
+            "surgical-middle",
+            (Phase("middle", 1, 3e-4),),
+            "only the middle stage(s) and the head: for feature-level shifts",
+            reference=_SURGICAL,
+        ),
+        Strategy(
+            "bitfit",
+            (Phase("all@bias", 1, 1e-3),),
+            "only the biases of every stage, and the head",
+            reference="Ben Zaken, Ravfogel & Goldberg, BitFit: Simple Parameter-efficient Fine-tuning for "
+            "Transformer-based Masked Language-models, ACL 2022",
+        ),
+        Strategy(
+            "norm-only",
+            # Few parameters move: an LR 20x full fine-tuning's (the study tunes 1e-3..3e-3 for such methods).
+            (Phase("all@norm", 1, 2e-3),),
+            "only the normalisation layers' weights and biases, and the head, at a large LR",
+            reference="Mai et al., Lessons Learned from a Unifying Empirical Study of Parameter-Efficient "
+            "Transfer Learning (PETL) in Visual Recognition, 2024",
+        ),
+        Strategy(
+            "llrd",
+            (Phase("all", 1, 5e-4, layer_decay=0.7),),
+            "every layer, the LR x0.7 per stage down from the head (layer-wise LR decay)",
+            reference="Howard & Ruder, Universal Language Model Fine-tuning (discriminative LRs), ACL 2018; "
+            "Clark et al., ELECTRA (layer-wise LR decay), ICLR 2020",
+        ),
+    ]
+}
+
 
 def strategy_from_dict(name: str, data: Any, source: str = "strategy") -> Strategy:
-    """Build a user strategy from YAML data: {description, init, phases: [{train, epochs, lr, bn, layer_decay}]}."""
+    """A user strategy from YAML: {description, init, reference, phases: [{train, epochs, lr, bn, layer_decay}]}."""
     if isinstance(data, list):
         data = {"phases": data}
     if not isinstance(data, dict) or not isinstance(data.get("phases"), list) or not data["phases"]:
@@ -118,15 +202,16 @@ def strategy_from_dict(name: str, data: Any, source: str = "strategy") -> Strate
             raise ThawlineError(f"{source} '{name}' phase {i + 1}: epochs, lr, layer_decay must be numbers") from None
         validate_phase(phase, f"{source} '{name}' phase {i + 1}")
         phases.append(phase)
-    unknown_top = set(data) - {"phases", "description", "init"}
+    unknown_top = set(data) - {"phases", "description", "init", "reference"}
     if unknown_top:
         raise ThawlineError(
-            f"{source} '{name}': unknown field '{sorted(unknown_top)[0]}' (use phases, description, init)"
+            f"{source} '{name}': unknown field '{sorted(unknown_top)[0]}' (use phases, description, init, reference)"
         )
     init = str(data.get("init", "pretrained"))
     if init not in INITS:
         raise ThawlineError(f"{source} '{name}': init '{init}' must be one of {', '.join(INITS)}")
-    return Strategy(name, tuple(phases), str(data.get("description", "user-defined")), init)
+    reference = str(data.get("reference", ""))
+    return Strategy(name, tuple(phases), str(data.get("description", "user-defined")), init, reference)
 
 
 def validate_phase(phase: Phase, where: str) -> None:
@@ -134,7 +219,7 @@ def validate_phase(phase: Phase, where: str) -> None:
         raise ThawlineError(f"{where}: bn '{phase.bn}' must be one of {', '.join(BN_POLICIES)}")
     if phase.epochs < 1 or not 0 < phase.lr < 10 or not 0 < phase.layer_decay <= 1:
         raise ThawlineError(f"{where}: needs epochs >= 1, 0 < lr < 10 and 0 < layer_decay <= 1")
-    parse_selector(phase.train, n_stages=8, where=where)  # syntax check on a nominal model
+    _parse(phase.train, where)  # syntax only: stage ranges are checked against the model in resolve()
 
 
 def load_strategies_file(path: str) -> dict[str, Strategy]:
@@ -163,9 +248,7 @@ def partial_with_fraction(name: str) -> Strategy | None:
 
 
 def get_strategy(name: str, strategies_file: str | None = None) -> Strategy:
-    registry = dict(STRATEGIES)
-    if strategies_file:
-        registry.update(load_strategies_file(strategies_file))
+    registry = all_strategies(strategies_file)
     if name not in registry and (variant := partial_with_fraction(name)) is not None:
         return variant
     if name not in registry:
@@ -176,32 +259,92 @@ def get_strategy(name: str, strategies_file: str | None = None) -> Strategy:
     return registry[name]
 
 
-def parse_selector(selector: str, n_stages: int, where: str = "phase") -> tuple[int, ...]:
-    """Trainable stage indices for a selector; body stages are 0..n_stages-1, the head is n_stages."""
-    head = n_stages
-    sel = selector.strip().lower()
-    if sel == "head":
-        return (head,)
-    if sel in ("all", "gradual"):  # "gradual" is expanded before binding; alone it means everything
-        return tuple(range(n_stages + 1))
-    kind, _, arg = sel.partition(":")
+@dataclass(frozen=True)
+class _Selector:
+    """A parsed train selector, not yet bound to a model (see the module docstring)."""
+
+    base: str  # head, all, gradual, middle, last, first, stages, after
+    a: int = 0  # last:K / first:K: K; stages:A-B: A
+    b: int = 0  # stages:A-B: B
+    frac: float = 0.0  # after:F
+    kinds: tuple[str, ...] = ()
+
+
+def _parse(selector: str, where: str) -> _Selector:
+    """Syntax only; one line naming the valid selectors when it is not one."""
+    text, at, kinds_text = selector.strip().lower().partition("@")
+    text = text.strip()
+    kinds: tuple[str, ...] = ()
+    if at:
+        names = [k.strip() for k in kinds_text.split("+")]
+        bad = next((k for k in names if k not in KINDS), None)
+        if bad is not None:
+            raise ThawlineError(
+                f"{where}: train selector '{selector}': parameter kind '{bad}' is not one of bias, norm "
+                "(e.g. all@bias, last:2@norm, all@bias+norm)"
+            )
+        kinds = tuple(k for k in KINDS if k in names)
+    if text in ("head", "all", "gradual", "middle"):
+        return _Selector(text, kinds=kinds)
+    kind, _, arg = text.partition(":")
     try:
-        if kind == "last":
+        if kind in ("last", "first"):
             k = int(arg)
-            if k < 0:
-                raise ValueError
-            return tuple(range(max(0, n_stages - k), n_stages + 1))
-        if kind == "after":
+            if k >= 0:
+                return _Selector(kind, a=k, kinds=kinds)
+        elif kind == "stages":
+            lo, dash, hi = arg.partition("-")
+            a = int(lo)
+            b = int(hi) if dash else a
+            if 0 <= a <= b:
+                return _Selector(kind, a=a, b=b, kinds=kinds)
+        elif kind == "after":
             frac = float(Fraction(arg))
-            if not 0 <= frac < 1:
-                raise ValueError
-            first = round(frac * n_stages)
-            return tuple(range(first, n_stages + 1))
+            if 0 <= frac < 1:
+                return _Selector(kind, frac=frac, kinds=kinds)
     except (ValueError, ZeroDivisionError):
         pass
     raise ThawlineError(
-        f"{where}: train selector '{selector}' is not one of head, all, last:K, after:F (e.g. after:2/3), gradual"
+        f"{where}: train selector '{selector}' is not one of {SELECTORS}, optionally followed by @bias, @norm or "
+        "@bias+norm (e.g. last:2@bias)"
     )
+
+
+def _bind(sel: _Selector, n_stages: int, selector: str, where: str) -> tuple[int, ...]:
+    """Trainable stage indices of a parsed selector on a model with `n_stages` body stages (head = n_stages)."""
+    head = n_stages
+    if sel.base == "head":
+        return (head,)
+    if sel.base in ("all", "gradual"):  # "gradual" is expanded before binding; alone it means everything
+        return tuple(range(n_stages + 1))
+    if sel.base == "middle":
+        k = 1 if n_stages % 2 else 2
+        first = max(0, (n_stages - k) // 2)
+        return (*range(first, min(first + k, n_stages)), head)
+    if sel.base == "last":
+        return tuple(range(max(0, n_stages - sel.a), n_stages + 1))
+    if sel.base == "first":
+        return (*range(min(sel.a, n_stages)), head)
+    if sel.base == "stages":
+        if sel.b >= n_stages:
+            raise ThawlineError(
+                f"{where}: train selector '{selector}' names body stage {sel.b}, but this model's body stages are "
+                f"0..{n_stages - 1} (the head trains anyway)"
+            )
+        return (*range(sel.a, sel.b + 1), head)
+    return tuple(range(round(sel.frac * n_stages), n_stages + 1))  # after:F
+
+
+def select(selector: str, n_stages: int, where: str = "phase") -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(trainable stage indices, parameter kinds) of a selector; kinds are () when only the head trains."""
+    sel = _parse(selector, where)
+    stages = _bind(sel, n_stages, selector, where)
+    return stages, (sel.kinds if len(stages) > 1 else ())
+
+
+def parse_selector(selector: str, n_stages: int, where: str = "phase") -> tuple[int, ...]:
+    """Trainable stage indices for a selector; body stages are 0..n_stages-1, the head is n_stages."""
+    return select(selector, n_stages, where)[0]
 
 
 def split_budget(shares: list[int], budget: int) -> list[int]:
@@ -225,24 +368,39 @@ def resolve(strategy: Strategy, n_stages: int, budget: int | None) -> list[Resol
         raise ThawlineError(f"strategy '{strategy.name}' has {n_phases} phases; give it at least --epochs {n_phases}")
     epochs = split_budget([p.epochs for p in phases], budget) if budget is not None else [p.epochs for p in phases]
     out: list[ResolvedPhase] = []
+    where = f"strategy '{strategy.name}'"
     for phase, n_epochs in zip(phases, epochs, strict=True):
-        if phase.train.strip().lower() == "gradual":
-            out.extend(_expand_gradual(phase, n_stages, n_epochs, start=len(out)))
+        parsed = _parse(phase.train, where)
+        if parsed.base == "gradual":
+            out.extend(_expand_gradual(phase, n_stages, n_epochs, len(out), parsed.kinds))
             continue
-        trainable = parse_selector(phase.train, n_stages, f"strategy '{strategy.name}'")
-        out.append(ResolvedPhase(len(out), phase.train, trainable, n_epochs, phase.lr, phase.bn, phase.layer_decay))
+        trainable, kinds = select(phase.train, n_stages, where)
+        out.append(
+            ResolvedPhase(len(out), phase.train, trainable, n_epochs, phase.lr, phase.bn, phase.layer_decay, kinds)
+        )
     return out
 
 
-def _expand_gradual(phase: Phase, n_stages: int, n_epochs: int, start: int) -> list[ResolvedPhase]:
-    """One phase per thaw step, from head only to all stages; fewer, larger steps when epochs are short."""
+def _expand_gradual(
+    phase: Phase, n_stages: int, n_epochs: int, start: int, kinds: tuple[str, ...] = ()
+) -> list[ResolvedPhase]:
+    """One phase per thaw step, from head only to all stages; fewer, larger steps when epochs are short.
+    `gradual@KINDS` thaws only those kinds in each step (`last:k@KINDS`)."""
     steps = min(n_epochs, n_stages + 1)
     # Thawed body-stage counts evenly spaced from 0 to n_stages, so the last step trains everything.
     thawed = [round(i * n_stages / (steps - 1)) if steps > 1 else n_stages for i in range(steps)]
     per_step = split_budget([1] * steps, n_epochs)
+    suffix = "@" + "+".join(kinds) if kinds else ""
     return [
         ResolvedPhase(
-            start + i, f"last:{k}", tuple(range(n_stages - k, n_stages + 1)), e, phase.lr, phase.bn, phase.layer_decay
+            start + i,
+            f"last:{k}{suffix if k else ''}",
+            tuple(range(n_stages - k, n_stages + 1)),
+            e,
+            phase.lr,
+            phase.bn,
+            phase.layer_decay,
+            kinds if k else (),
         )
         for i, (k, e) in enumerate(zip(thawed, per_step, strict=True))
     ]
@@ -260,13 +418,16 @@ def describe(strategy: Strategy) -> str:
 
 
 def all_strategies(strategies_file: str | None = None) -> dict[str, Strategy]:
-    registry = dict(STRATEGIES)
+    """The seed strategies, then the literature's, then the file's (a file's name overrides a built-in)."""
+    registry = {**STRATEGIES, **LITERATURE}
     if strategies_file:
         registry.update(load_strategies_file(strategies_file))
     return registry
 
 
 __all__ = [
+    "KINDS",
+    "LITERATURE",
     "Phase",
     "ResolvedPhase",
     "STRATEGIES",
@@ -276,6 +437,7 @@ __all__ = [
     "get_strategy",
     "parse_selector",
     "resolve",
+    "select",
     "split_budget",
     "strategy_from_dict",
 ]

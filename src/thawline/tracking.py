@@ -7,12 +7,26 @@ folder, `wandb sync` later) whenever its server cannot be reached, so a machine 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
+from thawline.atomic import writing
 from thawline.errors import ThawlineError
 
 SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
+_thread_hook = threading.excepthook
+
+
+def _quiet_event_writer(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread re-raises a failed write on the main thread's next call (where it becomes one line);
+    its own traceback is noise."""
+    if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+        return
+    _thread_hook(args)
+
+
+threading.excepthook = _quiet_event_writer
 
 
 def wandb_module():
@@ -47,7 +61,8 @@ class Tracker:
             return
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
-        self.tb = SummaryWriter(str(out))
+        with writing(Path(out) / "events.out.tfevents.*"):
+            self.tb = SummaryWriter(str(out))
         if wandb_project:
             wandb = wandb_module()
             mode = wandb_mode()
@@ -59,8 +74,9 @@ class Tracker:
         if self.tb is None:
             return
         clean = {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        for key, value in clean.items():
-            self.tb.add_scalar(key, value, step)
+        with writing(self._event_file()):
+            for key, value in clean.items():
+                self.tb.add_scalar(key, value, step)
         if self.wandb_run is not None:
             self.wandb_run.log({**clean, "epoch": step}, step=step)
 
@@ -73,15 +89,29 @@ class Tracker:
 
         with Image.open(png) as img:
             array = np.asarray(img.convert("RGB"))
-        self.tb.add_image(tag, array, step, dataformats="HWC")
+        with writing(self._event_file()):
+            self.tb.add_image(tag, array, step, dataformats="HWC")
         if self.wandb_run is not None:
             import wandb
 
             self.wandb_run.log({tag: wandb.Image(str(png))}, step=step)
 
+    def _event_file(self) -> str:
+        return event_file(self.tb)
+
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-            self.wandb_run = None
+        tb, self.tb = self.tb, None
+        try:
+            if tb is not None:
+                with writing(event_file(tb)):
+                    tb.close()
+        finally:
+            if self.wandb_run is not None:
+                self.wandb_run.finish()
+                self.wandb_run = None
+
+
+def event_file(tb: Any) -> str:
+    """The TensorBoard event file a SummaryWriter writes (its folder when the writer hides it)."""
+    writer = getattr(getattr(tb, "file_writer", None), "event_writer", None)
+    return str(getattr(writer, "_file_name", None) or tb.get_logdir())

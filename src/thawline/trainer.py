@@ -28,7 +28,7 @@ from thawline import distributed, engine, faults, runtime
 from thawline.checkpoint import load_checkpoint, save_checkpoint
 from thawline.config import TrainConfig, atomic_write_text, save_yaml
 from thawline.errors import ThawlineError
-from thawline.lrfind import LRFindResult, resolve_auto_lr, write_lr_find
+from thawline.lrfind import LRFindResult, lr_find, resolve_auto_lr, write_lr_find
 from thawline.metrics import read_predictions, write_predictions
 from thawline.models import apply_freezing, count_params, stage_drift
 from thawline.plots import GRID_NAME, plot_prediction_grid
@@ -54,7 +54,7 @@ EpochSink = Callable[[dict[str, Any], ResolvedPhase], None]
 @dataclass
 class RunResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: dict[str, Any] | None  # None: paused before its last epoch (train's stop_after_epoch)
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -114,8 +114,12 @@ def train(
     quiet: bool = False,
     strategy: Strategy | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    stop_after_epoch: int | None = None,
 ) -> RunResult:
-    """Train one strategy and write its run folder (config.yaml, metrics.jsonl, best/last.pt, summary.json)."""
+    """Train one strategy and write its run folder (config.yaml, metrics.jsonl, best/last.pt, summary.json).
+
+    `stop_after_epoch`: pause once that global epoch is checkpointed (no summary yet: `RunResult.summary` is None);
+    `resume=True` later continues exactly as if it had not stopped (successive halving uses this)."""
     started = time.perf_counter()
     runtime.keep_freed_memory()  # large activations reused instead of page-faulted every step (~1.8x on CPU)
     distributed.init(config.device)
@@ -148,14 +152,17 @@ def train(
         loop = _restore(run, saved)
         sinks = _epoch_sinks(run, on_epoch)
         for phase in setup.phases:
-            _train_phase(run, loop, phase, sinks)
+            _train_phase(run, loop, phase, sinks, stop_after_epoch)
         summary = _finish(run, loop, started)
+    except _Paused:
+        return RunResult(out, None, loop.metrics)
     except KeyboardInterrupt as e:  # Ctrl-C: say which folder to resume (config.yaml is there by now)
         if isinstance(e, RunInterrupted):
             raise
         raise RunInterrupted(out, "train") from None
     finally:
         run.tracker.close()  # also when a pruned sweep trial or Ctrl-C stops the run
+        runtime.release_freed_memory()  # the kept free heap goes back: the next run (compare, sweep) starts fresh
     return RunResult(out, summary, loop.metrics)
 
 
@@ -187,7 +194,8 @@ def _restore(run: Run, saved: dict[str, Any] | None) -> LoopState:
         return loop
     setup = run.setup
     setup.model.load_state_dict(saved["model"])
-    loop.optimizer = engine.rebuild_optimizer(setup.model, setup.smap, setup.config, saved["group_stages"])
+    groups = saved["optimizer"]["param_groups"]  # their parameter names: phases may train parts of stages
+    loop.optimizer = engine.rebuild_optimizer(setup.model, setup.smap, setup.config, saved["group_stages"], groups)
     loop.optimizer.load_state_dict(saved["optimizer"])
     loop.best_acc, loop.best_epoch = saved["best_val_acc"], saved["best_epoch"]
     loop.done_epochs = saved["global_epoch"]
@@ -214,14 +222,47 @@ def _epoch_sinks(run: Run, on_epoch: Callable[[dict[str, Any]], None] | None) ->
 # ---- phases and epochs ----------------------------------------------------------------------------------------
 
 
-def _train_phase(run: Run, loop: LoopState, phase: ResolvedPhase, sinks: list[EpochSink]) -> None:
+def _phase_auto_lr(run: Run, phase: ResolvedPhase) -> float:
+    """`--lr auto` for a later phase: the range test on a copy of the weights this phase starts from, with this
+    phase's trainable set (a thawed body wants another LR than the head had). Recorded as
+    lr_find-phase<N>.json/.png; a resumed run reads its LR back, so it keeps the schedule it started."""
     setup = run.setup
-    n_trainable = apply_freezing(setup.model, setup.smap, set(phase.trainable), phase.bn)
+    path = run.out / f"lr_find-phase{phase.index + 1}.json"
+    lr = None
+    if path.is_file():
+        try:
+            lr = float(json.loads(path.read_text(encoding="utf-8"))["suggested_lr"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ThawlineError(f"'{path}' is unreadable; delete it to rerun the phase's LR range test") from None
+    if lr is None:
+        state = {k: v.detach().clone() for k, v in setup.model.state_dict().items()}
+        found = lr_find(setup.config, data=setup.data, strategy=setup.strategy, phase_index=phase.index,
+                        model_state=state, quiet=True)  # fmt: skip
+        if distributed.is_main():
+            write_lr_find(run.out, found, stem=path.stem)
+        lr = found.suggested_lr
+    lr = float(distributed.broadcast_object(lr))
+    log(f"[{run.name}] phase {phase.index + 1} --lr auto: {lr:.2e} (LR range test from this phase's start)", run.quiet)
+    return lr
+
+
+class _Paused(Exception):
+    """The run reached its `stop_after_epoch` and is checkpointed there."""
+
+
+def _train_phase(
+    run: Run, loop: LoopState, phase: ResolvedPhase, sinks: list[EpochSink], stop_after_epoch: int | None = None
+) -> None:
+    setup = run.setup
+    n_trainable = apply_freezing(setup.model, setup.smap, set(phase.trainable), phase.bn, phase.kinds)
     loop.trainable_per_phase.append(n_trainable)
     if loop.global_epoch + phase.epochs <= loop.done_epochs:  # finished before the resume point
         loop.global_epoch += phase.epochs
         return
-    loop.optimizer = engine.enter_phase(loop.optimizer, setup.model, setup.smap, phase, setup.config, setup.lr_scale)
+    lr_scale = setup.lr_scale
+    if run.resolved_config.get("lr_auto") and phase.index > 0:
+        lr_scale = _phase_auto_lr(run, phase) / phase.lr
+    loop.optimizer = engine.enter_phase(loop.optimizer, setup.model, setup.smap, phase, setup.config, lr_scale)
     source = phase_source(setup, phase, run.name, run.quiet)
     faults.after("phase", phase.index + 1)
     try:
@@ -248,8 +289,11 @@ def _train_phase(run: Run, loop: LoopState, phase: ResolvedPhase, sinks: list[Ep
             for sink in sinks:
                 sink(row, phase)
             _checkpoint(run, loop, phase, val.acc)
+            if loop.global_epoch == stop_after_epoch and loop.global_epoch < setup.total_epochs:
+                raise _Paused
     finally:
         source.close()
+        runtime.release_freed_memory()  # the next phase (or the final evaluation) has another working set
     if setup.config.test_each_phase and "test" in setup.data.splits:
         loop.phase_test[phase.index] = _evaluate_split(run, "test").acc
 
@@ -273,9 +317,10 @@ def _train_epoch(
         leave=False,
     )
 
-    def on_batch(n: int, loss: float) -> None:
-        bar.update(n)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+    def on_batch(n: int, loss: torch.Tensor) -> None:
+        if not bar.disable:  # reading the loss waits for the step: only for a visible bar
+            bar.update(n)
+            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
         run.meter.sample()
 
     assert loop.optimizer is not None
@@ -389,6 +434,7 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
         setup.model.load_state_dict(loop.best_state)
     setup.model.eval()
     eval_split = "test" if "test" in setup.data.splits else "val"
+    runtime.release_freed_memory()  # full-image evaluation: another working set than the epochs' (peak RSS)
     result = _evaluate_split(run, eval_split)
     split = setup.data.splits[eval_split]
     # The val split's per-image predictions too (predictions_val.csv) when predictions.csv holds test: the val

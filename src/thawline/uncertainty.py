@@ -3,6 +3,7 @@
     bootstrap_interval(correct)          # 95% percentile bootstrap of accuracy, fixed seed: same input, same interval
     mcnemar_p(b, c)                      # exact two-sided McNemar p from the discordant pair counts
     annotate(rows, run_dirs)             # intervals + "tied with the winner" marks on ranked rows, from run folders
+    seed_spread(rows, compare_dir)       # mean and std of val/test accuracy over the seeds of `compare --seeds N`
 
 A run folder holds the best weights' predictions: predictions.csv (the test split, or val when there is none) and,
 when there is a test split, predictions_val.csv. Every strategy of a comparison is tested against the winner on
@@ -12,7 +13,7 @@ and the strategy is marked tied with the winner. numpy and the standard library 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,30 @@ def annotate(rows: list[dict[str, Any]], run_dirs: Mapping[str, Path | str]) -> 
         where = f"{verdict.split} predictions" if verdict.split else "test or val predictions"
         notes.append(f"no paired {where} for {', '.join(verdict.untested)}: untested against the winner")
     return verdict, notes
+
+
+# ---- spread over seeds ------------------------------------------------------------------------------------------
+
+SEED_KEYS = {"best_val_acc": "val_acc_seeds", "test_acc": "test_acc_seeds"}  # summary key -> row key
+
+
+def seed_spread(
+    rows: list[dict[str, Any]], compare_dir: Path | str, folder_of: Callable[[str], str] | None = None
+) -> None:
+    """Set each row's `val_acc_seeds`/`test_acc_seeds` to [mean, std, n] over its own run and the same strategy's
+    finished runs in `compare_dir/seeds/seed-*/<folder_of(name)>` (sample std, ddof 1; default folder: the name with
+    / as _); rows with one seed are left alone."""
+    import json
+
+    seeds_dir = Path(compare_dir) / "seeds"
+    for row in rows:
+        folder = folder_of(str(row["strategy"])) if folder_of else str(row["strategy"]).replace("/", "_")
+        values = {key: [row.get(key)] for key in SEED_KEYS}
+        for summary_path in sorted(seeds_dir.glob(f"seed-*/{folder}/summary.json")):
+            summary = json.loads(summary_path.read_text())
+            for key in SEED_KEYS:
+                values[key].append(summary.get(key))
+        for key, row_key in SEED_KEYS.items():
+            xs = np.array([v for v in values[key] if v is not None], dtype=float)
+            if xs.size > 1:
+                row[row_key] = [round(float(xs.mean()), 6), round(float(xs.std(ddof=1)), 6), int(xs.size)]

@@ -1,0 +1,115 @@
+"""compare --halving (successive halving with exact continuation) and compare --seeds N (mean ± std)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+import thawline
+from thawline.checkpoint import load_checkpoint
+from thawline.comparison import compare, halving_rungs
+from thawline.ranking import format_table
+from thawline.report import build_report
+
+
+@pytest.mark.parametrize(
+    ("budget", "n", "rungs"),
+    [(8, 7, [2, 4, 8]), (4, 7, [1, 2, 4]), (4, 3, [2, 4]), (3, 2, [3]), (2, 7, [1, 2]), (10, 4, [5, 10])],
+)
+def test_halving_rungs(budget: int, n: int, rungs: list[int]) -> None:
+    assert halving_rungs(budget, n) == rungs
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(image_folder, epochs=4, hflip=True)
+    names = ["head-only", "full", "scratch"]
+    result = compare(cfg, names, tmp_path / "halved", quiet=True, halving=True)
+    state = json.loads((tmp_path / "halved" / "halving.json").read_text())
+    assert state["rungs"] == [2, 4]
+    assert len(state["stopped"]) == 1 and len(state["alive"]) == 2
+    (loser,) = state["stopped"]
+    # the one stopped had the lowest best val accuracy at the rung; it has no summary, only 2 epochs
+    at_rung = {n: state["scores"][n]["2"] for n in names}
+    assert at_rung[loser] == min(at_rung.values())
+    assert state["stopped"][loser]["epoch"] == 2
+    assert not (tmp_path / "halved" / loser / "summary.json").exists()
+    assert len(read_jsonl(tmp_path / "halved" / loser / "metrics.jsonl")) == 2
+    assert sorted(r["strategy"] for r in result.rows) == sorted(state["alive"])
+    for name in state["alive"]:  # paused at the rung and continued: the same as never stopping
+        plain = thawline.train(
+            thawline.config.replace(cfg, strategy=name), run_dir=tmp_path / "plain" / name, quiet=True
+        )
+        halved = tmp_path / "halved" / name
+        a, b = load_checkpoint(halved / "last.pt")["model"], load_checkpoint(plain.run_dir / "last.pt")["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        rows_h, rows_p = read_jsonl(halved / "metrics.jsonl"), read_jsonl(plain.run_dir / "metrics.jsonl")
+        keys = ("train_loss", "val_loss", "val_acc", "lr")
+        assert [[r[k] for k in keys] for r in rows_h] == [[r[k] for k in keys] for r in rows_p]
+    html = build_report(tmp_path / "halved").read_text()
+    assert "Successive halving" in html and f"<strong>{loser}</strong> after epoch 2" in html
+
+
+def test_seeds_give_mean_and_std_per_strategy(image_folder: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(image_folder, epochs=1, seed=3)
+    result = compare(cfg, ["head-only", "full"], tmp_path / "cmp", quiet=True, seeds=3)
+    for row in result.rows:
+        folder = row["strategy"]
+        accs = [json.loads((tmp_path / "cmp" / folder / "summary.json").read_text())["best_val_acc"]]
+        for seed in (4, 5):
+            summary = json.loads((tmp_path / "cmp" / "seeds" / f"seed-{seed}" / folder / "summary.json").read_text())
+            accs.append(summary["best_val_acc"])
+        mean, std, n = row["val_acc_seeds"]
+        assert n == 3
+        assert mean == pytest.approx(np.mean(accs), abs=1e-6) and std == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
+        assert row["test_acc_seeds"][2] == 3
+    means = [r["val_acc_seeds"][0] for r in result.rows]
+    assert means == sorted(means, reverse=True)  # ranked by the mean over seeds
+    assert "val mean±sd" in format_table(result.rows)
+    html = build_report(tmp_path / "cmp").read_text()
+    assert "val acc over seeds (mean ± std)" in html and "(3 seeds)" in html
+
+
+def test_one_seed_hides_the_seed_columns(image_folder: Path, tmp_path: Path) -> None:
+    result = compare(tiny_config(image_folder, epochs=1), ["head-only"], tmp_path / "one", quiet=True)
+    assert "val mean±sd" not in format_table(result.rows)
+    assert "over seeds" not in build_report(tmp_path / "one").read_text()
+
+
+def test_advise_goes_first_in_the_compare_report(image_folder: Path, tmp_path: Path) -> None:
+    compare(tiny_config(image_folder, epochs=1), ["head-only", "full"], tmp_path / "adv", quiet=True, advise=True)
+    doc = json.loads((tmp_path / "adv" / "advise" / "advise.json").read_text())
+    assert {r["strategy"] for r in doc["ranking"]} >= {"head-only", "full"}
+    html = build_report(tmp_path / "adv").read_text()
+    assert html.index('id="advice"') < html.index('id="comparison"')
+
+
+def test_lr_auto_tests_each_phase_from_its_start_and_a_resume_keeps_it(image_folder: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(image_folder, strategy="two-phase", epochs=4, lr="auto")
+    straight = thawline.train(cfg, run_dir=tmp_path / "straight", quiet=True)
+    assert (straight.run_dir / "lr_find.json").is_file() and (straight.run_dir / "lr_find-phase2.json").is_file()
+    found = json.loads((straight.run_dir / "lr_find-phase2.json").read_text())
+    assert found["info"]["phase"]["train"] == "all"  # the thaw's trainable set, not the head's
+    lr2 = found["suggested_lr"]
+    groups = load_checkpoint(straight.run_dir / "last.pt")["optimizer"]["param_groups"]
+    assert max(g["base_lr"] for g in groups) == pytest.approx(lr2)  # phase 2 runs at its own range test's LR
+    # paused inside phase 2 and resumed: the phase's LR is read back, not searched again, and the run is the same
+    paused = thawline.train(cfg, run_dir=tmp_path / "paused", quiet=True, stop_after_epoch=3)
+    assert paused.summary is None
+    stamp = (tmp_path / "paused" / "lr_find-phase2.json").stat().st_mtime_ns
+    thawline.train(cfg, run_dir=tmp_path / "paused", resume=True, quiet=True)
+    assert (tmp_path / "paused" / "lr_find-phase2.json").stat().st_mtime_ns == stamp
+    a = load_checkpoint(tmp_path / "paused" / "last.pt")["model"]
+    b = load_checkpoint(straight.run_dir / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("train_loss", "val_acc", "lr")
+    rows_a, rows_b = read_jsonl(tmp_path / "paused" / "metrics.jsonl"), read_jsonl(straight.run_dir / "metrics.jsonl")
+    assert [[r[k] for k in keys] for r in rows_a] == [[r[k] for k in keys] for r in rows_b]
