@@ -491,15 +491,9 @@ def sample_data(
     from tqdm import tqdm
 
     from thawline.cache import build_image_cache
-    from thawline.data import discover
-    from thawline.prepare import PreparedData, SplitData, cache_dir, input_settings, warn
+    from thawline.prepare import PreparedData, SplitData, cache_dir, discover_data, warn
 
-    if not config.data:
-        raise ThawlineError("no data given; pass --data DIR (an ImageFolder tree with train/ and val/)")
-    img_size, interpolation = input_settings(config)
-    found = discover(config.data, config.max_per_class)
-    for w in found.warnings:
-        warn(w)
+    found, img_size, interpolation = discover_data(config)
     splits: dict[str, SplitData] = {}
     skipped = [(s.path, s.reason) for s in found.skipped]
     totals: dict[str, int] = {}

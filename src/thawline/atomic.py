@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +197,30 @@ def append_text(path: str | os.PathLike, text: str, elsewhere: str = OUT_ELSEWHE
                 raise
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike, elsewhere: str = OUT_ELSEWHERE) -> Iterator[Path]:
+    """A whole folder written as one: fill the yielded temp folder (beside `out`); on success it replaces `out`
+    (the old one is kept until the new one is in place), on any failure it is removed and `out` is left as it was.
+    An `OSError` becomes the one line naming `out`."""
+    out = Path(out)
+    with writing(out, elsewhere):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        yield tmp
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        _fsync_dir(out.parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
+        if isinstance(e, OSError):  # disk full, file-size limit, read-only folder: one line naming the folder
+            raise write_error(out, e, elsewhere) from None
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

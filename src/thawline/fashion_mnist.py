@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from thawline.atomic import write_error, writing
+from thawline.atomic import atomic_folder
 from thawline.errors import ThawlineError
 
 CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
@@ -151,10 +149,7 @@ def prepare_fashion_mnist(
     train_idx, val_idx = stratified_split(train_labels, n_val, per_class, seed)
     test_idx = _cap_per_class(test_labels, test_per_class, seed)
 
-    with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         counts = {
             "train": _write_split(tmp / "train", train_images, train_labels, train_idx, "train"),
             "val": _write_split(tmp / "val", train_images, train_labels, val_idx, "train"),
@@ -168,12 +163,4 @@ def prepare_fashion_mnist(
             "per_class": counts,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):  # disk full, file-size limit, read-only folder: one line naming the folder
-            raise write_error(out, e) from None
-        raise
     return manifest

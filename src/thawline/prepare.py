@@ -90,14 +90,20 @@ def cache_dir(config: TrainConfig) -> Path:
     return Path(config.cache_dir) if config.cache_dir else default_cache_dir()
 
 
-def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
-    """Discover the folder and decode every image once at the model's input size (reused across runs)."""
+def discover_data(config: TrainConfig) -> tuple[Discovered, int, str]:
+    """The folder's splits and files (its warnings printed), and the input size and interpolation to decode at."""
     if not config.data:
         raise ThawlineError("no data given; pass --data DIR (an ImageFolder tree with train/ and val/)")
     img_size, interpolation = input_settings(config)
     found = discover(config.data, config.max_per_class)
     for w in found.warnings:
         warn(w)
+    return found, img_size, interpolation
+
+
+def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
+    """Discover the folder and decode every image once at the model's input size (reused across runs)."""
+    found, img_size, interpolation = discover_data(config)
     from thawline.datacheck import check_leakage
 
     leak_warning = check_leakage(found, allow=config.allow_leakage)  # refuses leakage unless allowed

@@ -21,8 +21,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from thawline.atomic import write_error, writing
+from thawline.atomic import atomic_folder
 from thawline.errors import ThawlineError, close_matches
 from thawline.images import IMAGE_EXTENSIONS, BadImage, open_rgb
 
@@ -266,11 +264,7 @@ def write_shifted(
         raise ThawlineError(f"'{split_dir}' holds no image files in its class folders")
     names = _out_names([rel for rel, _ in files])
 
-    with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    try:
+    with atomic_folder(out) as tmp:
         skipped: list[dict[str, str]] = []
         per_class: dict[str, int] = {}
         for rel, path in files:
@@ -309,18 +303,6 @@ def write_shifted(
             "skipped": skipped,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)
-        if isinstance(e, OSError):  # disk full, read-only folder: one line naming the folder
-            raise write_error(out, e) from None
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
     return manifest
 
 
