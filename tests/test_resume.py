@@ -15,6 +15,7 @@ import torch
 from conftest import make_image_folder
 
 from thawline.checkpoint import load_checkpoint
+from thawline.strategies import STRATEGIES
 
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
@@ -139,22 +140,23 @@ def test_resume_with_another_model_is_one_line(data: Path, reference: Path, tmp_
     assert proc.stderr.strip().startswith("thawline: error:") and "--model" in proc.stderr
 
 
-@pytest.mark.parametrize("strategy", ["two-phase", "gradual", "scratch"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_exact_kill_points_resume_to_the_uninterrupted_run(strategy: str, data: Path, tmp_path: Path) -> None:
-    """SIGKILL at exact events (THAWLINE_KILL_AFTER: right after epoch 1's checkpoint, right after entering phase 2),
-    then `--resume RUN_DIR`: metrics and weights bit-identical to the run that was never stopped."""
+    """SIGKILL at exact events (THAWLINE_KILL_AFTER: right after every epoch boundary's checkpoint, right after
+    entering phase 2, and mid-epoch after the 10th optimizer step), then `--resume RUN_DIR`: metrics and weights
+    bit-identical to the run that was never stopped."""
     straight = tmp_path / "straight"
     # --min-steps 24 over 4 epochs of 3 steps: 2 passes per epoch (the multi-pass epochs resume exactly too)
     cmd = [c if c != "layer-wise" else strategy for c in command(data, straight, "--min-steps", "24")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     assert subprocess.run(cmd, capture_output=True, timeout=300, env=env).returncode == 0
-    for event in ("checkpoint:1", "phase:2"):
+    for event in ("checkpoint:1", "checkpoint:2", "checkpoint:3", "phase:2", "batch:10"):
         out = tmp_path / event.replace(":", "-")
         killed_cmd = [c if c != str(straight) else str(out) for c in cmd]
         killed = subprocess.run(killed_cmd, capture_output=True, text=True, timeout=300,
                                 env={**env, "THAWLINE_KILL_AFTER": event})
         if killed.returncode == 0:  # a one-phase strategy never enters phase 2
-            assert event == "phase:2" and strategy == "scratch"
+            assert event == "phase:2" and len(STRATEGIES[strategy].phases) == 1
             continue
         assert killed.returncode == -9, killed.stderr
         resumed = subprocess.run([sys.executable, "-m", "thawline", "train", "--resume", str(out), "--quiet"],

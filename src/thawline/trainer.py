@@ -322,6 +322,7 @@ def _train_epoch(
             bar.update(n)
             bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
         run.meter.sample()
+        faults.tick("batch")
 
     assert loop.optimizer is not None
     try:
