@@ -24,9 +24,10 @@ class Prefix:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
 
-    def __call__(self, idx: np.ndarray, view: int) -> torch.Tensor:
-        self.calls.extend((int(i), view) for i in idx)
-        return torch.from_numpy(np.stack([feature(int(i), view) for i in idx]))
+    def __call__(self, idx: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        assert len(idx) == len(views)
+        self.calls.extend((int(i), int(v)) for i, v in zip(idx, views, strict=True))
+        return torch.from_numpy(np.stack([feature(int(i), int(v)) for i, v in zip(idx, views, strict=True)]))
 
 
 def test_features_are_computed_once_per_image_and_view_on_first_read(tmp_path: Path) -> None:

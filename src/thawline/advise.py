@@ -625,10 +625,11 @@ def collect_features(
     dims: list[int] = []
 
     @torch.inference_mode()
-    def compute(idx: np.ndarray, view: int) -> torch.Tensor:
+    def compute(idx: np.ndarray, views: np.ndarray) -> torch.Tensor:
         rows = torch.from_numpy(split.cache.store.read(split.rows[idx]))
-        if view == 1:
-            rows = rows.flip(2)
+        flip = torch.from_numpy(np.asarray(views) == 1)
+        if flip.any():
+            rows[flip] = rows[flip].flip(2)
         captured.clear()
         hooks = [
             modules[n].register_forward_hook(lambda _m, _i, out, n=n: captured.update({n: _pool(out)})) for n in names
@@ -661,7 +662,7 @@ def collect_features(
             hashlib.sha1(f"{split.rows.tolist()}|{names}".encode()).hexdigest()[:10],
         ]
     )
-    compute(np.arange(1), 0)  # one image: the feature width of each depth (also when read from the cache)
+    compute(np.arange(1), np.zeros(1, np.int64))  # one image: the width of each depth (also when read from the cache)
     store = FeatureCache(key, len(split), 1, compute, setup.config.batch_size * 2, setup.cache_dir)
     if not store.complete:
         bar = tqdm(

@@ -373,7 +373,7 @@ class FeatureCache:
         key: str,
         n: int,
         views: int,
-        compute: Callable[[np.ndarray, int], torch.Tensor],  # (row indices, view) -> features (B, ...)
+        compute: Callable[[np.ndarray, np.ndarray], torch.Tensor],  # (row indices, their views) -> features (B, ...)
         batch_size: int,
         cache_dir: Path,
     ) -> None:
@@ -442,22 +442,26 @@ class FeatureCache:
         return self._fd
 
     def fill(self, rows: np.ndarray, views: np.ndarray) -> None:
-        """Compute and store the (row, view) pairs among these that are not filled yet."""
+        """Compute and store the (row, view) pairs among these that are not filled yet.
+
+        Both views go into one prefix call (up to batch_size pairs): an epoch's first pass then calls the prefix with
+        whole batches, the same size every step, so the kept heap reuses the same blocks (calls split by view have a
+        random size each step, and the heap crept up by ~500 MB over a 10,000-image Lite0 epoch at 224 px)."""
         rows, views = np.asarray(rows, np.int64), np.asarray(views, np.int64)
         need = ~self.filled[rows, views]
-        for v in np.unique(views[need]):
-            todo = np.unique(rows[need & (views == v)])
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                feats = np.ascontiguousarray(self.compute(chunk, int(v)).float().cpu().numpy())
-                if self.feature_shape is None:
-                    self.feature_shape = feats.shape[1:]
-                fd = self._file()
-                with writing(self.data_path, CACHE_ELSEWHERE):
-                    for i, row in zip(chunk, feats, strict=True):
-                        _pwrite_all(fd, row.tobytes(), (int(i) * self.views + int(v)) * self._row_bytes)
-                self.filled[chunk, v] = True
-                self._dirty = True
+        pairs = np.unique(rows[need] * self.views + views[need])  # row-major: a pair's row in the file
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            chunk_rows, chunk_views = chunk // self.views, chunk % self.views
+            feats = np.ascontiguousarray(self.compute(chunk_rows, chunk_views).float().cpu().numpy())
+            if self.feature_shape is None:
+                self.feature_shape = feats.shape[1:]
+            fd = self._file()
+            with writing(self.data_path, CACHE_ELSEWHERE):
+                for pair, row in zip(chunk, feats, strict=True):
+                    _pwrite_all(fd, row.tobytes(), int(pair) * self._row_bytes)
+            self.filled[chunk_rows, chunk_views] = True
+            self._dirty = True
 
     def fill_all(self, progress: Callable[[int], None] | None = None) -> None:
         """Every image in every view, in order (the eager cache: val splits, and every rank under DDP)."""

@@ -134,7 +134,7 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
                 seed=epoch_seed(config.seed, epoch, p),
                 balanced=config.balanced_sampler,
             ),
-            lambda: eval_batches(val, bs * 2, setup.normalize),
+            lambda: eval_batches(val, setup.eval_batch_size, setup.normalize),
             len(train),
             cached=False,
         )
@@ -172,7 +172,7 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
             val_store.read,
             val.labels,
             eval_positions(len(val)),
-            bs * 2,
+            setup.eval_batch_size,
             shuffle=False,
             hflip=False,
             seed=0,
@@ -209,15 +209,16 @@ def features(
     )
 
     @torch.inference_mode()
-    def compute(idx: np.ndarray, view: int) -> torch.Tensor:
+    def compute(idx: np.ndarray, views: np.ndarray) -> torch.Tensor:
         rows = torch.from_numpy(data.cache.store.read(data.rows[idx]))
-        if view == 1:
-            rows = rows.flip(2)
+        flip = torch.from_numpy(np.asarray(views) == 1)
+        if flip.any():
+            rows[flip] = rows[flip].flip(2)  # view 1: the mirror image (NHWC: width is axis 2)
         # The prefix as at inference (no dropout, BatchNorm on running statistics), also when called mid-epoch.
         with eval_mode(model):
             return split.prefix(setup.normalize(rows).to(setup.device))
 
-    store = FeatureCache(key, len(data), views, compute, config.batch_size * 2, setup.cache_dir)
+    store = FeatureCache(key, len(data), views, compute, setup.eval_batch_size, setup.cache_dir)
     if eager and not store.complete:
         bar = tqdm(
             total=len(data),

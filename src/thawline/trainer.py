@@ -424,7 +424,7 @@ def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float)
 def _evaluate_split(run: Run, split_name: str) -> engine.EvalResult:
     """The model as it is now on a whole split of full images (gathered over ranks under DDP)."""
     setup = run.setup
-    batches = eval_batches(setup.data.splits[split_name], setup.config.batch_size * 2, setup.normalize)
+    batches = eval_batches(setup.data.splits[split_name], setup.eval_batch_size, setup.normalize)
     return engine.evaluate(setup.model, batches, setup.device, setup.amp, model=setup.model, across_ranks=run.across)
 
 
