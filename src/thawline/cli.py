@@ -63,9 +63,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         nargs="?",
         const=True,
         metavar="DIR",
-        help="continue a stopped run or comparison in DIR with the options saved there (bare --resume: in --out)",
+        help="continue a stopped run or comparison in DIR with the options saved there (bare --resume: the latest "
+        "unfinished one in runs/, or the one in --out)",
     )
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+
+def _add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run (or comparison) that --out holds instead of refusing"
+    )
 
 
 def _config_from_args(args: argparse.Namespace, **extra: Any):
@@ -152,17 +159,33 @@ def _resumed_compare(args: argparse.Namespace):
 def _needs_folder(args: argparse.Namespace, out: str | None) -> None:
     if args.resume is True and not out:
         raise ThawlineError(f"--resume needs the folder: {args.command} --resume DIR (or --resume --out DIR)")
+    if args.resume and getattr(args, "overwrite", False):
+        raise ThawlineError("--resume continues a run and --overwrite replaces it: pass one of them")
+
+
+def _find_bare_resume(args: argparse.Namespace) -> None:
+    """A bare `--resume` (no folder, no --out, no --config): the latest unfinished run of this command in runs/."""
+    from thawline.runfolder import RUNS_PARENT, latest_unfinished
+
+    if args.resume is True and args.out is None and args.config is None:
+        folder = latest_unfinished(args.command, RUNS_PARENT)
+        what = "comparison" if args.command == "compare" else "run"
+        print(f"resuming {folder} (the latest unfinished {what} in {RUNS_PARENT}/)", file=sys.stderr, flush=True)
+        args.resume = str(folder)
+    if isinstance(args.resume, str) and getattr(args, "overwrite", False):
+        raise ThawlineError("--resume continues a run and --overwrite replaces it: pass one of them")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from thawline.trainer import train
 
+    _find_bare_resume(args)
     if isinstance(args.resume, str):
         config = _resumed_run_config(args)
     else:
         config = _config_from_args(args, strategy=args.strategy)
         _needs_folder(args, config.out)
-    result = train(config, resume=bool(args.resume), quiet=args.quiet)
+    result = train(config, resume=bool(args.resume), quiet=args.quiet, overwrite=args.overwrite)
     from thawline import distributed
 
     if not distributed.is_main():  # under torchrun rank 0 reports
@@ -178,6 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from thawline.comparison import DEFAULT_STRATEGIES, compare
 
+    _find_bare_resume(args)
     if isinstance(args.resume, str):
         config, strategies = _resumed_compare(args)
     else:
@@ -192,6 +216,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(
         config, strategies, config.out, resume=bool(args.resume), quiet=args.quiet, seeds=args.seeds,
         halving=args.halving, advise=args.advise, models=args.models, shift_test=args.shift_test,
+        overwrite=args.overwrite,
     )  # fmt: skip
     from thawline import distributed
 
@@ -431,6 +456,7 @@ def _add_run_commands(sub: Any) -> None:
 def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train several strategies side by side and rank them")
     _add_train_options(p)
+    _add_overwrite_option(p)
     p.add_argument(
         "--strategies", help="comma-separated strategy names (default: all seven, see `thawline strategies`)"
     )
@@ -462,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one strategy into a run folder")
     _add_train_options(p)
+    _add_overwrite_option(p)
     p.add_argument("--strategy", help="strategy name (see `thawline strategies`)")
     p.set_defaults(func=cmd_train)
 

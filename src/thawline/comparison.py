@@ -35,7 +35,15 @@ from thawline.ranking import (
     run_subdir,
     write_comparison,
 )
-from thawline.runfolder import RunInterrupted, first_difference, mismatch_message, next_run_dir
+from thawline.runfolder import (
+    COMPARE_FILES,
+    RUNS_PARENT,
+    RunInterrupted,
+    claim_folder,
+    first_difference,
+    mismatch_message,
+    next_run_dir,
+)
 from thawline.shift import read_shift, shift_sets, shift_summary
 from thawline.strategies import STRATEGIES, get_strategy
 from thawline.trainer import RunResult, train
@@ -100,9 +108,11 @@ def compare(
     advise: bool = False,
     models: str | list[str] | tuple[str, ...] | None = None,
     shift_test: str | Path | None = None,
+    overwrite: bool = False,
 ) -> CompareResult:
     """Train every strategy with the same config (only `strategy` differs) and write comparison.csv; with `models`,
-    every strategy on every model; with `shift_test`, each run's accuracy on the shifted sets too."""
+    every strategy on every model; with `shift_test`, each run's accuracy on the shifted sets too. A fresh comparison
+    into a folder that holds one is refused unless `overwrite`; the folder is locked while this process writes it."""
     names = parse_strategies(strategies, config.strategies_file)
     grid = parse_models(models)
     if len(grid) == 1:  # one model is no grid: the plain layout, as with --model
@@ -124,44 +134,63 @@ def compare(
     distributed.init(config.device)
     main = distributed.is_main()  # under torchrun rank 0 writes and prints; every rank trains
     quiet = quiet or not main
+    folder = out or config.out
     if resume:
-        check_compare_resume(out or config.out, config)  # before compare.yaml is rewritten
-    out_dir = Path(distributed.broadcast_object(str(out or config.out or next_run_dir(Path("runs"), "compare"))))
-    if main:
+        check_compare_resume(folder, config)  # before compare.yaml is rewritten
+    elif folder and not overwrite:
+        check_fresh_compare(Path(folder))
+    out_dir = Path(distributed.broadcast_object(str(folder or next_run_dir(RUNS_PARENT, "compare", create=main))))
+    with claim_folder(out_dir, resume=resume, overwrite=overwrite, main=main):  # locked until the table is written
+        if main:
+            if not resume and not overwrite:
+                check_fresh_compare(out_dir)  # again, now that it is ours
+            plan = {"strategies": names, "config": config.to_dict(), "seeds": seeds, "halving": halving,
+                    "advise": advise, "models": grid, "shift_test": str(shift_dir) if shift_dir else None}  # fmt: skip
+            save_yaml(out_dir / "compare.yaml", plan)
+        options = {"resume": resume, "quiet": quiet, "seeds": seeds, "halving": halving, "advise": advise}
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ThawlineError(
-                f"cannot create compare folder '{out_dir}' ({e.strerror}); pass a writable --out"
-            ) from None
-        plan = {"strategies": names, "config": config.to_dict(), "seeds": seeds, "halving": halving, "advise": advise,
-                "models": grid, "shift_test": str(shift_dir) if shift_dir else None}  # fmt: skip
-        save_yaml(out_dir / "compare.yaml", plan)
-    options = {"resume": resume, "quiet": quiet, "seeds": seeds, "halving": halving, "advise": advise}
-    try:
-        if grid:
-            runs = {}
-            for model in grid:
-                trained = train_model(replace(config, model=model), names, out_dir, model_folder(model),
-                                      shift_dir=shift_dir, **options)  # fmt: skip
-                runs.update({grid_name(model, name): run for name, run in trained.items()})
-        else:
-            runs = train_model(config, names, out_dir, "", shift_dir=shift_dir, **options)
-        if shift_dir is not None and main:
-            sets = shift_sets(shift_dir)
-            for name, run in runs.items():
-                shift_test_run(name, run, sets, shift_dir, config, quiet=quiet)
-    except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
-        raise RunInterrupted(out_dir, "compare") from None
-    rows = ranked_rows(runs, out_dir)
-    verdict, notes = mark_uncertainty(rows, runs) if main else (None, [])
-    if main:
-        write_comparison(out_dir, rows)
+            runs = train_grid(config, names, grid, out_dir, shift_dir, options)
+        except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
+            raise RunInterrupted(out_dir, "compare") from None
+        rows = ranked_rows(runs, out_dir)
+        verdict, notes = mark_uncertainty(rows, runs) if main else (None, [])
+        if main:
+            write_comparison(out_dir, rows)
     if not quiet:
         print(format_table(rows), flush=True)
         if lines := uncertainty_lines(verdict, notes):
             print(lines, flush=True)
     return CompareResult(out_dir, runs, rows)
+
+
+def train_grid(
+    config: TrainConfig, names: list[str], grid: list[str], out_dir: Path, shift_dir: Path | None, options: dict
+) -> dict[str, RunResult]:
+    """Every strategy (on every model of a grid), then each run on the shifted sets when asked."""
+    if grid:
+        runs = {}
+        for model in grid:
+            trained = train_model(replace(config, model=model), names, out_dir, model_folder(model),
+                                  shift_dir=shift_dir, **options)  # fmt: skip
+            runs.update({grid_name(model, name): run for name, run in trained.items()})
+    else:
+        runs = train_model(config, names, out_dir, "", shift_dir=shift_dir, **options)
+    if shift_dir is not None and distributed.is_main():
+        sets = shift_sets(shift_dir)
+        for name, run in runs.items():
+            shift_test_run(name, run, sets, shift_dir, config, quiet=options["quiet"])
+    return runs
+
+
+def check_fresh_compare(folder: Path) -> None:
+    """A new comparison never writes into a folder that holds another (its strategies' runs would be refused one by
+    one, after compare.yaml had been replaced)."""
+    held = next((name for name in COMPARE_FILES if (folder / name).exists()), None)
+    if held is not None:
+        raise ThawlineError(
+            f"'{folder}' holds a comparison ({held}); pass --resume to continue it, --overwrite to replace it, or "
+            "a new --out"
+        )
 
 
 def train_model(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,10 @@ from thawline.errors import ThawlineError
 
 # Files that say a folder holds a run (partial: last.pt; finished: summary.json): a fresh run never writes there.
 RUN_FILES = ("last.pt", "summary.json")
+# What a compare folder holds (comparison.json once finished); --overwrite clears a folder only when it holds these.
+COMPARE_FILES = ("compare.yaml", "comparison.json")
+RUNS_PARENT = Path("runs")  # where runs go without --out, relative to the working folder
+LOCK_NAME = ".thawline.lock"
 # What defines a run beyond its options: a resume with other classes or other phases would mix two runs.
 DEFINING_DERIVED = ("classes", "phases")
 PATH_OPTIONS = ("data", "strategies_file", "weights")
@@ -35,11 +42,113 @@ class RunInterrupted(KeyboardInterrupt):
         return f"thawline {self.command} --resume {shlex.quote(str(self.folder))}"
 
 
-def next_run_dir(parent: Path, stem: str) -> Path:
+def next_run_dir(parent: Path, stem: str, create: bool = True) -> Path:
+    """The first free `parent/stem-N`, created here (mkdir fails when another process took it first, so two
+    processes never get one folder). `create=False` (under torchrun, ranks other than 0) only names it."""
     n = 1
-    while (parent / f"{stem}-{n}").exists():
+    while True:
+        folder = parent / f"{stem}-{n}"
+        if not create:
+            if not folder.exists():
+                return folder
+        else:
+            try:
+                folder.mkdir(parents=True)
+                return folder
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise WriteFailed(
+                    folder, e, message=f"cannot create run folder '{folder}' ({e.strerror}); pass a writable --out"
+                ) from None
         n += 1
-    return parent / f"{stem}-{n}"
+
+
+class RunLock:
+    """An exclusive flock on `folder/.thawline.lock` for as long as a process writes the run (or comparison) there:
+    a second process is refused in one line instead of interleaving its checkpoints with ours. The kernel drops the
+    lock when the process dies (also by SIGKILL), so a crashed run never leaves a stale lock behind."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_NAME
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WriteFailed(
+                self.path, e, message=f"cannot write to run folder '{folder}' ({e.strerror}); pass a writable --out"
+            ) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            self.release()
+            raise ThawlineError(
+                f"'{folder}' is in use by another thawline process (pid {holder}); wait for it to finish, or pass "
+                "another --out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (unlinking it would race a new locker)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def unfinished(folder: Path, command: str) -> bool:
+    """Whether `folder` holds a stopped run (`train`: last.pt, no summary.json) or comparison (`compare`: compare.yaml,
+    no comparison.json)."""
+    if command == "compare":
+        return (folder / "compare.yaml").is_file() and not (folder / "comparison.json").exists()
+    resumable = (folder / "last.pt").is_file() and (folder / "config.yaml").is_file()
+    return resumable and not (folder / "summary.json").exists()
+
+
+def latest_unfinished(command: str, parent: Path = RUNS_PARENT) -> Path:
+    """The most recently written unfinished run (or comparison) among `parent`'s folders: what a bare `--resume`
+    continues. One line naming `parent` when there is none."""
+    found = []
+    if parent.is_dir():
+        for folder in parent.iterdir():
+            if folder.is_dir() and unfinished(folder, command):
+                marker = folder / ("compare.yaml" if command == "compare" else "last.pt")
+                newest = max(f.stat().st_mtime for f in folder.rglob("*") if f.is_file())
+                found.append((max(newest, marker.stat().st_mtime), folder.name, folder))
+    if not found:
+        what = "comparison" if command == "compare" else "run"
+        raise ThawlineError(
+            f"--resume: no unfinished {what} in '{parent}/'; pass its folder: thawline {command} --resume DIR"
+        )
+    return max(found)[2]
+
+
+def clear_run_folder(folder: Path) -> None:
+    """--overwrite: empty a folder that holds a run or a comparison, and only such a folder (never a folder of other
+    files that --out happened to name). Called with the folder's `RunLock` held, which stays. The files that mark a
+    finished or resumable run go first and the config last, so a crash midway leaves a folder that is neither
+    resumed nor mistaken for an empty one: --overwrite again finishes the job."""
+    if not folder.is_dir():
+        return
+    marks = (*RUN_FILES, "comparison.json")
+    configs = ("config.yaml", "compare.yaml")
+    entries = [e for e in folder.iterdir() if e.name != LOCK_NAME]
+    if entries and not any((folder / name).exists() for name in (*marks, *configs)):
+        raise ThawlineError(f"--overwrite: '{folder}' holds files but no thawline run; pass an empty or new --out")
+    rank = {**{n: 0 for n in marks}, **{n: 2 for n in configs}}
+    try:
+        for entry in sorted(entries, key=lambda e: rank.get(e.name, 1)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except OSError as e:
+        raise WriteFailed(folder, e, message=f"--overwrite: cannot empty '{folder}' ({e.strerror})") from None
 
 
 def make_writable_folder(out: Path) -> None:
@@ -60,7 +169,49 @@ def check_fresh_folder(out: Path) -> None:
     """A new run never writes into a folder that holds another run (its metrics would go, its best.pt stay)."""
     held = next((name for name in RUN_FILES if (out / name).exists()), None)
     if held is not None:
-        raise ThawlineError(f"'{out}' holds a run ({held}); pass --resume to continue it or a new --out")
+        raise ThawlineError(
+            f"'{out}' holds a run ({held}); pass --resume to continue it, --overwrite to replace it, or a new --out"
+        )
+
+
+def claim_folder(out: Path, *, resume: bool, overwrite: bool, main: bool = True) -> contextlib.AbstractContextManager:
+    """Rank 0 makes `out`, locks it for this process (the returned context releases it) and, for a fresh run, empties
+    it (`overwrite`) or proves it holds no run. Other ranks under torchrun write nothing: a no-op context."""
+    if not main:
+        return contextlib.nullcontext()
+    make_writable_folder(out)
+    lock = RunLock(out)
+    try:
+        if overwrite and not resume:
+            clear_run_folder(out)
+        elif not resume:
+            check_fresh_folder(out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def folder_identity(out: Path) -> tuple[int, int]:
+    st = os.stat(out)
+    return st.st_dev, st.st_ino
+
+
+def is_same_folder(out: Path, identity: tuple[int, int] | None) -> bool:
+    try:
+        return folder_identity(out) == identity
+    except OSError:
+        return False
+
+
+def check_same_folder(out: Path, identity: tuple[int, int] | None) -> None:
+    """Stop the run when its folder was moved, deleted or replaced while it ran: writing on would put half a run
+    into another folder (or fail file by file). What the run had written stays in the moved folder, resumable."""
+    if not is_same_folder(out, identity):
+        raise ThawlineError(
+            f"run folder '{out}' was moved, deleted or replaced while the run was writing it; the run stopped "
+            "(what it had written went with the old folder: resume that one with --resume)"
+        )
 
 
 def defining_options(cfg: dict[str, Any]) -> dict[str, Any]:

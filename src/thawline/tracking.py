@@ -6,6 +6,7 @@ folder, `wandb sync` later) whenever its server cannot be reached, so a machine 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -99,10 +100,18 @@ class Tracker:
     def _event_file(self) -> str:
         return event_file(self.tb)
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> None:
+        """Flush and close. `discard`: the run folder is gone or another folder took its place; TensorBoard appends to
+        its file by path, so what it wrote since then landed there: that file is removed from the new folder."""
         tb, self.tb = self.tb, None
         try:
-            if tb is not None:
+            if tb is not None and discard:
+                path = Path(event_file(tb))  # before close(), which forgets it
+                with contextlib.suppress(OSError):
+                    tb.close()
+                if path.name.startswith("events.out.tfevents."):  # this writer's alone (time, host, pid, counter)
+                    path.unlink(missing_ok=True)
+            elif tb is not None:
                 with writing(event_file(tb)):
                     tb.close()
         finally:

@@ -34,10 +34,14 @@ from thawline.models import apply_freezing, count_params, stage_drift
 from thawline.plots import GRID_NAME, plot_prediction_grid
 from thawline.prepare import PreparedData, RunSetup, prepare_data, seed_everything, setup_run
 from thawline.runfolder import (
+    RUNS_PARENT,
     RunInterrupted,
     append_jsonl,
     check_fresh_folder,
-    make_writable_folder,
+    check_same_folder,
+    claim_folder,
+    folder_identity,
+    is_same_folder,
     next_run_dir,
     resume_state,
     truncate_metrics,
@@ -78,6 +82,7 @@ class Run:
     initial: dict[str, torch.Tensor]  # weights before training, for the per-stage drift
     quiet: bool
     main: bool = field(default_factory=distributed.is_main)  # under torchrun only rank 0 writes files and prints
+    folder_id: tuple[int, int] | None = None  # (device, inode) of `out` when the run opened it: replaced -> stop
     across: bool = field(default_factory=distributed.active)  # DDP: statistics and evaluation over all ranks
 
     @property
@@ -115,11 +120,13 @@ def train(
     strategy: Strategy | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     stop_after_epoch: int | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train one strategy and write its run folder (config.yaml, metrics.jsonl, best/last.pt, summary.json).
 
     `stop_after_epoch`: pause once that global epoch is checkpointed (no summary yet: `RunResult.summary` is None);
-    `resume=True` later continues exactly as if it had not stopped (successive halving uses this)."""
+    `resume=True` later continues exactly as if it had not stopped (successive halving uses this). A fresh run into
+    a folder that holds a run is refused unless `overwrite`; the folder is locked while this process writes it."""
     started = time.perf_counter()
     runtime.keep_freed_memory()  # large activations reused instead of page-faulted every step (~1.8x on CPU)
     distributed.init(config.device)
@@ -130,7 +137,7 @@ def train(
     folder = run_dir or config.out
     if resume and not folder:
         raise ThawlineError("resuming needs the run folder: pass run_dir (CLI: --resume RUN_DIR)")
-    if not resume and folder:
+    if not resume and not overwrite and folder:
         check_fresh_folder(Path(folder))  # before any work: a new run never overwrites another's files
     seed_everything(config.seed)
     if data is None:
@@ -142,27 +149,28 @@ def train(
         config, lr_found = resolve_auto_lr(config, data=data, strategy=strategy, resume_dir=resume_dir, quiet=quiet)
         config = distributed.broadcast_object(config)
     setup = setup_run(config, strategy, data)
-    out = Path(distributed.broadcast_object(str(run_dir or config.out or next_run_dir(Path("runs"), strategy.name))))
-    if distributed.is_main():
-        make_writable_folder(out)
-    saved = resume_state(out, setup.resolved_config(lr_auto)) if resume else None  # same options, or refused
-    distributed.barrier()  # every rank has read last.pt before rank 0 writes anything new
-    run = _open_run(setup, out, saved is not None, lr_auto, lr_found, quiet)
-    try:
-        loop = _restore(run, saved)
-        sinks = _epoch_sinks(run, on_epoch)
-        for phase in setup.phases:
-            _train_phase(run, loop, phase, sinks, stop_after_epoch)
-        summary = _finish(run, loop, started)
-    except _Paused:
-        return RunResult(out, None, loop.metrics)
-    except KeyboardInterrupt as e:  # Ctrl-C: say which folder to resume (config.yaml is there by now)
-        if isinstance(e, RunInterrupted):
-            raise
-        raise RunInterrupted(out, "train") from None
-    finally:
-        run.tracker.close()  # also when a pruned sweep trial or Ctrl-C stops the run
-        runtime.release_freed_memory()  # the kept free heap goes back: the next run (compare, sweep) starts fresh
+    main = distributed.is_main()
+    out = Path(distributed.broadcast_object(str(folder or next_run_dir(RUNS_PARENT, strategy.name, create=main))))
+    with claim_folder(out, resume=resume, overwrite=overwrite, main=main):  # locked until the run returns
+        saved = resume_state(out, setup.resolved_config(lr_auto)) if resume else None  # same options, or refused
+        distributed.barrier()  # every rank has read last.pt before rank 0 writes anything new
+        run = _open_run(setup, out, saved is not None, lr_auto, lr_found, quiet)
+        try:
+            loop = _restore(run, saved)
+            sinks = _epoch_sinks(run, on_epoch)
+            for phase in setup.phases:
+                _train_phase(run, loop, phase, sinks, stop_after_epoch)
+            summary = _finish(run, loop, started)
+        except _Paused:
+            return RunResult(out, None, loop.metrics)
+        except KeyboardInterrupt as e:  # Ctrl-C: say which folder to resume (config.yaml is there by now)
+            if isinstance(e, RunInterrupted):
+                raise
+            raise RunInterrupted(out, "train") from None
+        finally:
+            # also when a pruned sweep trial or Ctrl-C stops the run; nothing into a folder that replaced ours
+            run.tracker.close(discard=run.main and not is_same_folder(run.out, run.folder_id))
+            runtime.release_freed_memory()  # the kept free heap goes back: the next run (compare, sweep) starts fresh
     return RunResult(out, summary, loop.metrics)
 
 
@@ -184,7 +192,9 @@ def _open_run(
         write_skipped(out, setup.data.skipped)
     tracker = Tracker(out, out.name, resolved, setup.config.wandb, enabled=distributed.is_main())
     initial = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
-    return Run(setup, out, resolved, tracker, runtime.MemoryMeter(setup.device), initial, quiet)
+    run = Run(setup, out, resolved, tracker, runtime.MemoryMeter(setup.device), initial, quiet)
+    run.folder_id = folder_identity(out) if run.main else None
+    return run
 
 
 def _restore(run: Run, saved: dict[str, Any] | None) -> LoopState:
@@ -210,6 +220,7 @@ def _epoch_sinks(run: Run, on_epoch: Callable[[dict[str, Any]], None] | None) ->
     """Where each epoch's row goes, in order: metrics.jsonl, the caller's hook, TensorBoard/W&B, the console."""
     sinks: list[EpochSink] = []
     if run.main:
+        sinks.append(lambda row, phase: check_same_folder(run.out, run.folder_id))  # before the epoch writes anything
         sinks.append(lambda row, phase: append_jsonl(run.out / "metrics.jsonl", row))
     if on_epoch is not None:
         sinks.append(lambda row, phase: on_epoch(row))
@@ -398,6 +409,7 @@ def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float)
         loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if not run.main:
         return
+    check_same_folder(run.out, run.folder_id)  # also when the caller's hook ran after the epoch's first check
     assert loop.optimizer is not None
     state = {
         "model": model.state_dict(),

@@ -1,0 +1,251 @@
+"""How good are the shortcuts? `thawline advise` and `compare --halving` against the full compare, task by task.
+
+    python benchmarks/suite.py                      # first: the full compares (OUT/suite_results.json)
+    python benchmarks/advise_suite.py               # then: advise and halving on every task that finished there
+    python benchmarks/advise_suite.py --tasks digits,faces --no-halving
+
+For every task of the suite whose full thawline compare finished (read from SUITE/suite_results.json, written by
+`benchmarks/suite.py`), in this one process and back to back:
+
+(a) `thawline.advise` on the task with the compare's own options (model, img_size, flips, batch), a fresh cache:
+    its predicted ranking of the strategies the compare ran, and its wall time;
+(b) unless --no-halving, `thawline.compare(..., halving=True)` with the same options and strategies, a fresh cache:
+    the winner it names (best val accuracy among the last survivors), that run's test accuracy and the wall time.
+
+The measured ranking is the full compare's test accuracy (the truth the user wants; val picks are reported too).
+Per task: Kendall's tau-b between advise's ranking and the measured one (ties in the measured accuracies count as
+ties), whether advise's top pick is within 1 point of the best test accuracy, advise's time as a share of the full
+compare's wall time, and halving's winner's gap to the full compare's best test accuracy and its time share.
+Over the suite: the mean tau, and the same for the best *fixed* ranking chosen leave-one-task-out (for each task, the
+one order of the strategies with the highest mean tau over the other tasks, scored on the held-out task): a
+predictor is only useful if it beats the ranking you could have written down without looking at the data.
+
+Results: OUT/advise_suite.json and OUT/advise_suite.md (rewritten after every task; --resume keeps finished tasks).
+Wall times are only comparable with the suite's when both ran on a quiet machine; the load average is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import thawline
+
+HERE = Path(__file__).resolve().parent
+
+
+def kendall_tau_b(predicted: list[str], scores: dict[str, float]) -> float:
+    """Kendall's tau-b between a predicted order (best first, no ties) and measured scores (higher is better, ties
+    possible), over the strategies both name."""
+    names = [n for n in predicted if n in scores]
+    rank = {n: -i for i, n in enumerate(names)}  # higher is better, as the scores
+    concordant = discordant = ties_measured = 0
+    for a, b in itertools.combinations(names, 2):
+        dp = (rank[a] > rank[b]) - (rank[a] < rank[b])
+        dm = (scores[a] > scores[b]) - (scores[a] < scores[b])
+        if dm == 0:
+            ties_measured += 1
+        elif dp == dm:
+            concordant += 1
+        else:
+            discordant += 1
+    pairs = len(names) * (len(names) - 1) // 2
+    denom = np.sqrt(pairs * (pairs - ties_measured))
+    return float((concordant - discordant) / denom) if denom > 0 else 0.0
+
+
+def best_fixed_ranking(measured: list[dict[str, float]], strategies: list[str]) -> tuple[list[str], float]:
+    """The one order of `strategies` with the highest mean tau over these tasks' measured scores."""
+    best, best_tau = list(strategies), -2.0
+    for order in itertools.permutations(strategies):
+        tau = float(np.mean([kendall_tau_b(list(order), m) for m in measured]))
+        if tau > best_tau:
+            best, best_tau = list(order), tau
+    return best, best_tau
+
+
+def leave_one_out_fixed(measured: dict[str, dict[str, float]], strategies: list[str]) -> dict[str, dict[str, Any]]:
+    """Per task: the best fixed ranking fitted on the other tasks, and its tau on this one."""
+    out = {}
+    for task, scores in measured.items():
+        others = [m for t, m in measured.items() if t != task]
+        if not others:
+            continue
+        order, _ = best_fixed_ranking(others, strategies)
+        out[task] = {"ranking": order, "tau": kendall_tau_b(order, scores)}
+    return out
+
+
+def task_config(task_dir: Path, manifest: dict, epochs: int, cache: Path):
+    suite = load_suite()
+    return thawline.make_config(data=str(task_dir), model=suite.MODEL, weights=suite.WEIGHTS,
+                                img_size=manifest["img_size"], epochs=epochs, batch_size=suite.BATCH,
+                                hflip=bool(manifest.get("hflip", True)), cache_dir=str(cache))  # fmt: skip
+
+
+def load_suite():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("thawline_suite", HERE / "suite.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_task(row: dict, data_root: Path, out: Path, halving: bool) -> dict[str, Any]:
+    name = row["task"]
+    manifest = json.loads((data_root / name / "manifest.json").read_text())
+    measured_runs = row["thawline"]["strategies"]
+    strategies = [s for s in row["strategies"] if s in measured_runs]
+    test = {s: float(measured_runs[s]["test_acc"]) for s in strategies}
+    best_test = max(test.values())
+    full_wall = float(row["thawline"]["wall_s"])
+    result: dict[str, Any] = {"task": name, "strategies": strategies, "measured_test": test,
+                              "full_compare_s": full_wall, "full_pick": row["thawline"]["pick"],
+                              "load_before": os.getloadavg()[0]}  # fmt: skip
+
+    cache = out / "cache" / name
+    shutil.rmtree(cache, ignore_errors=True)
+    cfg = task_config(data_root / name, manifest, row["epochs"], cache)
+    started = time.perf_counter()
+    advice = thawline.advise(cfg, out / "advise" / name, quiet=True)
+    advise_s = time.perf_counter() - started
+    ranking = [s for s in advice.ranking if s in test]
+    result["advise"] = {
+        "ranking": ranking, "seconds": round(advise_s, 2), "share_of_full": round(advise_s / full_wall, 4),
+        "tau": round(kendall_tau_b(ranking, test), 4), "top": ranking[0],
+        "top_gap_points": round(100 * (best_test - test[ranking[0]]), 2),
+    }  # fmt: skip
+    shutil.rmtree(cache, ignore_errors=True)
+
+    if halving:
+        folder = out / "halving" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        started = time.perf_counter()
+        run = thawline.compare(cfg, strategies, out=folder, halving=True, quiet=True)
+        halving_s = time.perf_counter() - started
+        winner = run.winner
+        win_row = next(r for r in run.rows if r["strategy"] == winner)
+        result["halving"] = {
+            "winner": winner, "test_acc": win_row.get("test_acc"), "seconds": round(halving_s, 2),
+            "share_of_full": round(halving_s / full_wall, 4),
+            "gap_points": round(100 * (best_test - float(win_row["test_acc"])), 2),
+            "gap_to_pick_points": round(100 * (test[row["thawline"]["pick"]] - float(win_row["test_acc"])), 2),
+        }  # fmt: skip
+        shutil.rmtree(cache, ignore_errors=True)
+    result["load_after"] = os.getloadavg()[0]
+    return result
+
+
+def summarise(results: list[dict]) -> dict[str, Any]:
+    measured = {r["task"]: r["measured_test"] for r in results}
+    strategies = results[0]["strategies"] if results else []
+    fixed = leave_one_out_fixed(measured, strategies) if len(results) > 1 else {}
+    for r in results:
+        if r["task"] in fixed:
+            r["fixed_loo"] = fixed[r["task"]]
+    taus = [r["advise"]["tau"] for r in results]
+    summary: dict[str, Any] = {
+        "tasks": len(results),
+        "mean_tau_advise": round(float(np.mean(taus)), 4) if taus else None,
+        "mean_tau_fixed_loo": round(float(np.mean([f["tau"] for f in fixed.values()])), 4) if fixed else None,
+        "top_within_1pt": sum(r["advise"]["top_gap_points"] <= 1.0 for r in results),
+        "advise_max_share": max((r["advise"]["share_of_full"] for r in results), default=None),
+    }
+    halved = [r for r in results if "halving" in r]
+    if halved:
+        summary["halving_within_0_5pt"] = sum(r["halving"]["gap_points"] <= 0.5 for r in halved)
+        summary["halving_tasks"] = len(halved)
+        summary["halving_mean_share"] = round(float(np.mean([r["halving"]["share_of_full"] for r in halved])), 4)
+    return summary
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def format_markdown(results: list[dict], summary: dict) -> str:
+    lines = [
+        "| task | measured best (test) | advise top | τ advise | τ fixed (LOO) | advise s | share | "
+        "halving winner | gap pts | halving s | share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        best = max(r["measured_test"], key=r["measured_test"].get)
+        a, h, f = r["advise"], r.get("halving"), r.get("fixed_loo")
+        fixed_tau = f"{f['tau']:+.2f}" if f else "—"
+        lines.append(
+            f"| {r['task']} | {best} {pct(r['measured_test'][best])} | {a['top']} "
+            f"{pct(r['measured_test'][a['top']])} | {a['tau']:+.2f} | {fixed_tau} | "
+            f"{a['seconds']:.0f} | {100 * a['share_of_full']:.1f}% | "
+            + (f"{h['winner']} {pct(h['test_acc'])} | {h['gap_points']:.1f} | {h['seconds']:.0f} | "
+               f"{100 * h['share_of_full']:.0f}% |" if h else "— | — | — | — |")
+        )  # fmt: skip
+    s = summary
+    lines += [
+        "",
+        f"Tasks: {s['tasks']}. Mean Kendall τ: advise {s['mean_tau_advise']}, best fixed ranking (leave-one-task-out) "
+        f"{s['mean_tau_fixed_loo']}. Advise's top pick within 1 point of the best: {s['top_within_1pt']}/{s['tasks']}."
+        f" Advise's largest share of the full compare's wall time: {pct(s['advise_max_share'])}.",
+    ]
+    if "halving_tasks" in s:
+        lines.append(
+            f"Halving's winner within 0.5 points of the best: {s['halving_within_0_5pt']}/{s['halving_tasks']}; "
+            f"mean wall time {pct(s['halving_mean_share'])} of the full compare's."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", default="runs/suite", help="benchmarks/suite.py's OUT folder (suite_results.json)")
+    p.add_argument("--data", default=str(HERE / "suite" / "data"), help="the suite's task folders")
+    p.add_argument("--tasks", default="", help="comma-separated task names (default: every finished task)")
+    p.add_argument("--no-halving", action="store_true", help="advise only (seconds per task)")
+    p.add_argument("--out", default=None, help="results folder (default SUITE)")
+    p.add_argument("--resume", action="store_true", help="keep the tasks OUT/advise_suite.json already holds")
+    args = p.parse_args(argv)
+    suite_dir, data_root = Path(args.suite), Path(args.data)
+    out = Path(args.out) if args.out else suite_dir
+    results_path = suite_dir / "suite_results.json"
+    if not results_path.is_file():
+        print(f"error: {results_path} not found; run benchmarks/suite.py first", file=sys.stderr)
+        return 2
+    rows = [r for r in json.loads(results_path.read_text())["tasks"] if "strategies" in r.get("thawline", {})]
+    wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    rows = [r for r in rows if not wanted or r["task"] in wanted]
+    if not rows:
+        print("error: no finished task in the suite results (or none of --tasks)", file=sys.stderr)
+        return 2
+    done: dict[str, dict] = {}
+    if args.resume and (out / "advise_suite.json").is_file():
+        done = {r["task"]: r for r in json.loads((out / "advise_suite.json").read_text())["tasks"]}
+    results = []
+    for row in rows:
+        if row["task"] in done and ("halving" in done[row["task"]] or args.no_halving):
+            results.append(done[row["task"]])
+            continue
+        print(f"[{row['task']}] advise{'' if args.no_halving else ' and halving'} ...", flush=True)
+        results.append(run_task(row, data_root, out, halving=not args.no_halving))
+        summary = summarise(results)
+        (out / "advise_suite.json").write_text(json.dumps({"summary": summary, "tasks": results}, indent=1))
+        (out / "advise_suite.md").write_text(format_markdown(results, summary))
+    summary = summarise(results)
+    (out / "advise_suite.json").write_text(json.dumps({"summary": summary, "tasks": results}, indent=1))
+    (out / "advise_suite.md").write_text(format_markdown(results, summary))
+    print(format_markdown(results, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
