@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -13,6 +15,7 @@ from thawline.errors import ThawlineError
 from thawline.models import apply_freezing, split_at, stage_map
 from thawline.strategies import (
     STRATEGIES,
+    describe,
     get_strategy,
     load_strategies_file,
     parse_selector,
@@ -211,8 +214,31 @@ def test_layer_decay_scales_lr_per_stage() -> None:
     phase = type(phase)(**{**phase.to_dict(), "layer_decay": 0.5})
     opt = engine.enter_phase(None, model, smap, phase, make_config({}), 1.0)
     lrs = {g["stage"]: g["lr"] for g in opt.param_groups}
-    assert lrs[smap.head] == pytest.approx(1e-4)
-    assert lrs[smap.head - 2] == pytest.approx(1e-4 * 0.25)
+    assert lrs[smap.head] == pytest.approx(phase.lr)
+    assert lrs[smap.head - 2] == pytest.approx(phase.lr * 0.25)
+
+
+def test_head_lr_mult_gives_the_head_its_own_multiple_on_top_of_layer_decay(tmp_path: Path) -> None:
+    model = tiny("test_resnet")
+    smap = stage_map(model)
+    (tmp_path / "s.yaml").write_text(
+        "fresh-head:\n  phases: [{train: all, lr: 1.0e-4, layer_decay: 0.5, head_lr_mult: 10}]\n"
+    )
+    s = load_strategies_file(str(tmp_path / "s.yaml"))["fresh-head"]
+    assert "head x10" in describe(s)
+    phase = resolve(s, smap.n_stages, 2)[0]
+    assert phase.to_dict()["head_lr_mult"] == 10 and type(phase)(**phase.to_dict()) == phase  # saved and read back
+    opt = engine.enter_phase(None, model, smap, phase, make_config({}), 1.0)
+    lrs = {g["stage"]: g["lr"] for g in opt.param_groups}
+    assert lrs[smap.head] == pytest.approx(1e-3)  # the head: 10x the phase LR
+    assert lrs[smap.head - 1] == pytest.approx(1e-4 * 0.5)  # the body: the phase LR, decayed per stage
+    assert lrs[smap.head - 3] == pytest.approx(1e-4 * 0.125)
+    # The default leaves the saved phase as runs saved it before the field existed (resume compares it).
+    plain = resolve(get_strategy("layer-wise"), smap.n_stages, 2)[1]
+    assert plain.head_lr_mult == 1.0 and "head_lr_mult" not in plain.to_dict()
+    (tmp_path / "bad.yaml").write_text("bad:\n  phases: [{train: all, head_lr_mult: 0}]\n")
+    with pytest.raises(ThawlineError, match="head_lr_mult 0 must be in"):
+        load_strategies_file(str(tmp_path / "bad.yaml"))
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:

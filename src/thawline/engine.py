@@ -235,8 +235,9 @@ def enter_phase(
     training = {id(by_name[n]) for n in selected}
     for g in optimizer.param_groups:
         active = g["stage"] in phase.trainable and any(id(p) in training for p in g["params"])
-        # Layer-wise LR decay: the head gets the phase LR, each stage below it one more factor of decay.
-        g["base_lr"] = phase.lr * lr_scale * phase.layer_decay ** (top - g["stage"]) if active else 0.0
+        # Layer-wise LR decay: the head gets the phase LR (times its own multiple), each stage below it one more
+        # factor of decay.
+        g["base_lr"] = phase.lr * lr_scale * phase.lr_multiplier(g["stage"], top) if active else 0.0
         g["lr"] = g["base_lr"]
     return optimizer
 

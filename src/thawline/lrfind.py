@@ -159,8 +159,8 @@ def lr_find(
     names = trainable_names(setup.model, setup.smap, phase.trainable, phase.kinds)
     groups = engine.stage_groups(setup.model, setup.smap, phase.trainable, config, names)
     optimizer = engine.build_optimizer(config, groups)
-    # Layer-wise LR decay keeps its ratios: each group runs at lr * its multiplier.
-    multipliers = [phase.layer_decay ** (setup.smap.head - g["stage"]) for g in optimizer.param_groups]
+    # Layer-wise LR decay and the head's multiple keep their ratios: each group runs at lr * its multiplier.
+    multipliers = [phase.lr_multiplier(g["stage"], setup.smap.head) for g in optimizer.param_groups]
     source = phase_source(setup, phase, "lr-find", quiet)
     recorder = _Recorder(start_lr, (end_lr / start_lr) ** (1 / (steps - 1)), steps, diverge, beta)
 

@@ -99,6 +99,7 @@ def suggest_strategy(trial: Any, base: Strategy, budget: int) -> Strategy:
                 lr=float(f"{lr:.3g}"),
                 bn=phase.bn,
                 layer_decay=round(decay, 3) if _trains_stages(train) else phase.layer_decay,
+                head_lr_mult=phase.head_lr_mult,
             )
         )
     number = getattr(trial, "number", None)
