@@ -62,6 +62,16 @@ def tiny_config(data: Path, **overrides: Any) -> TrainConfig:
     return make_config({**options, **overrides})
 
 
+def one_error_line(capsys: pytest.CaptureFixture, *fragments: str) -> str:
+    """stderr holds exactly one line, thawline's error, and it names every fragment."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("thawline: error:"), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")

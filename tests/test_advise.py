@@ -24,8 +24,8 @@ from thawline.advise import (
     linear_probe,
     rank_strategies,
     sample_indices,
-    stage_outputs,
 )
+from thawline.models import stage_outputs
 
 
 def direct_evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> tuple[float, float, float, float]:

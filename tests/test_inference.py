@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, tiny_config
+from conftest import make_image_folder, one_error_line, tiny_config
 
 import thawline
 from thawline.checkpoint import load_checkpoint, save_checkpoint
@@ -32,15 +32,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = thawline.train(config, run_dir=root / "run", quiet=True)
     training_predictions = (root / "run" / "predictions.csv").read_text()
     return {"dir": root / "run", "data": data, "summary": result.summary, "train_predictions": training_predictions}
-
-
-def one_line_error(capsys: pytest.CaptureFixture, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("thawline: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 # ---- evaluate ------------------------------------------------------------------------------------------------
@@ -93,15 +84,15 @@ def test_evaluate_on_val_and_on_a_labelled_folder(run: dict, tmp_path: Path, cap
     # A class folder the run never saw is one line naming it.
     (folder / "hexagon").mkdir()
     assert main(["evaluate", str(run["dir"]), "--split", str(folder)]) == 2
-    one_line_error(capsys, "hexagon", "not one of the run's classes")
+    one_error_line(capsys, "hexagon", "not one of the run's classes")
 
 
 def test_bad_run_folders_are_one_line_errors(run: dict, tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
-    one_line_error(capsys, "not found")
+    one_error_line(capsys, "not found")
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty"), str(run["data"])]) == 2
-    one_line_error(capsys, "no best.pt")
+    one_error_line(capsys, "no best.pt")
     # A checkpoint whose config claims another number of classes does not fit its weights.
     state = load_checkpoint(run["dir"] / "best.pt")
     state["config"] = {**state["config"], "classes": ["a", "b", "c", "d"]}
@@ -111,7 +102,7 @@ def test_bad_run_folders_are_one_line_errors(run: dict, tmp_path: Path, capsys) 
     with pytest.raises(ThawlineError, match="does not fit test_efficientnet with 4 classes"):
         load_run(tmp_path / "mismatch")
     assert main(["export", str(tmp_path / "mismatch")]) == 2
-    one_line_error(capsys, "does not fit")
+    one_error_line(capsys, "does not fit")
 
 
 # ---- predict -------------------------------------------------------------------------------------------------
@@ -163,7 +154,7 @@ def test_predict_reports_bad_files_and_predicts_the_rest(run: dict, mixed_folder
     assert f"{missing}" in table and "no such file or folder" in table and "1 failed" in table
 
     assert main(["predict", str(run["dir"]), str(mixed_folder / "truncated.png")]) == 1
-    one_line_error(capsys, "none of the 1 input(s)")
+    one_error_line(capsys, "none of the 1 input(s)")
 
 
 def test_predict_batches_give_the_same_answers(run: dict, mixed_folder: Path) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import one_error_line, tiny_config
 
 import thawline
 from thawline.cli import main
@@ -21,15 +21,6 @@ from thawline.runfolder import LOCK_NAME, RunLock, latest_unfinished, next_run_d
 
 TINY = ["--model", "test_efficientnet", "--weights", "none", "--img-size", "32", "--batch-size", "8",
         "--workers", "1", "--lr", "3e-3", "--quiet"]  # fmt: skip
-
-
-def one_line(capsys: pytest.CaptureFixture, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("thawline: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def epochs_logged(folder: Path) -> list[int]:
@@ -70,11 +61,11 @@ def test_bare_resume_continues_the_latest_unfinished_run(
     assert sorted(p.name for p in runs.iterdir()) == ["done", "newer", "older"]  # no new run folder was started
     capsys.readouterr()
     assert main(["train", "--resume"]) == 2  # nothing left to resume: one line that says how
-    one_line(capsys, "no unfinished run in 'runs/'", "thawline train --resume DIR")
+    one_error_line(capsys, "no unfinished run in 'runs/'", "thawline train --resume DIR")
     assert main(["compare", "--resume"]) == 2
-    one_line(capsys, "no unfinished comparison in 'runs/'")
+    one_error_line(capsys, "no unfinished comparison in 'runs/'")
     assert main(["train", "--resume", str(runs / "older"), "--overwrite"]) == 2
-    one_line(capsys, "--resume continues a run and --overwrite replaces it")
+    one_error_line(capsys, "--resume continues a run and --overwrite replaces it")
 
 
 def test_bare_compare_resume_finishes_the_latest_unfinished_comparison(
@@ -116,7 +107,7 @@ def test_a_second_process_is_kept_out_of_a_run_folder_and_a_killed_holder_leaves
     try:
         argv = ["train", "--data", str(image_folder), *TINY, "--strategy", "head-only", "--epochs", "1"]
         assert main([*argv, "--out", str(folder)]) == 2
-        one_line(capsys, f"'{folder}' is in use by another thawline process (pid {holder.pid})", "another --out")
+        one_error_line(capsys, f"'{folder}' is in use by another thawline process (pid {holder.pid})", "another --out")
         assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]  # nothing written beside the lock
         with pytest.raises(ThawlineError, match="in use by another thawline process"):
             thawline.compare(tiny_config(image_folder, epochs=1), ["head-only"], out=folder, quiet=True)
@@ -150,7 +141,7 @@ def test_overwrite_replaces_a_run_and_refuses_a_folder_that_holds_no_run(
     assert main([*argv, "--strategy", "full", "--epochs", "2"]) == 0
     (folder / "notes.txt").write_text("the old run's")
     assert main([*argv, "--strategy", "head-only", "--epochs", "1"]) == 2
-    one_line(capsys, "holds a run", "--overwrite to replace it")
+    one_error_line(capsys, "holds a run", "--overwrite to replace it")
     assert epochs_logged(folder) == [1, 2]  # refused: untouched
 
     assert main([*argv, "--strategy", "head-only", "--epochs", "1", "--overwrite"]) == 0
@@ -162,7 +153,7 @@ def test_overwrite_replaces_a_run_and_refuses_a_folder_that_holds_no_run(
     other.mkdir()
     (other / "holiday.jpg").write_bytes(b"not a run")
     assert main([*argv[:-1], str(other), "--strategy", "head-only", "--epochs", "1", "--overwrite"]) == 2
-    one_line(capsys, f"'{other}' holds files but no thawline run", "new --out")
+    one_error_line(capsys, f"'{other}' holds files but no thawline run", "new --out")
     assert (other / "holiday.jpg").read_bytes() == b"not a run"
 
 

@@ -4,6 +4,7 @@ eligibility for partly trained stages, and exact kill/resume for bitfit and lp-f
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from thawline.cli import main
 from thawline.comparison import DEFAULT_STRATEGIES
 from thawline.config import make_config
 from thawline.errors import ThawlineError
-from thawline.models import apply_freezing, stage_map
+from thawline.models import StageMap, apply_freezing, split_at, stage_map
+from thawline.multidepth import MultiDepthHead, install_multidepth_head
 from thawline.strategies import (
     LITERATURE,
     STRATEGIES,
@@ -38,13 +40,21 @@ from thawline.strategies import (
 )
 
 MODELS = ["test_efficientnet", "test_resnet"]
-NEW = ["lp-ft", "surgical-first", "surgical-middle", "bitfit", "norm-only", "llrd"]
+NEW = ["lp-ft", "surgical-first", "surgical-middle", "bitfit", "norm-only", "llrd", "head2toe"]
 NORM_TYPES = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)  # what the tiny models hold, found here independently
 
 
 def tiny(name: str) -> nn.Module:
     torch.manual_seed(0)
     return timm.create_model(name, num_classes=3)
+
+
+def tiny_for(name: str, strategy: str) -> tuple[nn.Module, StageMap]:
+    """The tiny model with the head the strategy trains (head2toe: the multi-depth head), and its stage map."""
+    model = tiny(name)
+    if get_strategy(strategy).head == "multi-depth":
+        return model, install_multidepth_head(model, stage_map(model), 32)
+    return model, stage_map(model)
 
 
 def biases(model: nn.Module) -> set[str]:
@@ -80,6 +90,7 @@ def expected_trainable(strategy: str, model: nn.Module, smap) -> list[set[str]]:
         "bitfit": [biases(model) | head],
         "norm-only": [norm_params(model) | head],
         "llrd": [everything],
+        "head2toe": [head],
     }[strategy]
 
 
@@ -89,8 +100,7 @@ def expected_trainable(strategy: str, model: nn.Module, smap) -> list[set[str]]:
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("strategy", NEW)
 def test_requires_grad_per_phase(name: str, strategy: str) -> None:
-    model = tiny(name)
-    smap = stage_map(model)
+    model, smap = tiny_for(name, strategy)
     phases = resolve(get_strategy(strategy), smap.n_stages, budget=len(LITERATURE[strategy].phases))
     expected = expected_trainable(strategy, model, smap)
     assert len(phases) == len(expected)
@@ -143,8 +153,7 @@ def group_members(opt: torch.optim.Optimizer, active_only: bool = False) -> list
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("strategy", NEW)
 def test_optimizer_groups_hold_exactly_the_trainable_parameters(name: str, strategy: str) -> None:
-    model = tiny(name)
-    smap = stage_map(model)
+    model, smap = tiny_for(name, strategy)
     config = make_config({"optimizer": "adamw", "weight_decay": 0.05})
     phases = resolve(get_strategy(strategy), smap.n_stages, budget=len(LITERATURE[strategy].phases))
     opt = None
@@ -337,7 +346,7 @@ def test_literature_strategies_are_selectable_but_not_compared_by_default(capsys
     assert set(NEW) == set(LITERATURE) and not set(NEW) & set(STRATEGIES)
     assert tuple(DEFAULT_STRATEGIES) == tuple(STRATEGIES) and len(DEFAULT_STRATEGIES) == 7
     assert all(get_strategy(name) is LITERATURE[name] and LITERATURE[name].reference for name in NEW)
-    assert "head2toe" not in LITERATURE
+    assert LITERATURE["head2toe"].head == "multi-depth" and "Evci et al." in LITERATURE["head2toe"].reference
     assert main(["strategies"]) == 0
     out = capsys.readouterr().out
     assert "all@bias x1 @ lr 0.001" in out and "all x1 @ lr 0.0005, decay 0.7" in out
@@ -366,6 +375,12 @@ def train_capturing_start(cfg, run: Path, monkeypatch: pytest.MonkeyPatch, strat
     monkeypatch.setattr(trainer, "setup_run", setup_run)
     result = thawline.train(cfg, run_dir=run, quiet=True, strategy=strategy)
     return result, start
+
+
+def yaml_config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
 
 
 def moved(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor]) -> set[str]:
@@ -505,3 +520,63 @@ def test_crash_and_resume_is_bit_exact(
     names = [n for g in groups for n in g["names"]]
     assert sorted(names) == sorted(load_checkpoint(out / "last.pt")["model"].keys() & set(names))
     assert len(names) == len(set(names)) == len(list(tiny("test_efficientnet").parameters()))
+
+
+# ---- head2toe: a linear head over every depth ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_multi_depth_head_reads_every_stage_and_its_cached_prefix_gives_the_full_models_logits(name: str) -> None:
+    model = tiny(name)
+    plain_map = stage_map(model)
+    last_width = model.get_classifier().in_features
+    smap = install_multidepth_head(model, plain_map, 32)
+    head = model.get_classifier()
+    assert isinstance(head, MultiDepthHead) and smap.names == plain_map.names  # same stages, another head
+    fc_ids = {id(q) for q in head.fc.parameters()}
+    assert set(smap.params[smap.head]) == {n for n, p in model.named_parameters() if id(p) in fc_ids}
+    assert len(head.dims) == smap.n_stages - 1 and head.in_features == last_width  # every stage but the last, + input
+    assert head.fc.in_features == sum(head.dims) + last_width
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    split = split_at(model, smap, smap.head)
+    assert split is not None
+    with torch.no_grad():
+        logits = model(x)
+        cached = split.prefix(x)  # what the feature cache stores: the gathered multi-depth vector
+        assert cached.shape == (4, head.fc.in_features)
+        assert torch.allclose(split.suffix(cached), logits, atol=1e-6)
+        # each depth enters standardised: a stage's slice has mean ~0 and variance ~1 per image
+        first = cached[:, : head.dims[0]]
+        assert torch.allclose(first.mean(1), torch.zeros(4), atol=1e-4)
+
+
+def test_head2toe_trains_only_its_head_on_cached_features_and_predicts_from_the_run_folder(
+    small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thawline.inference import load_run
+
+    cfg = tiny_config(small_data, strategy="head2toe", epochs=2)
+    result, start = train_capturing_start(cfg, tmp_path / "run", monkeypatch, get_strategy("head2toe"))
+    assert all(r["feature_cache"] for r in result.metrics)
+    end = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert moved(start, end) == {"classifier.fc.weight", "classifier.fc.bias"}  # the body, BN statistics too, stay
+    saved = yaml_config(tmp_path / "run")
+    assert saved["strategy_head"] == "multi-depth"
+    model, cfg_back = load_run(tmp_path / "run", "best")  # rebuilt with the same head from the run folder alone
+    assert isinstance(model.get_classifier(), MultiDepthHead) and cfg_back["strategy_head"] == "multi-depth"
+    assert main(["evaluate", str(tmp_path / "run")]) == 0  # the best checkpoint on test, as the run measured it
+    evaluation = json.loads((tmp_path / "run" / "evaluation_test.json").read_text())
+    assert evaluation["accuracy"] == pytest.approx(result.summary["test_acc"], abs=1e-6)
+    assert evaluation["loss"] == pytest.approx(result.summary["test_loss"], abs=1e-4)
+    assert main(["export", str(tmp_path / "run")]) == 0  # ONNX, checked against PyTorch by onnxruntime
+    assert (tmp_path / "run" / "model.onnx").is_file()
+
+
+def test_head2toe_resumes_bit_exact(small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(small_data, strategy="head2toe", epochs=4)
+    thawline.train(cfg, run_dir=tmp_path / "straight", quiet=True)
+    paused = thawline.train(cfg, run_dir=tmp_path / "paused", quiet=True, stop_after_epoch=1)
+    assert paused.summary is None
+    thawline.train(cfg, run_dir=tmp_path / "paused", resume=True, quiet=True)
+    assert_same_run(tmp_path / "straight", tmp_path / "paused")

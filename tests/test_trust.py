@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder, tiny_config
+from conftest import make_image_folder, one_error_line, tiny_config
 
 import thawline
 from thawline import cli, comparison, export, trainer
@@ -26,15 +26,6 @@ TINY_ARGS = ["--model", "test_efficientnet", "--weights", "none", "--img-size", 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def error_line(capsys: pytest.CaptureFixture, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("thawline: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,19 +73,19 @@ def test_train_resume_run_dir_continues_with_its_saved_config(
 
     # Flags that change what the run is are refused unless they equal the saved value; so are --config and --out.
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
-    error_line(capsys, "--epochs 3", "2", str(run))
+    one_error_line(capsys, "--epochs 3", "2", str(run))
     assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
-    error_line(capsys, "--lr 0.1", "0.003")
+    one_error_line(capsys, "--lr 0.1", "0.003")
     assert main(["train", "--resume", str(run), "--strategy", "full"]) == 2
-    error_line(capsys, "--strategy full", "layer-wise")
+    one_error_line(capsys, "--strategy full", "layer-wise")
     assert main(["train", "--resume", str(run), "--no-hflip"]) == 2
-    error_line(capsys, "--no-hflip")
+    one_error_line(capsys, "--no-hflip")
     assert main(["train", "--resume", str(run), "--out", str(tmp_path / "other")]) == 2
-    error_line(capsys, "--out")
+    one_error_line(capsys, "--out")
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
-    error_line(capsys, "no config.yaml")
+    one_error_line(capsys, "no config.yaml")
     assert main(["train", "--data", str(image_folder), *TINY_ARGS, "--resume"]) == 2  # bare, and no --out
-    error_line(capsys, "--resume DIR")
+    one_error_line(capsys, "--resume DIR")
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1], "a refused resume changed the run"
 
     # The run's own options (nothing else given), an equal --epochs and a place option (--workers) continue it.
@@ -129,9 +120,9 @@ def test_compare_resume_dir_continues_from_compare_yaml(
     stamp = (out / "head-only" / "summary.json").stat().st_mtime_ns
 
     assert main(["compare", "--resume", str(out), "--strategies", "full"]) == 2
-    error_line(capsys, "--strategies full", "head-only,full")
+    one_error_line(capsys, "--strategies full", "head-only,full")
     assert main(["compare", "--resume", str(out), "--epochs", "2"]) == 2
-    error_line(capsys, "--epochs 2")
+    one_error_line(capsys, "--epochs 2")
     assert main(["compare", "--resume", str(out), "--quiet"]) == 0
     assert (out / "head-only" / "summary.json").stat().st_mtime_ns == stamp, "a finished strategy was rerun"
     assert [r["epoch"] for r in read_jsonl(out / "full" / "metrics.jsonl")] == [1]
@@ -181,7 +172,7 @@ def test_fresh_train_into_a_folder_holding_a_run_is_refused(
         argv = ["train", "--data", str(image_folder), *TINY_ARGS, "--strategy", "head-only", "--epochs", "1"]
         argv += ["--out", str(run)]
         assert main(argv) == 2
-        error_line(capsys, str(run), "holds a run", "--resume", "new --out")
+        one_error_line(capsys, str(run), "holds a run", "--resume", "new --out")
         assert (run / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
         assert sorted(p.name for p in run.iterdir()) == sorted([held, "metrics.jsonl"])
     # compare into a folder with a finished strategy, without --resume: the same refusal
@@ -274,13 +265,13 @@ def test_failed_export_check_leaves_the_earlier_export(
     capsys.readouterr()
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # every parity check fails
     assert main(["export", str(run), "--dynamic-batch"]) == 2
-    error_line(capsys, "differs from PyTorch", "unchanged")
+    one_error_line(capsys, "differs from PyTorch", "unchanged")
     assert (run / "model.onnx").read_bytes() == onnx_bytes
     assert (run / "preprocessing.json").read_text() == prep_text
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     target = tmp_path / "deploy" / "clf.onnx"
     assert main(["export", str(run), "--out", str(target)]) == 2
-    error_line(capsys, "not written")
+    one_error_line(capsys, "not written")
     assert not target.exists() and not (target.parent / "preprocessing.json").exists()
 
 

@@ -67,9 +67,7 @@ from thawline.logme import logme, thin_svd
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-    from thawline.models import StageMap
     from thawline.prepare import PreparedData, RunSetup, SplitData
 
 ADVICE_JSON = "advise.json"
@@ -542,72 +540,6 @@ def sample_prepared(
 # ---- the backbone pass: pooled features after every stage ------------------------------------------------------
 
 
-def _pool(out: Any) -> torch.Tensor:
-    """Global average pool of a stage output: NCHW over H, W; tokens (B, N, C) over N; (B, C) as is."""
-    import torch
-
-    if isinstance(out, (tuple, list)):
-        out = next(o for o in out if isinstance(o, torch.Tensor))
-    if out.ndim == 4:
-        return out.float().mean(dim=(2, 3))
-    if out.ndim == 3:
-        return out.float().mean(dim=1)
-    return out.float().flatten(1)
-
-
-def stage_outputs(model: nn.Module, smap: StageMap, example: torch.Tensor) -> list[str] | None:
-    """For each body stage, the name of the module whose output is that stage's output, or None if not found.
-
-    Candidates are the largest modules whose parameters all lie in one stage, plus parameter-free children of
-    mixed modules (an activation or pooling between stages, which belongs to the stage that ran before it). A
-    dry run orders them; the last to finish in each stage gives its output."""
-    import torch
-
-    stage_of = smap.stage_of()
-    stages_in: dict[str, set[int]] = {}
-    for name, module in model.named_modules():
-        found = set()
-        for pname, _ in module.named_parameters():
-            full = f"{name}.{pname}" if name else pname
-            if full in stage_of:
-                found.add(stage_of[full])
-        stages_in[name] = found
-    candidates: list[str] = []
-    for name, _ in model.named_modules():
-        parent = name.rsplit(".", 1)[0] if "." in name else ""
-        if not name:
-            continue
-        own, up = stages_in[name], stages_in[parent]
-        if (len(own) == 1 and len(up) > 1) or (not own and len(up) > 1):
-            candidates.append(name)
-    modules = dict(model.named_modules())
-    finished: list[str] = []
-    handles = [modules[n].register_forward_hook(lambda *_, n=n: finished.append(n)) for n in candidates]
-    try:
-        from thawline.models import eval_mode
-
-        with eval_mode(model), torch.inference_mode():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    last: dict[int, tuple[int, str]] = {}
-    current: int | None = None
-    for order, name in enumerate(finished):
-        own = stages_in[name]
-        stage = next(iter(own)) if own else current
-        if stage is None or stage == smap.head:
-            continue
-        current = stage
-        last[stage] = (order, name)
-    if sorted(last) != list(range(smap.n_stages)):
-        return None
-    orders = [last[s][0] for s in range(smap.n_stages)]
-    if orders != sorted(orders):
-        return None
-    return [last[s][1] for s in range(smap.n_stages)]
-
-
 def collect_features(
     setup: RunSetup, split: SplitData, names: list[str], quiet: bool
 ) -> tuple[list[np.ndarray], np.ndarray]:
@@ -617,6 +549,7 @@ def collect_features(
     from tqdm import tqdm
 
     from thawline.cache import FeatureCache, state_fingerprint
+    from thawline.models import pool_output
 
     model = setup.model
     modules = dict(model.named_modules())
@@ -632,9 +565,10 @@ def collect_features(
             rows[flip] = rows[flip].flip(2)
         captured.clear()
         hooks = [
-            modules[n].register_forward_hook(lambda _m, _i, out, n=n: captured.update({n: _pool(out)})) for n in names
+            modules[n].register_forward_hook(lambda _m, _i, out, n=n: captured.update({n: pool_output(out)}))
+            for n in names
         ]
-        hooks.append(classifier.register_forward_pre_hook(lambda _m, inp: captured.update({"": _pool(inp[0])})))
+        hooks.append(classifier.register_forward_pre_hook(lambda _m, inp: captured.update({"": pool_output(inp[0])})))
         try:
             from thawline.models import eval_mode
 
@@ -754,20 +688,16 @@ def advise(
     docstring); writes advise.json, advise_probes.png and advise.html into `out` (default: config.out, else
     runs/advise-N). `data`: what `prepare_data(config)` returned, when the caller has it (compare), so no image
     is discovered or decoded again. Prints the signals, ranking and reasons unless `quiet`."""
-    import torch
-
     from thawline.prepare import setup_run
-    from thawline.runfolder import make_writable_folder, next_run_dir
+    from thawline.runfolder import RUNS_PARENT, make_writable_folder, next_run_dir
     from thawline.strategies import get_strategy
 
     if max_train < 2 or max_val < 1:
         raise ThawlineError("advise needs at least 2 train and 1 val images in its sample")
     t0 = time.perf_counter()
-    if data is None:
-        data, totals, per_class = sample_data(config, max_train, max_val, quiet)
-    else:  # prepared by the caller (compare): sampled from its decode-once cache
-        data, totals, per_class = sample_prepared(data, max_train, max_val, config.seed)
-    out_dir = Path(out or config.out or next_run_dir(Path("runs"), "advise"))
+    sampled = sample_prepared(data, max_train, max_val, config.seed) if data is not None else None  # from compare
+    data, totals, per_class = sampled or sample_data(config, max_train, max_val, quiet)
+    out_dir = Path(out or config.out or next_run_dir(RUNS_PARENT, "advise"))
     make_writable_folder(out_dir)
     t_data = time.perf_counter()
     setup = setup_run(config, get_strategy("head-only"), data)  # pretrained weights, training's normalisation
@@ -776,16 +706,9 @@ def advise(
     feats_tr, pre_tr = collect_features(setup, train, names, quiet)
     feats_va, pre_va = collect_features(setup, val, names, quiet)
     t_feat = time.perf_counter()
-    ytr, yva = train.labels, val.labels
-    n_classes = len(data.classes)
-    fits = [linear_probe(a, ytr, b, yva, n_classes) for a, b in zip(feats_tr, feats_va, strict=True)]
-    knn = [knn_accuracy(a, ytr, b, yva) for a, b in zip(feats_tr, feats_va, strict=True)]
-    lm = [logme(a, ytr) for a in feats_tr]
-    head = None
-    classifier = setup.model.get_classifier()
-    if isinstance(classifier, torch.nn.Linear) and classifier.in_features == pre_tr.shape[1]:
-        same = pre_tr.shape == feats_tr[-1].shape and np.allclose(pre_tr, feats_tr[-1], rtol=1e-4, atol=1e-5)
-        head = fits[-1] if same else linear_probe(pre_tr, ytr, pre_va, yva, n_classes)
+    ytr, yva, n_classes = train.labels, val.labels, len(data.classes)
+    fits, knn, lm = _depth_probes(feats_tr, ytr, feats_va, yva, n_classes)
+    head = _head_probe(setup, fits[-1], feats_tr[-1], pre_tr, ytr, pre_va, yva, n_classes)
     t_probe = time.perf_counter()
     rgn = gradient_profile(setup, train, head, grad_batches) if grad_batches > 0 else []
     t_grad = time.perf_counter()
@@ -805,18 +728,11 @@ def advise(
     )
     ranking, rec, reasons = rank_strategies(sig)
     if head is None:
-        reasons.append(
-            "the gradient profile used a random head (the classifier is not a linear layer on pooled features)"
-        )
+        reasons.append(RANDOM_HEAD)
     rec["command"] = _commands(config, ranking, rec)
     doc = {
         "format": FORMAT,
-        "model": config.model,
-        "weights": config.weights,
-        "weights_source": setup.weights_info.get("source"),
-        "data": str(config.data),
-        "img_size": data.img_size,
-        "classes": data.classes,
+        **_run_facts(config, setup, data),
         "num_train": totals["train"],
         "num_val": totals["val"],
         "sampled": {"train": len(train), "val": len(val)},
@@ -830,19 +746,48 @@ def advise(
         "figure": FIGURE,
     }
     _plot(sig, rec, config, out_dir / FIGURE)
-    t_end = time.perf_counter()
-    doc["seconds"] = {
-        "data": round(t_data - t0, 2),
-        "features": round(t_feat - t_data, 2),
-        "probes": round(t_probe - t_feat, 2),
-        "gradients": round(t_grad - t_probe, 2),
-        "total": round(t_end - t0, 2),
-    }
+    marks = (t0, t_data, t_feat, t_probe, t_grad)
+    doc["seconds"] = {k: round(b - a, 2) for k, a, b in zip(SECTIONS, marks, marks[1:], strict=False)}
+    doc["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(out_dir / ADVICE_JSON, json.dumps(doc, indent=2) + "\n")
     atomic_write_text(out_dir / ADVICE_HTML, advice_page(doc))
     if not quiet:
         print(format_advice(doc), flush=True)
     return Advice(out_dir, doc)
+
+
+RANDOM_HEAD = "the gradient profile used a random head (the classifier is not a linear layer on pooled features)"
+
+
+def _run_facts(config: TrainConfig, setup: RunSetup, data: PreparedData) -> dict[str, Any]:
+    """What advise.json records of the model and data it probed."""
+    return {"model": config.model, "weights": config.weights, "weights_source": setup.weights_info.get("source"),
+            "data": str(config.data), "img_size": data.img_size, "classes": data.classes}  # fmt: skip
+
+
+SECTIONS = ("data", "features", "probes", "gradients")  # advise.json's "seconds", each from one mark to the next
+
+
+def _depth_probes(
+    feats_tr: list[np.ndarray], ytr: np.ndarray, feats_va: list[np.ndarray], yva: np.ndarray, n_classes: int
+) -> tuple[list[ProbeFit], list[float], list[float]]:
+    """Per depth: the linear probe's fit, k-NN's val accuracy and LogME on train."""
+    fits = [linear_probe(a, ytr, b, yva, n_classes) for a, b in zip(feats_tr, feats_va, strict=True)]
+    knn = [knn_accuracy(a, ytr, b, yva) for a, b in zip(feats_tr, feats_va, strict=True)]
+    return fits, knn, [logme(a, ytr) for a in feats_tr]
+
+
+def _head_probe(setup: RunSetup, top_fit: ProbeFit, top_tr: np.ndarray, pre_tr: np.ndarray, ytr: np.ndarray,
+                pre_va: np.ndarray, yva: np.ndarray, n_classes: int) -> ProbeFit | None:  # fmt: skip
+    """The probe to put in the classifier's place for the gradient profile: the last stage's when the classifier
+    reads exactly those features, else one fitted on its input; None when the classifier is no linear layer."""
+    import torch
+
+    classifier = setup.model.get_classifier()
+    if not isinstance(classifier, torch.nn.Linear) or classifier.in_features != pre_tr.shape[1]:
+        return None
+    same = pre_tr.shape == top_tr.shape and np.allclose(pre_tr, top_tr, rtol=1e-4, atol=1e-5)
+    return top_fit if same else linear_probe(pre_tr, ytr, pre_va, yva, n_classes)
 
 
 def _stage_names(setup: RunSetup, config: TrainConfig) -> list[str]:
@@ -851,6 +796,8 @@ def _stage_names(setup: RunSetup, config: TrainConfig) -> list[str]:
 
     train = setup.data.splits["train"]
     example = setup.normalize(torch.from_numpy(train.cache.store.read(train.rows[:2]))).to(setup.device)
+    from thawline.models import stage_outputs
+
     names = stage_outputs(setup.model, setup.smap, example)
     if names is None:
         raise ThawlineError(

@@ -219,7 +219,7 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 # (phases, stages, classes, input settings, counts, ...). `make_config` ignores exactly these, so a run's
 # config.yaml is itself a --config file that reruns the run.
 DERIVED_KEYS = (
-    "strategy_init", "phases", "stages", "classes", "interpolation", "mean", "std", "weights_source",
+    "strategy_init", "strategy_head", "phases", "stages", "classes", "interpolation", "mean", "std", "weights_source",
     "weights_sha256", "num_train", "num_val", "num_test", "lr_auto", "world_size", "class_weight_values",
 )  # fmt: skip
 

@@ -81,6 +81,11 @@ def load_run(
     model = timm.create_model(
         cfg["model"], pretrained=False, num_classes=len(classes), drop_rate=float(cfg.get("drop_rate") or 0.0)
     )
+    if cfg.get("strategy_head", "linear") == "multi-depth":  # head2toe: the head over every stage, as trained
+        from thawline.models import stage_map
+        from thawline.multidepth import install_multidepth_head
+
+        install_multidepth_head(model, stage_map(model), int(cfg.get("img_size") or 224))
     weights = state.get("model")
     if not isinstance(weights, dict):
         raise ThawlineError(f"'{path}' holds no model weights")

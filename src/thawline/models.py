@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from timm.models import group_parameters
@@ -188,10 +189,19 @@ def split_at(model: nn.Module, smap: StageMap, first_trainable: int) -> Split | 
     if first_trainable == smap.head:
         if head_only_classifier:
             drop = float(getattr(model, "drop_rate", 0.0) or 0.0)
+            classifier = model.get_classifier()
+            gather = getattr(classifier, "gather", None)  # a multi-depth head: its frozen part joins the prefix
+            if gather is not None:
+                return Split(
+                    first_trainable,
+                    prefix=lambda x: gather(model.forward_head(model.forward_features(x), pre_logits=True)),
+                    suffix=classifier.fc,
+                    dropout=drop,
+                )
             return Split(
                 first_trainable,
                 prefix=lambda x: model.forward_head(model.forward_features(x), pre_logits=True),
-                suffix=model.get_classifier(),
+                suffix=classifier,
                 dropout=drop,
             )
         return Split(first_trainable, prefix=model.forward_features, suffix=model.forward_head)
@@ -244,3 +254,66 @@ def stage_drift(model: nn.Module, initial: dict[str, torch.Tensor], smap: StageM
         den = sum(float(initial[n].cpu().double().pow(2).sum()) for n in names)
         drift[name] = round((num / den) ** 0.5, 6) if den > 0 else 0.0
     return drift
+
+
+# ---- where each stage ends: its output module, pooled ------------------------------------------------------------
+
+
+def pool_output(out: Any) -> torch.Tensor:
+    """Global average pool of a stage output: NCHW over H, W; tokens (B, N, C) over N; (B, C) as is."""
+    if isinstance(out, (tuple, list)):
+        out = next(o for o in out if isinstance(o, torch.Tensor))
+    if out.ndim == 4:
+        return out.float().mean(dim=(2, 3))
+    if out.ndim == 3:
+        return out.float().mean(dim=1)
+    return out.float().flatten(1)
+
+
+def stage_outputs(model: nn.Module, smap: StageMap, example: torch.Tensor) -> list[str] | None:
+    """For each body stage, the name of the module whose output is that stage's output, or None if not found.
+
+    Candidates are the largest modules whose parameters all lie in one stage, plus parameter-free children of
+    mixed modules (an activation or pooling between stages, which belongs to the stage that ran before it). A
+    dry run orders them; the last to finish in each stage gives its output."""
+    stage_of = smap.stage_of()
+    stages_in: dict[str, set[int]] = {}
+    for name, module in model.named_modules():
+        found = set()
+        for pname, _ in module.named_parameters():
+            full = f"{name}.{pname}" if name else pname
+            if full in stage_of:
+                found.add(stage_of[full])
+        stages_in[name] = found
+    candidates: list[str] = []
+    for name, _ in model.named_modules():
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        if not name:
+            continue
+        own, up = stages_in[name], stages_in[parent]
+        if (len(own) == 1 and len(up) > 1) or (not own and len(up) > 1):
+            candidates.append(name)
+    modules = dict(model.named_modules())
+    finished: list[str] = []
+    handles = [modules[n].register_forward_hook(lambda *_, n=n: finished.append(n)) for n in candidates]
+    try:
+        with eval_mode(model), torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    last: dict[int, tuple[int, str]] = {}
+    current: int | None = None
+    for order, name in enumerate(finished):
+        own = stages_in[name]
+        stage = next(iter(own)) if own else current
+        if stage is None or stage == smap.head:
+            continue
+        current = stage
+        last[stage] = (order, name)
+    if sorted(last) != list(range(smap.n_stages)):
+        return None
+    orders = [last[s][0] for s in range(smap.n_stages)]
+    if orders != sorted(orders):
+        return None
+    return [last[s][1] for s in range(smap.n_stages)]

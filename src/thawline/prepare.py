@@ -25,6 +25,7 @@ from thawline.data import Discovered, Normalize, discover
 from thawline.depthwise import use_fast_depthwise
 from thawline.errors import ThawlineError
 from thawline.models import StageMap, stage_map
+from thawline.multidepth import install_multidepth_head
 from thawline.strategies import ResolvedPhase, Strategy, resolve
 from thawline.weights import build_model_with_info
 
@@ -162,18 +163,28 @@ def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
 
 
 def build_run_model(
-    config: TrainConfig, weights: str, n_classes: int, device: torch.device, channels_last: bool
+    config: TrainConfig,
+    weights: str,
+    n_classes: int,
+    device: torch.device,
+    channels_last: bool,
+    head: str = "linear",
+    img_size: int = 224,
 ) -> tuple[nn.Module, dict[str, Any], StageMap]:
-    """The model a run trains: seeded head init (independent of what ran before), BN momentum, device, layout."""
+    """The model a run trains: seeded head init (independent of what ran before), BN momentum, device, layout;
+    `head` "multi-depth" puts a head over every stage's pooled features in the classifier's place (head2toe)."""
     seed_everything(config.seed)
     model, weights_info = build_model_with_info(config.model, weights, n_classes, config.drop_rate)
     set_bn_momentum(model, config.bn_momentum)
     model.to(device)
+    smap = stage_map(model)
+    if head == "multi-depth":
+        smap = install_multidepth_head(model, smap, img_size)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cpu":
         use_fast_depthwise(model)  # oneDNN's depthwise weight gradient is slow on the last stages' small maps
-    return model, weights_info, stage_map(model)
+    return model, weights_info, smap
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -232,6 +243,7 @@ class RunSetup:
             **self.config.to_dict(),
             "strategy": strategy.name,
             "strategy_init": strategy.init,
+            **({"strategy_head": strategy.head} if strategy.head != "linear" else {}),  # inference builds it again
             "phases": [p.to_dict() for p in self.phases],
             "stages": list(self.smap.names),
             "classes": data.classes,
@@ -260,7 +272,9 @@ def setup_run(config: TrainConfig, strategy: Strategy, data: PreparedData) -> Ru
     # channels_last: 1.7x faster lite0 training on this AVX2 CPU (9 -> 15 img/s at 224) and faster on CUDA
     channels_last = config.channels_last if config.channels_last is not None else True
     weights = "none" if strategy.init == "random" else config.weights
-    model, weights_info, smap = build_run_model(config, weights, len(data.classes), device, channels_last)
+    model, weights_info, smap = build_run_model(
+        config, weights, len(data.classes), device, channels_last, strategy.head, data.img_size
+    )
     _, _, mean, std = data_settings(model, config)
     # The same loss for training and the LR range test (class weights included).
     weight = class_weights(data.splits["train"].labels, len(data.classes)) if config.class_weights == "auto" else None

@@ -38,6 +38,7 @@ from thawline.errors import ThawlineError, close_matches
 
 BN_POLICIES = ("frozen", "train", "eval")
 INITS = ("pretrained", "random")
+HEADS = ("linear", "multi-depth")  # the classifier a strategy trains (thawline.multidepth builds the second)
 KINDS = ("bias", "norm")  # parameter kinds a selector can restrict its body stages to (`all@bias`)
 SELECTORS = "head, all, last:K, first:K, stages:A-B, middle, after:F (e.g. after:2/3), gradual"
 
@@ -68,6 +69,7 @@ class Strategy:
     description: str = ""
     init: str = "pretrained"  # "random" ignores the weights source: the from-scratch baseline
     reference: str = ""  # the paper the recipe comes from, shown by `thawline strategies`
+    head: str = "linear"  # "multi-depth": a linear head over every stage's pooled features (thawline.multidepth)
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,15 @@ LITERATURE: dict[str, Strategy] = {
             "Transfer Learning (PETL) in Visual Recognition, 2024",
         ),
         Strategy(
+            "head2toe",
+            # A probe over every depth: the body frozen, so the head trains on cached features (head-steps apply).
+            (Phase("head", 1, 1e-3),),
+            "a linear head over features pooled from every stage (body frozen)",
+            reference="Evci et al., Head2Toe: Utilizing Intermediate Representations for Better Transfer Learning, "
+            "ICML 2022",
+            head="multi-depth",
+        ),
+        Strategy(
             "llrd",
             (Phase("all", 1, 5e-4, layer_decay=0.7),),
             "every layer, the LR x0.7 per stage down from the head (layer-wise LR decay)",
@@ -228,16 +239,20 @@ def strategy_from_dict(name: str, data: Any, source: str = "strategy") -> Strate
             ) from None
         validate_phase(phase, f"{source} '{name}' phase {i + 1}")
         phases.append(phase)
-    unknown_top = set(data) - {"phases", "description", "init", "reference"}
+    unknown_top = set(data) - {"phases", "description", "init", "reference", "head"}
     if unknown_top:
         raise ThawlineError(
-            f"{source} '{name}': unknown field '{sorted(unknown_top)[0]}' (use phases, description, init, reference)"
+            f"{source} '{name}': unknown field '{sorted(unknown_top)[0]}' (use phases, description, init, reference, "
+            "head)"
         )
     init = str(data.get("init", "pretrained"))
     if init not in INITS:
         raise ThawlineError(f"{source} '{name}': init '{init}' must be one of {', '.join(INITS)}")
+    head = str(data.get("head", "linear"))
+    if head not in HEADS:
+        raise ThawlineError(f"{source} '{name}': head '{head}' must be one of {', '.join(HEADS)}")
     reference = str(data.get("reference", ""))
-    return Strategy(name, tuple(phases), str(data.get("description", "user-defined")), init, reference)
+    return Strategy(name, tuple(phases), str(data.get("description", "user-defined")), init, reference, head)
 
 
 def validate_phase(phase: Phase, where: str) -> None:
@@ -445,7 +460,8 @@ def describe(strategy: Strategy) -> str:
         for p in strategy.phases
     ]
     init = " [random init]" if strategy.init == "random" else ""
-    return " -> ".join(parts) + init
+    head = f" [{strategy.head} head]" if strategy.head != "linear" else ""
+    return " -> ".join(parts) + init + head
 
 
 def all_strategies(strategies_file: str | None = None) -> dict[str, Strategy]:

@@ -103,7 +103,8 @@ def suggest_strategy(trial: Any, base: Strategy, budget: int) -> Strategy:
             )
         )
     number = getattr(trial, "number", None)
-    return Strategy(base.name, tuple(tuned), f"{base.name} tuned by thawline sweep (trial {number})", base.init)
+    description = f"{base.name} tuned by thawline sweep (trial {number})"
+    return Strategy(base.name, tuple(tuned), description, base.init, head=base.head)
 
 
 def strategy_to_dict(strategy: Strategy) -> dict[str, Any]:
@@ -111,6 +112,7 @@ def strategy_to_dict(strategy: Strategy) -> dict[str, Any]:
     return {
         "description": strategy.description,
         "init": strategy.init,
+        "head": strategy.head,
         "phases": [asdict(p) for p in strategy.phases],
     }
 
