@@ -557,6 +557,8 @@ def test_head2toe_trains_only_its_head_on_cached_features_and_predicts_from_the_
     from thawline.inference import load_run
 
     cfg = tiny_config(small_data, strategy="head2toe", epochs=2)
+    # head-only first, on the same cache: its cached prefix outputs (the pooled last features) are not head2toe's
+    thawline.train(thawline.config.replace(cfg, strategy="head-only"), run_dir=tmp_path / "head-only", quiet=True)
     result, start = train_capturing_start(cfg, tmp_path / "run", monkeypatch, get_strategy("head2toe"))
     assert all(r["feature_cache"] for r in result.metrics)
     end = load_checkpoint(tmp_path / "run" / "last.pt")["model"]

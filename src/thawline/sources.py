@@ -200,6 +200,7 @@ def features(
         [
             config.model.replace("/", "_"),
             f"s{split.first_trainable}",
+            *([f"h-{setup.strategy.head}"] if setup.strategy.head != "linear" else []),  # another prefix output
             f"v{views}",
             data.cache.key,
             state_fingerprint(state),
