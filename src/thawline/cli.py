@@ -159,21 +159,19 @@ def _resumed_compare(args: argparse.Namespace):
 def _needs_folder(args: argparse.Namespace, out: str | None) -> None:
     if args.resume is True and not out:
         raise ThawlineError(f"--resume needs the folder: {args.command} --resume DIR (or --resume --out DIR)")
-    if args.resume and getattr(args, "overwrite", False):
-        raise ThawlineError("--resume continues a run and --overwrite replaces it: pass one of them")
 
 
 def _find_bare_resume(args: argparse.Namespace) -> None:
     """A bare `--resume` (no folder, no --out, no --config): the latest unfinished run of this command in runs/."""
     from thawline.runfolder import RUNS_PARENT, latest_unfinished
 
+    if args.resume and getattr(args, "overwrite", False):  # any form of --resume: checked before any search
+        raise ThawlineError("--resume continues a run and --overwrite replaces it: pass one of them")
     if args.resume is True and args.out is None and args.config is None:
         folder = latest_unfinished(args.command, RUNS_PARENT)
         what = "comparison" if args.command == "compare" else "run"
         print(f"resuming {folder} (the latest unfinished {what} in {RUNS_PARENT}/)", file=sys.stderr, flush=True)
         args.resume = str(folder)
-    if isinstance(args.resume, str) and getattr(args, "overwrite", False):
-        raise ThawlineError("--resume continues a run and --overwrite replaces it: pass one of them")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
