@@ -85,6 +85,40 @@ def leave_one_out_fixed(measured: dict[str, dict[str, float]], strategies: list[
     return out
 
 
+def simulate_halving(compare_dir: Path, strategies: list[str], epochs: int) -> dict[str, Any] | None:
+    """`compare --halving`'s outcome replayed from the full compare's per-epoch metrics, without training.
+
+    Exact, not an estimate, for the winner: a halving survivor resumes bit-identical to the uninterrupted run
+    (tested), so each strategy's best val accuracy at a rung is the full run's best over its first `rung` epochs,
+    and the survivors, the stops and the winner follow from `halving_rungs` and the same keep rule. The time share
+    is estimated from the epochs' own `seconds` (training + validation; start-up and the test pass left out). An exact
+    tie in best val accuracy among the last survivors goes to the one with less time, as in `compare`: the one part
+    that can differ from a real run, whose times are its own."""
+    from thawline.comparison import halving_keep, halving_rungs
+    from thawline.report import read_metrics
+
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for name in strategies:
+        rows = read_metrics(compare_dir / name.replace("/", "_") / "metrics.jsonl")
+        if len(rows) < epochs:
+            return None
+        curves[name] = rows[:epochs]
+    rungs = halving_rungs(epochs, len(strategies))
+    alive, stopped = list(strategies), {}
+    for rung in rungs[:-1]:
+        best = {n: max(r["val_acc"] for r in curves[n][:rung]) for n in alive}
+        keep = halving_keep(len(alive))
+        ordered = sorted(alive, key=lambda n: -best[n])  # stable, as in successive_halving
+        stopped.update({n: rung for n in ordered[keep:]})
+        alive = ordered[:keep]
+    final = {n: max(r["val_acc"] for r in curves[n]) for n in alive}
+    winner = min(alive, key=lambda n: (-final[n], sum(r["seconds"] for r in curves[n])))
+    spent = sum(sum(r["seconds"] for r in curves[n][: stopped.get(n, epochs)]) for n in strategies)
+    total = sum(sum(r["seconds"] for r in curves[n]) for n in strategies)
+    return {"winner": winner, "stopped": stopped, "rungs": rungs, "final_val": final,
+            "epoch_share": round(spent / total, 4)}  # fmt: skip
+
+
 def task_config(task_dir: Path, manifest: dict, epochs: int, cache: Path):
     suite = load_suite()
     return thawline.make_config(data=str(task_dir), model=suite.MODEL, weights=suite.WEIGHTS,
@@ -125,8 +159,14 @@ def run_task(row: dict, data_root: Path, out: Path, halving: bool) -> dict[str, 
         "ranking": ranking, "seconds": round(advise_s, 2), "share_of_full": round(advise_s / full_wall, 4),
         "tau": round(kendall_tau_b(ranking, test), 4), "top": ranking[0],
         "top_gap_points": round(100 * (best_test - test[ranking[0]]), 2),
+        "json": str(out / "advise" / name / "advise.json"),
     }  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
+    sim = simulate_halving(Path(row["thawline"]["out"]), strategies, row["epochs"])
+    if sim is not None:
+        sim["test_acc"] = test[sim["winner"]]
+        sim["gap_points"] = round(100 * (best_test - test[sim["winner"]]), 2)
+        result["halving_replayed"] = sim
 
     if halving:
         folder = out / "halving" / name
@@ -147,6 +187,18 @@ def run_task(row: dict, data_root: Path, out: Path, halving: bool) -> dict[str, 
     return result
 
 
+def advise_with_prior(advise_json: Path, order: list[str], test: dict[str, float]) -> dict[str, Any]:
+    """advise's rules on the task's recorded signals, started from a prior in `order` (the fixed ranking fitted on
+    the other tasks) instead of the shipped one: do the rules add anything to the best fixed ranking?"""
+    from thawline.advise import PRIOR, rank_strategies, signals_from_doc
+
+    prior = dict(zip(order, sorted(PRIOR.values(), reverse=True), strict=True))
+    rows, _, _ = rank_strategies(signals_from_doc(json.loads(advise_json.read_text())), prior)
+    ranking = [r["strategy"] for r in rows if r["strategy"] in test]
+    return {"ranking": ranking, "tau": round(kendall_tau_b(ranking, test), 4), "top": ranking[0],
+            "top_gap_points": round(100 * (max(test.values()) - test[ranking[0]]), 2)}  # fmt: skip
+
+
 def summarise(results: list[dict]) -> dict[str, Any]:
     measured = {r["task"]: r["measured_test"] for r in results}
     strategies = results[0]["strategies"] if results else []
@@ -154,14 +206,34 @@ def summarise(results: list[dict]) -> dict[str, Any]:
     for r in results:
         if r["task"] in fixed:
             r["fixed_loo"] = fixed[r["task"]]
+            if Path(r["advise"].get("json", "")).is_file() and set(strategies) == set(fixed[r["task"]]["ranking"]):
+                r["advise_loo_prior"] = advise_with_prior(Path(r["advise"]["json"]), fixed[r["task"]]["ranking"],
+                                                          r["measured_test"])  # fmt: skip
     taus = [r["advise"]["tau"] for r in results]
     summary: dict[str, Any] = {
         "tasks": len(results),
         "mean_tau_advise": round(float(np.mean(taus)), 4) if taus else None,
         "mean_tau_fixed_loo": round(float(np.mean([f["tau"] for f in fixed.values()])), 4) if fixed else None,
         "top_within_1pt": sum(r["advise"]["top_gap_points"] <= 1.0 for r in results),
+        "fixed_loo_top_within_1pt": sum(
+            r["measured_test"][f["ranking"][0]] >= max(r["measured_test"].values()) - 0.01
+            for r in results
+            if (f := r.get("fixed_loo"))
+        ),
         "advise_max_share": max((r["advise"]["share_of_full"] for r in results), default=None),
     }
+    replayed = [r for r in results if "halving_replayed" in r]
+    if replayed:
+        summary["replayed_within_0_5pt"] = sum(r["halving_replayed"]["gap_points"] <= 0.5 for r in replayed)
+        summary["replayed_tasks"] = len(replayed)
+        shares = [r["halving_replayed"]["epoch_share"] for r in replayed]
+        summary["replayed_mean_epoch_share"] = round(float(np.mean(shares)), 4)
+        summary["replayed_matches_run"] = sum(r["halving_replayed"]["winner"] == r["halving"]["winner"]
+                                              for r in replayed if "halving" in r)  # fmt: skip
+    with_prior = [r["advise_loo_prior"] for r in results if "advise_loo_prior" in r]
+    if with_prior:
+        summary["mean_tau_advise_loo_prior"] = round(float(np.mean([a["tau"] for a in with_prior])), 4)
+        summary["advise_loo_prior_top_within_1pt"] = sum(a["top_gap_points"] <= 1.0 for a in with_prior)
     halved = [r for r in results if "halving" in r]
     if halved:
         summary["halving_within_0_5pt"] = sum(r["halving"]["gap_points"] <= 0.5 for r in halved)
@@ -177,8 +249,8 @@ def pct(x: float | None) -> str:
 def format_markdown(results: list[dict], summary: dict) -> str:
     lines = [
         "| task | measured best (test) | advise top | τ advise | τ fixed (LOO) | advise s | share | "
-        "halving winner | gap pts | halving s | share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "halving winner | gap pts | halving s | share | replayed winner | gap pts | epoch share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         best = max(r["measured_test"], key=r["measured_test"].get)
@@ -190,6 +262,8 @@ def format_markdown(results: list[dict], summary: dict) -> str:
             f"{a['seconds']:.0f} | {100 * a['share_of_full']:.1f}% | "
             + (f"{h['winner']} {pct(h['test_acc'])} | {h['gap_points']:.1f} | {h['seconds']:.0f} | "
                f"{100 * h['share_of_full']:.0f}% |" if h else "— | — | — | — |")
+            + (f" {x['winner']} {pct(x['test_acc'])} | {x['gap_points']:.1f} | {100 * x['epoch_share']:.0f}% |"
+               if (x := r.get("halving_replayed")) else " — | — | — |")
         )  # fmt: skip
     s = summary
     lines += [
@@ -198,6 +272,20 @@ def format_markdown(results: list[dict], summary: dict) -> str:
         f"{s['mean_tau_fixed_loo']}. Advise's top pick within 1 point of the best: {s['top_within_1pt']}/{s['tasks']}."
         f" Advise's largest share of the full compare's wall time: {pct(s['advise_max_share'])}.",
     ]
+    if "mean_tau_advise_loo_prior" in s:
+        lines.append(
+            f"advise's rules started from the fixed ranking fitted on the other tasks (instead of the shipped prior): "
+            f"mean τ {s['mean_tau_advise_loo_prior']}, top pick within 1 point on "
+            f"{s['advise_loo_prior_top_within_1pt']}/{s['tasks']}; the fixed ranking (LOO) alone: top pick within 1 "
+            f"point on {s['fixed_loo_top_within_1pt']}/{s['tasks']}."
+        )
+    if "replayed_tasks" in s:
+        lines.append(
+            f"Halving replayed from the full compare's epochs (exact winner; time share from the epochs' seconds): "
+            f"winner within 0.5 points of the best on {s['replayed_within_0_5pt']}/{s['replayed_tasks']}; mean "
+            f"{pct(s['replayed_mean_epoch_share'])} of the strategy-epochs' time; the replay named the real run's "
+            f"winner on {s['replayed_matches_run']} of the tasks where halving ran."
+        )
     if "halving_tasks" in s:
         lines.append(
             f"Halving's winner within 0.5 points of the best: {s['halving_within_0_5pt']}/{s['halving_tasks']}; "

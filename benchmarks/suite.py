@@ -233,6 +233,8 @@ def run_thawline(cfg, strategies: list[str], out: Path, resume: bool) -> dict[st
             "best_val_acc": r.get("best_val_acc"),
             "wall_time_s": r.get("wall_time_s"),
             "train_time_s": r.get("train_time_s"),
+            "tied_with_pick": r.get("tied"),  # McNemar on test vs the pick (None for the pick itself)
+            "p_vs_pick": r.get("p_vs_winner"),
         }
         for r in result.rows
     }
@@ -337,8 +339,29 @@ def _secs(x: float | None) -> str:
     return "—" if x is None else f"{x:.0f}"
 
 
+def add_ties(result: dict) -> dict:
+    """Fill each strategy's McNemar tie with the pick from the compare's comparison.json (results written before
+    the suite recorded it)."""
+    th = result.get("thawline", {})
+    path = Path(th.get("out", "")) / "comparison.json"
+    if "strategies" not in th or not path.is_file():
+        return result
+    for row in json.loads(path.read_text()):
+        per = th["strategies"].get(row["strategy"])
+        if per is not None and "tied_with_pick" not in per:
+            per["tied_with_pick"], per["p_vs_pick"] = row.get("tied"), row.get("p_vs_winner")
+    return result
+
+
+def tied_names(th: dict) -> str:
+    """The strategies a paired test on test predictions cannot tell from the pick (p >= 0.05), or —."""
+    names = [n for n, v in th.get("strategies", {}).items() if v.get("tied_with_pick")]
+    return ", ".join(names) or "—"
+
+
 def table_rows(results: list[dict], strategies: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["task", "probe", "fastai", *strategies, "thawline pick (val)", "winner (test)", "thawline s", "fastai s"]
+    header = ["task", "probe", "fastai", *strategies, "thawline pick (val)", "tied with pick (test)",
+              "winner (test)", "thawline s", "fastai s"]  # fmt: skip
     rows = []
     for r in results:
         fa, th = r.get("fastai", {}), r.get("thawline", {})
@@ -347,7 +370,7 @@ def table_rows(results: list[dict], strategies: list[str]) -> tuple[list[str], l
         rows.append([
             r["task"], _cell(r.get("probe", {})), _cell(fa),
             *[_cell(th) if "error" in th else _pct(per.get(s, {}).get("test_acc")) for s in strategies],
-            pick, ", ".join(r["winner"]) + f" {_pct(r['best_test_acc'])}" if r["winner"] else "—",
+            pick, tied_names(th), ", ".join(r["winner"]) + f" {_pct(r['best_test_acc'])}" if r["winner"] else "—",
             _secs(th.get("wall_s")), _secs(fa.get("wall_s")),
         ])  # fmt: skip
     return header, rows
@@ -361,6 +384,42 @@ def format_console(results: list[dict], strategies: list[str]) -> str:
     return "\n".join(lines)
 
 
+def summary_lines(results: list[dict]) -> list[str]:
+    """The suite's verdicts: thawline against the baselines, head-only against the probe, the time."""
+    done = [r for r in results if r.get("thawline", {}).get("strategies") and "test_acc" in r.get("probe", {})]
+    if not done:
+        return []
+
+    def baseline(r: dict) -> float:
+        return max(r["probe"]["test_acc"], r.get("fastai", {}).get("test_acc") or 0.0)
+
+    def best(r: dict) -> float:
+        return max(v["test_acc"] for v in r["thawline"]["strategies"].values())
+
+    n = len(done)
+    shortfall = [round(100 * (baseline(r) - best(r)), 1) for r in done]
+    pick_short = [round(100 * (baseline(r) - r["thawline"]["pick_test_acc"]), 1) for r in done]
+    head = [round(100 * (r["thawline"]["strategies"]["head-only"]["test_acc"] - r["probe"]["test_acc"]), 1)
+            for r in done if "head-only" in r["thawline"]["strategies"]]  # fmt: skip
+    wins: dict[str, int] = {}
+    for r in done:
+        for w in r["winner"]:
+            wins[w] = wins.get(w, 0) + 1
+    th_s = sum(r["thawline"]["wall_s"] for r in done)
+    fa_s = sum(r.get("fastai", {}).get("wall_s") or 0.0 for r in done)
+    return [
+        f"Tasks: {n}. thawline's best strategy (test) >= max(probe, fastai) on {sum(x <= 0 for x in shortfall)}/{n} "
+        f"(largest shortfall {max(shortfall):.1f} points); thawline's pick (val) on "
+        f"{sum(x <= 0 for x in pick_short)}/{n} (largest shortfall {max(pick_short):.1f} points).",
+        f"head-only minus the probe, points: min {min(head):+.1f}, per task "
+        + ", ".join(f"{x:+.1f}" for x in head) + ".",
+        "Best test accuracy (ties counted for each): " + ", ".join(f"{k} {v}" for k, v in sorted(
+            wins.items(), key=lambda kv: -kv[1])) + ".",
+        f"Wall time: thawline's seven-strategy compares {th_s / 60:.1f} min in all, fastai's one run per task "
+        f"{fa_s / 60:.1f} min; per strategy thawline took {th_s / 7 / max(fa_s, 1e-9):.2f}x fastai's time.",
+    ]
+
+
 def format_markdown(results: list[dict], strategies: list[str], meta: dict) -> str:
     header, rows = table_rows(results, strategies)
     lines = [
@@ -368,7 +427,8 @@ def format_markdown(results: list[dict], strategies: list[str], meta: dict) -> s
         "",
         f"Test accuracy per task. Model {MODEL} (weights `{WEIGHTS}`), strategies at the same epoch budget as "
         "fastai's fine_tune; probe = logistic regression on frozen pooled features (C by CV on train). "
-        "thawline pick = best val accuracy; winner = best test accuracy of any column. Wall times in seconds "
+        "thawline pick = best val accuracy; tied with pick = the strategies McNemar's test on the test predictions "
+        "cannot tell from the pick (p >= 0.05); winner = best test accuracy of any column. Wall times in seconds "
         "(thawline: the whole compare; fastai and probe include decoding).",
         "",
         f"Machine: {meta['machine']}; torch {meta['versions']['torch']} with {meta['torch_threads']} threads.",
@@ -376,6 +436,8 @@ def format_markdown(results: list[dict], strategies: list[str], meta: dict) -> s
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
         *["| " + " | ".join(r) + " |" for r in rows],
+        "",
+        *summary_lines(results),
         "",
         "| task | kind | classes | train/val/test | img_size | epochs | flips |",
         "|---|---|---|---|---|---|---|",
@@ -470,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         old = previous.get(name)
         if old and old["strategies"] == args.strategy_list and old["epochs"] == (args.epochs or manifest["epochs"]):
             log(f"[{name}] already done; kept")
-            results.append(old)
+            results.append(add_ties(old))
             continue
         log(f"[{name}] {manifest.get('kind')}: {manifest['n_classes']} classes, {manifest['counts']}, "
             f"img_size {manifest['img_size']}, epochs {args.epochs or manifest['epochs']}")

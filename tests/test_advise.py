@@ -24,6 +24,7 @@ from thawline.advise import (
     linear_probe,
     rank_strategies,
     sample_indices,
+    signals_from_doc,
 )
 from thawline.models import stage_outputs
 
@@ -219,6 +220,14 @@ def test_advise_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert rec["strategy"] == doc["ranking"][0]["strategy"] and rec["partial"].startswith("partial-")
     assert rec["command"]["compare"].startswith("thawline compare") and doc["reasons"]
     assert (out / FIGURE).stat().st_size > 0
+    # advise.json holds what the ranking was computed from: the same signals rank the same way again,
+    # and another prior (benchmarks/advise_suite.py's leave-one-task-out one) is the only thing that changes it
+    again, _, _ = rank_strategies(signals_from_doc(doc))
+    assert [r["strategy"] for r in again] == [r["strategy"] for r in doc["ranking"]]
+    reverse = [r["strategy"] for r in doc["ranking"]][::-1]
+    dominant = {name: 10.0 * (len(reverse) - i) for i, name in enumerate(reverse)}  # far above any rule's change
+    rows, _, _ = rank_strategies(signals_from_doc(doc), dominant)
+    assert [r["strategy"] for r in rows] == reverse and rows[0]["prior"] == 70.0
     page = (out / ADVICE_HTML).read_text()
     assert f'src="{FIGURE}"' in page and "Probe accuracy vs depth" in page and "<b>Why.</b>" in page
     assert html.escape(doc["reasons"][0]) in page

@@ -16,6 +16,8 @@ from thawline.comparison import compare, halving_rungs
 from thawline.ranking import format_table
 from thawline.report import build_report
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.mark.parametrize(
     ("budget", "n", "rungs"),
@@ -56,6 +58,31 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
         assert [[r[k] for k in keys] for r in rows_h] == [[r[k] for k in keys] for r in rows_p]
     html = build_report(tmp_path / "halved").read_text()
     assert "Successive halving" in html and f"<strong>{loser}</strong> after epoch 2" in html
+
+
+def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder: Path, tmp_path: Path) -> None:
+    """benchmarks/advise_suite.py replays halving from a full compare's epochs; exact because survivors resume
+    bit-identical, so the replay must stop the same strategies at the same rungs and name the same winner."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("advise_suite", ROOT / "benchmarks" / "advise_suite.py")
+    assert spec is not None and spec.loader is not None
+    advise_suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(advise_suite)
+    cfg = tiny_config(image_folder, epochs=4, hflip=True)
+    names = ["head-only", "two-phase", "full", "scratch"]
+    halved = compare(cfg, names, tmp_path / "halved", quiet=True, halving=True)
+    compare(cfg, names, tmp_path / "full", quiet=True)
+    state = json.loads((tmp_path / "halved" / "halving.json").read_text())
+    replay = advise_suite.simulate_halving(tmp_path / "full", names, 4)
+    assert replay is not None and replay["rungs"] == state["rungs"] == [2, 4]
+    assert replay["stopped"] == {n: s["epoch"] for n, s in state["stopped"].items()}
+    # the winner: the best final val accuracy; an exact tie goes to the faster run, and run times are not replayed
+    top = max(replay["final_val"].values())
+    assert set(replay["final_val"]) == set(state["alive"]) and replay["final_val"][halved.winner] == top
+    assert replay["final_val"][replay["winner"]] == top
+    assert 0 < replay["epoch_share"] < 1
+    assert advise_suite.simulate_halving(tmp_path / "halved", names, 4) is None  # stopped runs lack epochs
 
 
 def test_seeds_give_mean_and_std_per_strategy(image_folder: Path, tmp_path: Path) -> None:

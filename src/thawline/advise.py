@@ -174,6 +174,26 @@ class Signals:
         return round(float(np.clip(math.exp(-slope), 0.5, 1.0)), 2)
 
 
+def signals_from_doc(doc: dict[str, Any]) -> Signals:
+    """The Signals an advise.json was ranked from (so a ranking can be recomputed, e.g. with another prior)."""
+    depths = doc["signals"]["depths"]
+    rgn = [d["rgn"] for d in depths]
+    return Signals(
+        stages=[d["stage"] for d in depths],
+        dims=[d["dim"] for d in depths],
+        linear=[d["linear_acc"] for d in depths],
+        knn=[d["knn_acc"] for d in depths],
+        logme=[d["logme"] for d in depths],
+        rgn=[] if any(r is None for r in rgn) else rgn,
+        head_rgn=doc["signals"]["head_rgn"],
+        n_classes=len(doc["classes"]),
+        chance=doc["chance"],
+        images_per_class=doc["images_per_class"],
+        num_train=doc["num_train"],
+        num_val=doc["sampled"]["val"],
+    )
+
+
 def pct(x: float) -> str:
     return f"{x:.1%}"
 
@@ -310,9 +330,13 @@ def _rules_gradients(sig: Signals) -> list[Rule]:
 RULES = (_rules_feature_quality, _rules_depth, _rules_data_size, _rules_logme, _rules_gradients)
 
 
-def rank_strategies(sig: Signals) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """(ranking rows, recommendation, reasons): the rules of the module docstring applied to `sig`."""
-    score = dict(PRIOR)
+def rank_strategies(
+    sig: Signals, prior: dict[str, float] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """(ranking rows, recommendation, reasons): the rules of the module docstring applied to `sig`, starting from
+    `prior` (default PRIOR; benchmarks/advise_suite.py passes one fitted on other tasks)."""
+    prior = prior or PRIOR
+    score = dict(prior)
     why: dict[str, list[str]] = {s: [] for s in STRATEGY_ORDER}
     reasons: list[str] = []
     for rules in RULES:
@@ -329,7 +353,7 @@ def rank_strategies(sig: Signals) -> tuple[list[dict[str, Any]], dict[str, Any],
             "rank": i + 1,
             "strategy": name,
             "score": round(score[name], 3),
-            "prior": PRIOR[name],
+            "prior": prior[name],
             **({"variant": rec["partial"]} if name == "partial" else {}),
             "reasons": why[name],
         }

@@ -292,6 +292,11 @@ def halving_rungs(budget: int, n_strategies: int) -> list[int]:
     return rungs if rungs[-1] == budget else [*rungs, budget]
 
 
+def halving_keep(n_alive: int) -> int:
+    """How many of `n_alive` strategies continue past a rung: the better half (rounded up), never fewer than 2."""
+    return max(2, math.ceil(n_alive / 2)) if n_alive > 2 else n_alive
+
+
 def successive_halving(
     config: TrainConfig, names: list[str], out_dir: Path, data: PreparedData, *, resume: bool, quiet: bool
 ) -> dict[str, RunResult]:
@@ -320,7 +325,7 @@ def successive_halving(
             if result.summary is not None:
                 runs[name] = result
         if i + 1 < len(rungs):
-            keep = max(2, math.ceil(len(alive) / 2)) if len(alive) > 2 else len(alive)
+            keep = halving_keep(len(alive))
             ordered = sorted(alive, key=lambda n: -scores[n][str(rung)])  # stable: ties keep the given order
             for name in ordered[keep:]:
                 stopped[name] = {"epoch": rung, "val_acc": scores[name][str(rung)], "rung": i + 1}
