@@ -283,9 +283,10 @@ def format_markdown(results: list[dict], summary: dict) -> str:
         lines.append(
             f"Halving replayed from the full compare's epochs (exact winner; time share from the epochs' seconds): "
             f"winner within 0.5 points of the best on {s['replayed_within_0_5pt']}/{s['replayed_tasks']}; mean "
-            f"{pct(s['replayed_mean_epoch_share'])} of the strategy-epochs' time; the replay named the real run's "
-            f"winner on {s['replayed_matches_run']} of the tasks where halving ran."
-        )
+            f"{pct(s['replayed_mean_epoch_share'])} of the strategy-epochs' time"
+            + (f"; the replay named the real run's winner on {s['replayed_matches_run']}/{s['halving_tasks']} of the "
+               "tasks where halving ran." if "halving_tasks" in s else ".")
+        )  # fmt: skip
     if "halving_tasks" in s:
         lines.append(
             f"Halving's winner within 0.5 points of the best: {s['halving_within_0_5pt']}/{s['halving_tasks']}; "
