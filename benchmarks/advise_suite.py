@@ -144,61 +144,74 @@ def load_suite():
 def run_task(row: dict, data_root: Path, out: Path, halving: bool) -> dict[str, Any]:
     name = row["task"]
     manifest = json.loads((data_root / name / "manifest.json").read_text())
-    measured_runs = row["thawline"]["strategies"]
-    strategies = [s for s in row["strategies"] if s in measured_runs]
-    test = {s: float(measured_runs[s]["test_acc"]) for s in strategies}
-    best_test = max(test.values())
+    strategies = [s for s in row["strategies"] if s in row["thawline"]["strategies"]]
     full_wall = float(row["thawline"]["wall_s"])
-    result: dict[str, Any] = {"task": name, "strategies": strategies, "measured_test": test,
-                              "full_compare_s": full_wall, "full_pick": row["thawline"]["pick"],
-                              "load_before": os.getloadavg()[0]}  # fmt: skip
-
+    result: dict[str, Any] = {"task": name, "full_compare_s": full_wall, "load_before": os.getloadavg()[0]}
     cache = out / "cache" / name
     shutil.rmtree(cache, ignore_errors=True)
     cfg = task_config(data_root / name, manifest, row["epochs"], cache)
     started = time.perf_counter()
-    advice = thawline.advise(cfg, out / "advise" / name, quiet=True)
+    thawline.advise(cfg, out / "advise" / name, quiet=True)
     advise_s = time.perf_counter() - started
-    ranking = [s for s in advice.ranking if s in test]
-    result["advise"] = {
-        "ranking": ranking, "seconds": round(advise_s, 2), "share_of_full": round(advise_s / full_wall, 4),
-        "tau": round(kendall_tau_b(ranking, test), 4), "top": ranking[0],
-        "top_gap_points": top_gap_points(ranking[0], test),
-        "json": str(out / "advise" / name / "advise.json"),
-    }  # fmt: skip
+    result["advise"] = {"seconds": round(advise_s, 2), "share_of_full": round(advise_s / full_wall, 4),
+                        "json": str(out / "advise" / name / "advise.json")}  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
-    sim = simulate_halving(Path(row["thawline"]["out"]), strategies, row["epochs"])
-    if sim is not None:
-        sim["test_acc"] = test[sim["winner"]]
-        sim["gap_points"] = top_gap_points(sim["winner"], test)
-        result["halving_replayed"] = sim
-
     if halving:
         folder = out / "halving" / name
         shutil.rmtree(folder, ignore_errors=True)
         started = time.perf_counter()
         run = thawline.compare(cfg, strategies, out=folder, halving=True, quiet=True)
         halving_s = time.perf_counter() - started
-        winner = run.winner
-        win_row = next(r for r in run.rows if r["strategy"] == winner)
+        win_row = next(r for r in run.rows if r["strategy"] == run.winner)
         result["halving"] = {
-            "winner": winner, "test_acc": win_row.get("test_acc"), "seconds": round(halving_s, 2),
+            "winner": run.winner,
+            "test_acc": win_row.get("test_acc"),
+            "seconds": round(halving_s, 2),
             "share_of_full": round(halving_s / full_wall, 4),
-            "gap_points": round(100 * (best_test - float(win_row["test_acc"])), 2),
-            "gap_to_pick_points": round(100 * (test[row["thawline"]["pick"]] - float(win_row["test_acc"])), 2),
-        }  # fmt: skip
+        }
         shutil.rmtree(cache, ignore_errors=True)
     result["load_after"] = os.getloadavg()[0]
+    return score_task(row, result)
+
+
+def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
+    """Fill `result` with everything computed from the suite's measured runs and advise's recorded signals (no
+    training, no advise pass): advise's ranking by the current rules and prior, its tau and top pick, halving
+    replayed. `--rescore` calls it alone after a strategy's recipe changed or the rules did."""
+    from thawline.advise import rank_strategies, signals_from_doc
+
+    runs = row["thawline"]["strategies"]
+    strategies = [s for s in row["strategies"] if s in runs]
+    test = {s: float(runs[s]["test_acc"]) for s in strategies}
+    result.update(strategies=strategies, measured_test=test, full_pick=row["thawline"]["pick"])
+    doc = json.loads(Path(result["advise"]["json"]).read_text())
+    ranking = [r["strategy"] for r in rank_strategies(signals_from_doc(doc))[0] if r["strategy"] in test]
+    result["advise"].update(ranking=ranking, tau=round(kendall_tau_b(ranking, test), 4), top=ranking[0],
+                            top_gap_points=top_gap_points(ranking[0], test))  # fmt: skip
+    sim = simulate_halving(Path(row["thawline"]["out"]), strategies, row["epochs"])
+    if sim is not None:
+        sim["test_acc"] = test[sim["winner"]]
+        sim["gap_points"] = top_gap_points(sim["winner"], test)
+        result["halving_replayed"] = sim
+    if "halving" in result:  # a real halving run's winner, scored against the current measurements
+        h = result["halving"]
+        h["gap_points"] = top_gap_points(h["winner"], test)
+        h["gap_to_pick_points"] = round(100 * (test[result["full_pick"]] - float(h["test_acc"])), 2)
     return result
 
 
-def advise_with_prior(advise_json: Path, order: list[str], test: dict[str, float]) -> dict[str, Any]:
-    """advise's rules on the task's recorded signals, started from a prior in `order` (the fixed ranking fitted on
-    the other tasks) instead of the shipped one: do the rules add anything to the best fixed ranking?"""
-    from thawline.advise import PRIOR, rank_strategies, signals_from_doc
+def advise_with_prior(
+    advise_json: Path, order: list[str], test: dict[str, float], rules: tuple | None = None, weight: float | None = None
+) -> dict[str, Any]:
+    """advise's rules (all, or `rules`) on the task's recorded signals, started from a prior in `order` (the fixed
+    ranking fitted on the other tasks) instead of the shipped one: do the rules add anything to it?"""
+    from thawline.advise import PRIOR, RULE_WEIGHT, RULES, STRATEGY_ORDER, rank_strategies, signals_from_doc
 
-    prior = dict(zip(order, sorted(PRIOR.values(), reverse=True), strict=True))
-    rows, _, _ = rank_strategies(signals_from_doc(json.loads(advise_json.read_text())), prior)
+    everything = [*order, *(s for s in STRATEGY_ORDER if s not in order)]  # strategies the task did not run: last
+    prior = dict(zip(everything, sorted(PRIOR.values(), reverse=True), strict=True))
+    sig = signals_from_doc(json.loads(advise_json.read_text()))
+    rules, weight = RULES if rules is None else rules, RULE_WEIGHT if weight is None else weight
+    rows, _, _ = rank_strategies(sig, prior, rules, weight)
     ranking = [r["strategy"] for r in rows if r["strategy"] in test]
     return {"ranking": ranking, "tau": round(kendall_tau_b(ranking, test), 4), "top": ranking[0],
             "top_gap_points": top_gap_points(ranking[0], test)}  # fmt: skip
@@ -237,12 +250,35 @@ def summarise(results: list[dict]) -> dict[str, Any]:
     if with_prior:
         summary["mean_tau_advise_loo_prior"] = round(float(np.mean([a["tau"] for a in with_prior])), 4)
         summary["advise_loo_prior_top_within_1pt"] = sum(a["top_gap_points"] <= 1.0 for a in with_prior)
+    summary["rule_ablation"] = rule_ablation(results)
     halved = [r for r in results if "halving" in r]
     if halved:
         summary["halving_within_0_5pt"] = sum(r["halving"]["gap_points"] <= 0.5 for r in halved)
         summary["halving_tasks"] = len(halved)
         summary["halving_mean_share"] = round(float(np.mean([r["halving"]["share_of_full"] for r in halved])), 4)
     return summary
+
+
+def rule_ablation(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Which of advise's rule sets earn their place: each one left out in turn (and all of them), the rest applied
+    to the recorded signals from the fixed ranking fitted on the other tasks; mean tau and top picks within 1 point.
+    A rule set whose removal raises the tau carries no information beyond the fixed order on this suite."""
+    from thawline.advise import RULES
+
+    scored = [r for r in results if "advise_loo_prior" in r]
+    if not scored:
+        return {}
+    variants: dict[str, tuple[tuple, float]] = {"all rules": (RULES, 1.0), "no rules": ((), 1.0)}
+    variants |= {f"without {fn.__name__.removeprefix('_rules_')}": (tuple(x for x in RULES if x is not fn), 1.0)
+                 for fn in RULES}  # fmt: skip
+    variants |= {f"all rules x{w:g}": (RULES, w) for w in (0.5, 0.25, 0.1)}  # rules as tie-breakers
+    out = {}
+    for name, (rules, weight) in variants.items():
+        runs = [advise_with_prior(Path(r["advise"]["json"]), r["fixed_loo"]["ranking"], r["measured_test"], rules,
+                                  weight) for r in scored]  # fmt: skip
+        out[name] = {"mean_tau": round(float(np.mean([a["tau"] for a in runs])), 4),
+                     "top_within_1pt": sum(a["top_gap_points"] <= 1.0 for a in runs), "tasks": len(runs)}  # fmt: skip
+    return out
 
 
 def pct(x: float | None) -> str:
@@ -277,11 +313,19 @@ def format_markdown(results: list[dict], summary: dict) -> str:
     ]
     if "mean_tau_advise_loo_prior" in s:
         lines.append(
+            "(The shipped prior is the fixed ranking fitted on this suite, so the line above is in-sample for it; the "
+            "next line is the fair estimate.) "
             f"advise's rules started from the fixed ranking fitted on the other tasks (instead of the shipped prior): "
             f"mean τ {s['mean_tau_advise_loo_prior']}, top pick within 1 point on "
             f"{s['advise_loo_prior_top_within_1pt']}/{s['tasks']}; the fixed ranking (LOO) alone: top pick within 1 "
             f"point on {s['fixed_loo_top_within_1pt']}/{s['tasks']}."
         )
+    if s.get("rule_ablation"):
+        lines.append(
+            "Rule sets left out (from the LOO fixed ranking; mean τ, top pick within 1 point): "
+            + "; ".join(f"{k} {v['mean_tau']:+.2f}, {v['top_within_1pt']}/{v['tasks']}"
+                        for k, v in s["rule_ablation"].items()) + "."
+        )  # fmt: skip
     if "replayed_tasks" in s:
         lines.append(
             f"Halving replayed from the full compare's epochs (exact winner; time share from the epochs' seconds): "
@@ -306,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-halving", action="store_true", help="advise only (seconds per task)")
     p.add_argument("--out", default=None, help="results folder (default SUITE)")
     p.add_argument("--resume", action="store_true", help="keep the tasks OUT/advise_suite.json already holds")
+    p.add_argument("--rescore", action="store_true",
+                   help="no advise or halving run: re-rank OUT/advise_suite.json's recorded signals with the current "
+                        "rules and prior, against the suite's current measurements")  # fmt: skip
     args = p.parse_args(argv)
     suite_dir, data_root = Path(args.suite), Path(args.data)
     out = Path(args.out) if args.out else suite_dir
@@ -320,10 +367,16 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no finished task in the suite results (or none of --tasks)", file=sys.stderr)
         return 2
     done: dict[str, dict] = {}
-    if args.resume and (out / "advise_suite.json").is_file():
+    if (args.resume or args.rescore) and (out / "advise_suite.json").is_file():
         done = {r["task"]: r for r in json.loads((out / "advise_suite.json").read_text())["tasks"]}
+    if args.rescore and not done:
+        print(f"error: --rescore needs {out / 'advise_suite.json'} from an earlier run", file=sys.stderr)
+        return 2
     results = []
     for row in rows:
+        if args.rescore and row["task"] in done:
+            results.append(score_task(row, done[row["task"]]))
+            continue
         if row["task"] in done and ("halving" in done[row["task"]] or args.no_halving):
             results.append(done[row["task"]])
             continue

@@ -294,6 +294,32 @@ def run_task(task_dir: Path, manifest: dict, args: argparse.Namespace, out: Path
     return row
 
 
+def rerun_strategies(task_dir: Path, old: dict, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """A finished task with only `args.rerun`'s strategies trained again (after a change to their recipe): the
+    baselines and the other strategies' runs are kept, the compare resumes, so its pick and ties are recomputed.
+    The compare's wall time swaps the rerun strategies' old times for their new ones."""
+    name, row = old["task"], dict(old)
+    before = old["thawline"]["strategies"]
+    for strategy in args.rerun_list:
+        shutil.rmtree(out / "runs" / name / strategy, ignore_errors=True)
+    cache = out / "cache" / name
+    cfg = thawline.make_config(data=str(task_dir), model=MODEL, weights=WEIGHTS, img_size=old["img_size"],
+                               epochs=old["epochs"], batch_size=BATCH, hflip=old["hflip"], cache_dir=str(cache))
+    result = attempt(name, "thawline", lambda: run_thawline(cfg, old["strategies"], out / "runs" / name, True))
+    shutil.rmtree(cache, ignore_errors=True)
+    if "error" in result:
+        row["thawline"] = result
+        return row
+    swapped = sum(result["strategies"][s]["wall_time_s"] - before[s]["wall_time_s"] for s in args.rerun_list)
+    result["wall_s"] = round(old["thawline"]["wall_s"] + swapped, 2)
+    result["rerun"] = args.rerun_list
+    row["thawline"] = result
+    scores = method_scores(row)
+    row["best_test_acc"] = max(scores.values(), default=None)
+    row["winner"] = [k for k, v in scores.items() if v == row["best_test_acc"]]
+    return row
+
+
 def attempt(task: str, method: str, fn) -> dict[str, Any]:
     """fn()'s result, logged; a failure is logged and recorded as {"error": ...} so the other tasks still run."""
     try:
@@ -488,10 +514,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/suite", help="results folder")
     p.add_argument("--resume", action="store_true",
                    help="keep finished tasks of OUT/suite_results.json and finished strategies of a compare")
+    p.add_argument("--rerun", default="",
+                   help="with --resume: train these strategies of the finished tasks again, keep everything else")
     args = p.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
     args.strategy_list = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    args.rerun_list = [s.strip() for s in args.rerun.split(",") if s.strip()]
+    if args.rerun_list and not args.resume:
+        p.error("--rerun needs --resume (it changes finished tasks)")
+    if not set(args.rerun_list) <= set(args.strategy_list):
+        p.error(f"--rerun: {args.rerun} is not among --strategies {args.strategies}")
     return args
 
 
@@ -531,8 +564,13 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads((data_root / name / "manifest.json").read_text())
         old = previous.get(name)
         if old and old["strategies"] == args.strategy_list and old["epochs"] == (args.epochs or manifest["epochs"]):
-            log(f"[{name}] already done; kept")
-            results.append(add_ties(old))
+            if args.rerun_list:
+                log(f"[{name}] done; training {', '.join(args.rerun_list)} again")
+                results.append(rerun_strategies(data_root / name, old, args, out))
+                write_results(out, results, args.strategy_list, meta)
+            else:
+                log(f"[{name}] already done; kept")
+                results.append(add_ties(old))
             continue
         log(f"[{name}] {manifest.get('kind')}: {manifest['n_classes']} classes, {manifest['counts']}, "
             f"img_size {manifest['img_size']}, epochs {args.epochs or manifest['epochs']}")

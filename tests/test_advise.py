@@ -17,6 +17,8 @@ from thawline.advise import (
     ADVICE_HTML,
     ADVICE_JSON,
     FIGURE,
+    PRIOR,
+    RULE_WEIGHT,
     STRATEGY_ORDER,
     Signals,
     advice_html,
@@ -153,17 +155,27 @@ def test_ranking_rules() -> None:
     assert [r["rank"] for r in ranking] == list(range(1, 8))
     assert rec["strategy"] == ranking[0]["strategy"] and rec["partial"].startswith("partial-")
     assert any("too few to train from scratch" in r for r in reasons) and ranking[-1]["strategy"] == "scratch"
+    # No rule moves a strategy by more than the prior's gaps at the shipped weight unless rules agree: the
+    # suite's order stands (gradual first), and each move is recorded at its weighted size
+    assert [r["strategy"] for r in ranking][:2] == ["gradual", "layer-wise"]
+    scratch = next(r for r in ranking if r["strategy"] == "scratch")
+    assert scratch["score"] == pytest.approx(PRIOR["scratch"] - RULE_WEIGHT * 0.1)
+    assert scratch["reasons"][0].startswith(f"{-RULE_WEIGHT * 0.1:+.2f}: ")
 
-    # A near-perfect top probe on few images per class: head-only, the cheapest, wins.
-    ranking, rec, reasons = rank_strategies(_signals(linear=[0.6, 0.7, 0.8, 0.9, 0.95, 0.98], images_per_class=20))
-    assert ranking[0]["strategy"] == "head-only"
-    assert any("already reaches 98.0%" in r for r in ranking[0]["reasons"])
+    # A near-perfect top probe on few images per class moves head-only up; at the rules' full size it wins.
+    perfect = _signals(linear=[0.6, 0.7, 0.8, 0.9, 0.95, 0.98], images_per_class=20)
+    ranking, rec, reasons = rank_strategies(perfect)
+    head = next(r for r in ranking if r["strategy"] == "head-only")
+    assert head["score"] > PRIOR["head-only"] and any("already reaches 98.0%" in r for r in head["reasons"])
+    assert rank_strategies(perfect, rule_weight=1.0)[0][0]["strategy"] == "head-only"
     assert rec["freeze_stages"] >= 4  # few images: at least 2/3 of 6 stages frozen
 
-    # Earlier stages beat the top by far: head-only drops to the bottom half, partial freezes up to the best stage.
+    # Earlier stages beat the top by far: head-only drops, partial rises and freezes up to the best stage.
     gap = rank_strategies(_signals(linear=[0.5, 0.7, 0.85, 0.84, 0.75, 0.72]))
     order = [r["strategy"] for r in gap[0]]
     assert order.index("head-only") > 3 and order.index("partial") < order.index("head-only")
+    scores = {r["strategy"]: r["score"] for r in gap[0]}
+    assert scores["head-only"] < PRIOR["head-only"] and scores["partial"] > PRIOR["partial"]
     assert gap[1]["freeze_stages"] == 3 and gap[1]["partial"] == "partial-1/2"
     assert any("too specific to the pretraining task" in r for r in gap[2])
     assert gap[1]["lr"]["body"] == pytest.approx(3e-4)  # the features have to move

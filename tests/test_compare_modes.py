@@ -84,6 +84,31 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     assert 0 < replay["epoch_share"] < 1
     assert advise_suite.simulate_halving(tmp_path / "halved", names, 4) is None  # stopped runs lack epochs
 
+    # --rescore: the recorded advise signals re-ranked against the suite's current measurements, no training
+    thawline.advise(cfg, tmp_path / "advice", quiet=True)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    tasks = []
+    for i, task in enumerate(["a", "b", "c"]):  # three tasks, the same runs, measured differently
+        acc = {n: {"test_acc": 0.5 + 0.1 * ((j + i) % 4)} for j, n in enumerate(names)}
+        run = {"strategies": acc, "pick": names[0], "wall_s": 100.0, "out": str(tmp_path / "full")}
+        tasks.append({"task": task, "strategies": names, "epochs": 4, "thawline": run})
+    (suite / "suite_results.json").write_text(json.dumps({"tasks": tasks}))
+    advice = {"seconds": 1.0, "share_of_full": 0.01, "json": str(tmp_path / "advice" / "advise.json")}
+    recorded = [{"task": t["task"], "advise": dict(advice)} for t in tasks]
+    (suite / "advise_suite.json").write_text(json.dumps({"tasks": recorded}))
+    assert advise_suite.main(["--suite", str(suite), "--rescore"]) == 0
+    out = json.loads((suite / "advise_suite.json").read_text())
+    assert [r["measured_test"] for r in out["tasks"]] == [
+        {n: a["test_acc"] for n, a in t["thawline"]["strategies"].items()} for t in tasks
+    ]
+    summary = out["summary"]
+    # with no rules, the advisor started from the leave-one-out order is that order: the same tau
+    ablation = summary["rule_ablation"]
+    assert ablation["no rules"]["mean_tau"] == pytest.approx(summary["mean_tau_fixed_loo"], abs=1e-4)
+    assert {"all rules", "all rules x0.25", "without depth", "without gradients"} <= set(ablation)
+    assert all(-1 <= v["mean_tau"] <= 1 and v["tasks"] == 3 for v in ablation.values())
+
 
 def test_seeds_give_mean_and_std_per_strategy(image_folder: Path, tmp_path: Path) -> None:
     cfg = tiny_config(image_folder, epochs=1, seed=3)

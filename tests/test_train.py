@@ -205,7 +205,9 @@ def test_small_data_repeats_passes_until_the_phase_has_its_minimum_steps(image_f
 def test_a_head_phase_on_cached_features_converges_in_one_phase(tmp_path: Path) -> None:
     # Two classes a linear head separates; one epoch of 6 steps leaves the head far from fitted, head_steps fits it.
     data = make_image_folder(tmp_path / "data", {"train": 24, "val": 12}, classes=("circle", "stripes"))
-    short = tiny_config(data, strategy="head-only", epochs=1, lr=1e-2, label_smoothing=0.0, hflip=False)
+    short = tiny_config(
+        data, strategy="head-only", epochs=1, lr=1e-2, label_smoothing=0.0, hflip=False, head_solver=False
+    )  # the stepped head (two-phase's head phase, or --no-head-solver): head_solver is tested in test_headfit.py
     few = thawline.train(short, run_dir=tmp_path / "few", quiet=True)
     many = thawline.train(thawline.config.replace(short, head_steps=400), run_dir=tmp_path / "many", quiet=True)
     assert few.metrics[0]["passes"] == 1 and many.metrics[0]["passes"] == 67  # ceil(400 / 6)

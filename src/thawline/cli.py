@@ -13,8 +13,9 @@ from thawline.errors import ThawlineError
 # `thawline compare` with no arguments: the embedded data and model, sized to finish in minutes on 2 CPU cores.
 DEMO_DATA = "data/fashion-mnist-demo"
 DEMO_PREPARE = {"per_class": 100, "val_per_class": 50, "test_per_class": 100}
-# Seven strategies at 112 px for 6 epochs took ~13 min here; 96 px and 4 epochs keep `make demo` near 6 min.
-DEMO_OPTIONS = {"img_size": 96, "epochs": 4}
+# Seven strategies at 112 px for 6 epochs took ~13 min here, at 96 px and 4 epochs 8-9 min (head solver and the
+# current recipes included); 80 px keeps `make demo` under 7 min (Fashion-MNIST's images are 28 px).
+DEMO_OPTIONS = {"img_size": 80, "epochs": 4}
 
 
 def _number(kind: type, words: tuple[str, ...]):

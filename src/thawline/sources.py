@@ -37,6 +37,8 @@ class PhaseSource:
     setup_seconds: float = 0.0  # feature computation not yet counted in an epoch's time
     dropout: float = 0.0  # the dropout the model applies before its classifier (suffix over pooled features)
     stores: list[FeatureCache] = field(default_factory=list)
+    # Every train image's features (unflipped view) and labels at once: cached sources only
+    train_features: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def epoch_batches(self, epoch: int, passes: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch: `passes` shuffled passes over the train set (1 unless data is small)."""
@@ -149,6 +151,10 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
         val_store = features(setup, split, val, 1, name, quiet)
     channels_last = setup.normalize.channels_last
 
+    def train_features() -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(train_store.read(np.arange(len(train)), np.zeros(len(train), np.int64)))
+        return x.to(setup.device), torch.from_numpy(train.labels).to(setup.device)
+
     def layout(x: torch.Tensor) -> torch.Tensor:  # feature maps in the model's memory format (no conv reorders)
         return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and channels_last else x
 
@@ -184,6 +190,7 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
         setup_seconds=time.perf_counter() - t0,
         dropout=split.dropout,
         stores=[train_store, val_store],
+        train_features=train_features,
     )
 
 
