@@ -37,7 +37,7 @@ class PhaseSource:
     setup_seconds: float = 0.0  # feature computation not yet counted in an epoch's time
     dropout: float = 0.0  # the dropout the model applies before its classifier (suffix over pooled features)
     stores: list[FeatureCache] = field(default_factory=list)
-    # Every train image's features (unflipped view) and labels at once: cached sources only
+    # Every train image's classifier input (unflipped) and label at once: read from the cache, or one frozen pass
     train_features: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def epoch_batches(self, epoch: int, passes: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -139,6 +139,7 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
             lambda: eval_batches(val, setup.eval_batch_size, setup.normalize),
             len(train),
             cached=False,
+            train_features=lambda: head_inputs(setup),
         )
     t0 = time.perf_counter()
     # Train features are computed on first use (the first epoch runs the prefix once per image, for the view it
@@ -192,6 +193,21 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
         stores=[train_store, val_store],
         train_features=train_features,
     )
+
+
+def head_inputs(setup: RunSetup) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every train image's (unflipped) input to the classifier and its label, by one pass of the frozen model: what
+    the feature cache holds, for a phase that runs without it (`--no-feature-cache`), so the recipe is the same."""
+    split = split_at(setup.model, setup.smap, setup.smap.head)
+    if split is None:
+        raise ValueError("this model's classifier input cannot be computed on its own")
+    train = setup.data.splits["train"]
+    batches = image_batches(train, setup.eval_batch_size, setup.normalize, shuffle=False, hflip=False, seed=0)
+    out = []
+    with eval_mode(setup.model), torch.inference_mode():
+        for x, _ in batches:
+            out.append(split.prefix(x.to(setup.device)).float())
+    return torch.cat(out), torch.from_numpy(train.labels).to(setup.device)
 
 
 def features(

@@ -30,7 +30,7 @@ from thawline.config import TrainConfig, atomic_write_text, save_yaml
 from thawline.errors import ThawlineError
 from thawline.lrfind import LRFindResult, lr_find, resolve_auto_lr, write_lr_find
 from thawline.metrics import read_predictions, write_predictions
-from thawline.models import apply_freezing, count_params, stage_drift
+from thawline.models import apply_freezing, count_params, split_at, stage_drift
 from thawline.plots import GRID_NAME, plot_prediction_grid
 from thawline.prepare import PreparedData, RunSetup, prepare_data, seed_everything, setup_run
 from thawline.runfolder import (
@@ -368,11 +368,13 @@ def solvable_head(setup: RunSetup, phase: ResolvedPhase, source: PhaseSource) ->
     """The linear head that this phase trains alone on cached features, to the end of the run: it also gets a
     solved candidate (headfit.py). Not before a thaw: a solved head there cost gradual 4 to 23 points of test
     accuracy on 3 of 4 suite tasks (orientation 95.3% -> 72.3%), and stepping on from one lost up to 13 points."""
-    head, head_stage = source.forward, setup.smap.head
+    head_stage = setup.smap.head
     head_to_the_end = all(tuple(p.trainable) == (head_stage,) for p in setup.phases[phase.index :])
-    if setup.config.head_solver and head_to_the_end and source.train_features and isinstance(head, torch.nn.Linear):
-        return head
-    return None
+    if not (setup.config.head_solver and head_to_the_end and source.train_features):
+        return None
+    split = split_at(setup.model, setup.smap, head_stage)  # the classifier over pooled features, with or without cache
+    head = split.suffix if split is not None else None
+    return head if isinstance(head, torch.nn.Linear) else None
 
 
 def _solved_candidate(
