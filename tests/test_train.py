@@ -86,25 +86,32 @@ def test_first_epoch_runs_the_prefix_once_per_image_for_the_view_it_draws(image_
 
     import numpy as np
 
-    cfg = tiny_config(image_folder, strategy="head-only", epochs=1, hflip=True, cache_dir=str(tmp_path / "cache"))
+    def filled_views(cache: Path) -> dict[int, np.ndarray]:  # views -> (images, views) bool: computed or not
+        filled = {}
+        for meta in (cache / "features").glob("*.json"):
+            m = json.loads(meta.read_text())
+            n, views = m["shape"][:2]
+            bits = np.unpackbits(np.frombuffer(bytes.fromhex(m["filled"]), np.uint8), count=n * views)
+            filled[views] = bits.reshape(n, views).astype(bool)
+        return filled
+
+    # the stepped head alone (the seed two-phase's one-epoch head phase is the same): each image once
+    cfg = tiny_config(image_folder, strategy="head-only", epochs=1, hflip=True, cache_dir=str(tmp_path / "cache"),
+                      head_solver=False)  # fmt: skip
     thawline.train(cfg, run_dir=tmp_path / "run", quiet=True)
-    filled = {}
-    for meta in (tmp_path / "cache" / "features").glob("*.json"):
-        m = json.loads(meta.read_text())
-        n, views = m["shape"][:2]
-        bits = np.unpackbits(np.frombuffer(bytes.fromhex(m["filled"]), np.uint8), count=n * views)
-        filled[views] = (n, bits.reshape(n, views).sum(1))
-    n_train, per_image = filled[2]  # train: plain and mirrored views, each image drawn once in epoch 1
+    filled = filled_views(tmp_path / "cache")
+    per_image = filled[2].sum(1)  # train: plain and mirrored views, each image drawn once in epoch 1
     assert (per_image == 1).all(), "each train image's prefix ran exactly once, in the view its epoch drew"
-    n_val, per_val = filled[1]
-    assert (per_val == 1).all()  # val: one view, all of it (evaluated every epoch)
+    assert filled[1].all()  # val: one view, all of it (evaluated every epoch)
+    # head-only's solved candidate reads every image's plain view: the drawn views plus the plain ones not drawn
+    solved = thawline.config.replace(cfg, head_solver=True, cache_dir=str(tmp_path / "cache3"))
+    thawline.train(solved, run_dir=tmp_path / "solved", quiet=True)
+    train = filled_views(tmp_path / "cache3")[2]
+    assert train[:, 0].all() and (train.sum(1) == 1 + train[:, 1]).all()
     # With another epoch ahead, the views epoch 1 did not draw are computed after it: later epochs only read.
     thawline.train(thawline.config.replace(cfg, epochs=2, cache_dir=str(tmp_path / "cache2")), run_dir=tmp_path / "r2",
                    quiet=True)
-    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache2" / "features").glob("*.json")]
-    train_meta = next(m for m in metas if m["shape"][1] == 2)
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(train_meta["filled"]), np.uint8), count=n_train * 2)
-    assert bits.all()
+    assert filled_views(tmp_path / "cache2")[2].all()
 
 
 def test_resume_after_interrupt_equals_uninterrupted(
