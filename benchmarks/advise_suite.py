@@ -125,10 +125,7 @@ def simulate_halving(compare_dir: Path, strategies: list[str], epochs: int) -> d
 
 
 def task_config(task_dir: Path, manifest: dict, epochs: int, cache: Path):
-    suite = load_suite()
-    return thawline.make_config(data=str(task_dir), model=suite.MODEL, weights=suite.WEIGHTS,
-                                img_size=manifest["img_size"], epochs=epochs, batch_size=suite.BATCH,
-                                hflip=bool(manifest.get("hflip", True)), cache_dir=str(cache))  # fmt: skip
+    return load_suite().task_config(task_dir, manifest["img_size"], epochs, bool(manifest.get("hflip", True)), cache)
 
 
 def load_suite():

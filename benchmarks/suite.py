@@ -246,6 +246,12 @@ def run_thawline(cfg, strategies: list[str], out: Path, resume: bool) -> dict[st
 # ---- one task ---------------------------------------------------------------------------------------------------
 
 
+def task_config(task_dir: Path, img_size: int, epochs: int, hflip: bool, cache: Path):
+    """thawline's options for a task: the suite's model and batch, the task's size, budget and flips."""
+    return thawline.make_config(data=str(task_dir), model=MODEL, weights=WEIGHTS, img_size=img_size, epochs=epochs,
+                                batch_size=BATCH, hflip=hflip, cache_dir=str(cache))
+
+
 def run_task(task_dir: Path, manifest: dict, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     name = manifest["task"]
     epochs = args.epochs or manifest["epochs"]
@@ -258,8 +264,7 @@ def run_task(task_dir: Path, manifest: dict, args: argparse.Namespace, out: Path
     }
     cache = out / "cache" / name
     shutil.rmtree(cache, ignore_errors=True)
-    cfg = thawline.make_config(data=str(task_dir), model=MODEL, weights=WEIGHTS, img_size=img_size, epochs=epochs,
-                               batch_size=BATCH, hflip=hflip, cache_dir=str(cache))
+    cfg = task_config(task_dir, img_size, epochs, hflip, cache)
     size, interpolation, mean, std = data_settings(build_model_with_info(MODEL, "none", 2)[0], cfg)
     row["preprocessing"] = {"img_size": size, "interpolation": interpolation, "mean": list(mean), "std": list(std)}
 
@@ -303,8 +308,7 @@ def rerun_strategies(task_dir: Path, old: dict, args: argparse.Namespace, out: P
     for strategy in args.rerun_list:
         shutil.rmtree(out / "runs" / name / strategy, ignore_errors=True)
     cache = out / "cache" / name
-    cfg = thawline.make_config(data=str(task_dir), model=MODEL, weights=WEIGHTS, img_size=old["img_size"],
-                               epochs=old["epochs"], batch_size=BATCH, hflip=old["hflip"], cache_dir=str(cache))
+    cfg = task_config(task_dir, old["img_size"], old["epochs"], old["hflip"], cache)
     result = attempt(name, "thawline", lambda: run_thawline(cfg, old["strategies"], out / "runs" / name, True))
     shutil.rmtree(cache, ignore_errors=True)
     if "error" in result:
