@@ -303,7 +303,9 @@ def slow_folder(root: Path, per_class: int) -> Path:
 
 def test_ctrl_c_while_the_pool_decodes_is_one_line_130(tmp_path: Path) -> None:
     """SIGINT to the whole process group (what Ctrl-C in a terminal sends) while worker processes decode."""
-    data = slow_folder(tmp_path / "data", per_class=30)
+    # 160 images (~5 s of decoding on 2 workers): a test process that a loaded machine starves for a second or two
+    # still signals while the pool decodes (with 60 the run had sometimes finished before the signal: exit 0).
+    data = slow_folder(tmp_path / "data", per_class=80)
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
         train_command(data, tmp_path / "run", "--workers", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
