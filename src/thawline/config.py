@@ -160,10 +160,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "feature_cache": True,
     },
     # Best test accuracy within ~20 min wall time on a small (2-core) CPU: low resolution so a cached-prefix
-    # strategy (partial) spends its time on the trainable suffix. Fashion-MNIST (54k train) at 64 px, measured here:
-    # 4000 images per class, no flips, 3 epochs: 92.95% test in 7 min 45 s (best val at epoch 2, 12 min unused);
-    # with both flip views (their prefix pass is ~1/4 of an epoch): 4500 per class, 4 epochs: 93.12% in 17 min 41 s;
-    # all 54k, 4 epochs: 93.80% in 20 min 24 s (over); all 54k, 3 epochs is this preset.
+    # strategy (partial) spends its time on the trainable suffix; the flip view's prefix pass costs ~1/4 of an
+    # epoch. Fashion-MNIST (54k train, 64 px): 93.63% test in 18-19 min; a 4th epoch (93.80%) ran over at 20.4 min,
+    # the old 4000/class without flips gave 92.95% (README: Performance).
     "quality-20min": {
         "img_size": 64,
         "epochs": 3,
