@@ -17,6 +17,7 @@ from conftest import make_image_folder, tiny_config
 import thawline
 from thawline.errors import ThawlineError
 from thawline.metrics import (
+    Predictions,
     accuracy,
     calibration,
     confusion_matrix,
@@ -338,3 +339,44 @@ def test_report_in_headless_chromium(compare_dir: Path, tmp_path: Path):
     assert check["broken"] == [], f"images that did not load: {check['broken']}"
     assert check["images"] >= 8
     assert check["comparison_rows"] == len(STRATEGIES)
+
+
+def _predictions(tmp_path: Path, wrong: int) -> Predictions:
+    """8 solid-blue 16 px images of two classes; the first `wrong` of class a predicted as b."""
+    from PIL import Image
+
+    paths, labels, preds = [], [], []
+    for c in range(2):
+        for k in range(4):
+            path = tmp_path / f"{c}_{k}.png"
+            Image.new("RGB", (16, 16), (0, 0, 255)).save(path)
+            paths.append(str(path))
+            labels.append(c)
+            preds.append(1 if c == 0 and k < wrong else c)
+    labels_a, preds_a = np.array(labels), np.array(preds)
+    return Predictions(
+        classes=["a", "b"], split="test", paths=paths, labels=labels_a, preds=preds_a,
+        confidence=np.full(8, 0.9), loss=np.linspace(1, 0, 8), correct=(labels_a == preds_a).astype(np.int64),
+    )  # fmt: skip
+
+
+def test_prediction_grid_enlarges_small_images_and_marks_mistakes_in_red(tmp_path: Path):
+    from PIL import Image
+
+    from thawline.plots import BAD_COLOR, TILE, plot_prediction_grid, plot_top_losses
+
+    def count(png: Path, rgb: tuple[int, int, int]) -> int:
+        return int((np.asarray(Image.open(png).convert("RGB")) == rgb).all(axis=-1).sum())
+
+    red = tuple(int(BAD_COLOR[i : i + 2], 16) for i in (1, 3, 5))
+    clean, marked = tmp_path / "clean.png", tmp_path / "marked.png"
+    assert plot_prediction_grid(_predictions(tmp_path, wrong=0), clean) == (8, 0)
+    preds = _predictions(tmp_path, wrong=2)
+    Path(preds.paths[7]).unlink()  # an image moved away since the run: left out and counted, not fatal
+    assert plot_prediction_grid(preds, marked) == (7, 1)
+    assert count(clean, (0, 0, 255)) == 8 * TILE * TILE  # every 16 px tile shown at TILE px, pixels kept sharp
+    assert count(marked, (0, 0, 255)) == 7 * TILE * TILE
+    assert count(clean, red) == 0
+    assert count(marked, red) >= 2 * 4 * TILE  # a thick red frame around each of the two mistakes
+    assert plot_top_losses(preds, tmp_path / "top.png") == (7, 1)
+    assert count(tmp_path / "top.png", (0, 0, 255)) == 7 * TILE * TILE

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import make_image_folder
 
-from thawline.checkpoint import load_checkpoint
+from thawline.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from thawline.strategies import STRATEGIES
 
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
@@ -142,15 +142,15 @@ def test_resume_with_another_model_is_one_line(data: Path, reference: Path, tmp_
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_exact_kill_points_resume_to_the_uninterrupted_run(strategy: str, data: Path, tmp_path: Path) -> None:
-    """SIGKILL at exact events (THAWLINE_KILL_AFTER: right after every epoch boundary's checkpoint, right after
-    entering phase 2, and mid-epoch after the 10th optimizer step), then `--resume RUN_DIR`: metrics and weights
-    bit-identical to the run that was never stopped."""
+    """SIGKILL at exact events (THAWLINE_KILL_AFTER: between best.pt and last.pt of epoch 1, right after every epoch
+    boundary's checkpoint, right after entering phase 2, and mid-epoch after the 10th optimizer step), then
+    `--resume RUN_DIR`: metrics and weights bit-identical to the run that was never stopped."""
     straight = tmp_path / "straight"
     # --min-steps 24 over 4 epochs of 3 steps: 2 passes per epoch (the multi-pass epochs resume exactly too)
     cmd = [c if c != "layer-wise" else strategy for c in command(data, straight, "--min-steps", "24")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     assert subprocess.run(cmd, capture_output=True, timeout=300, env=env).returncode == 0
-    for event in ("checkpoint:1", "checkpoint:2", "checkpoint:3", "phase:2", "batch:10"):
+    for event in ("best:1", "checkpoint:1", "checkpoint:2", "checkpoint:3", "phase:2", "batch:10"):
         out = tmp_path / event.replace(":", "-")
         killed_cmd = [c if c != str(straight) else str(out) for c in cmd]
         killed = subprocess.run(killed_cmd, capture_output=True, text=True, timeout=300,
@@ -163,3 +163,14 @@ def test_exact_kill_points_resume_to_the_uninterrupted_run(strategy: str, data: 
                                  capture_output=True, text=True, timeout=300, env=env)
         assert resumed.returncode == 0, resumed.stderr
         assert_same_run(straight, out)
+
+
+def test_best_checkpoint_is_linked_as_last_and_parts_when_last_is_saved_again(tmp_path: Path) -> None:
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    save_checkpoint(best, {"w": torch.ones(3)})
+    link_checkpoint(best, last)  # an improving epoch: one serialisation, two names
+    assert last.samefile(best) and torch.equal(load_checkpoint(last)["w"], torch.ones(3))
+    save_checkpoint(last, {"w": torch.zeros(3)})  # the next epoch did not improve
+    assert not last.samefile(best)
+    assert torch.equal(load_checkpoint(best)["w"], torch.ones(3)), "saving last.pt changed best.pt"
+    assert not list(tmp_path.glob(".*.tmp")), "temporary files left behind"

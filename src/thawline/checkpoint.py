@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from thawline.atomic import WriteFailed, atomic_file
+from thawline.atomic import WriteFailed, atomic_file, atomic_path
 from thawline.errors import ThawlineError
 
 FORMAT = "thawline-checkpoint-1"
@@ -28,6 +29,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         kept = " (the previous checkpoint is intact)" if note else ""
         message = f"disk full while writing checkpoint '{path}'; free space there or pass --out elsewhere{kept}"
         raise WriteFailed(path, OSError(e.errno, os.strerror(e.errno)), message=message) from None
+
+
+def link_checkpoint(saved: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make `path` a second name of the checkpoint file `saved` (a hard link renamed into place, a copy where the
+    file system has no links): the same state is not serialised twice. Every later save writes a new file and
+    renames it, so the two names part when either is saved again."""
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(saved, tmp)
+        except OSError:
+            shutil.copyfile(saved, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

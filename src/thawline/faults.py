@@ -1,6 +1,7 @@
 """Deterministic fault injection for crash tests: `THAWLINE_KILL_AFTER=EVENT:N` makes the process kill itself with
 SIGKILL (no cleanup, no flush: a power cut) right after the Nth occurrence of a named event.
 
+    best:N         best.pt of global epoch N has been written, last.pt not yet (validation improved)
     checkpoint:N   last.pt of global epoch N has been written
     phase:N        phase N has been entered (optimizer ready, nothing trained yet)
     batch:N        this process's Nth optimizer step has been taken (mid-epoch: nothing of it is checkpointed)

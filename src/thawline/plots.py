@@ -8,6 +8,7 @@ written next to its final name and renamed, so a reader never sees half a file.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +298,19 @@ def plot_reliability(cal: Calibration, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _load_tile(path: str, size: int = 112) -> np.ndarray | None:
+TILE = 112  # px: the longer side of every image in the grids (small images are enlarged, pixels kept sharp)
+
+
+@dataclass
+class Tile:
+    image: np.ndarray  # (h, w, 3) uint8, the longer side TILE
+    title: str  # one or more lines above the image
+    mistake: bool
+
+
+def _load_tile(path: str, size: int = TILE) -> np.ndarray | None:
+    from PIL import Image
+
     from thawline.images import BadImage, open_rgb
 
     try:
@@ -305,18 +318,56 @@ def _load_tile(path: str, size: int = 112) -> np.ndarray | None:
     except BadImage:
         return None
     img.thumbnail((size, size))
+    if max(img.size) < size:  # a 28 px image fills its cell as imshow would show it: nearest, no blur
+        scale = size / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
     return np.asarray(img)
 
 
-def _mark_tile(ax, img: np.ndarray, title: str, mistake: bool) -> None:
-    ax.imshow(img, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    color = BAD_COLOR if mistake else OK_COLOR
-    ax.set_title(title, fontsize=8, color=color)
-    for spine in ax.spines.values():
-        spine.set_edgecolor(color)
-        spine.set_linewidth(3 if mistake else 1)
+def _hex_rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)], np.uint8)
+
+
+def _tile_sheet(rows: list[list[Tile]], row_labels: list[str] | None, title: str, path: Path) -> None:
+    """Tiles pasted into one image and drawn in one axes, titles as text above each: the same picture as a grid of
+    subplots, ~10x faster to draw (40 axes under constrained layout took ~2 s a figure, once per strategy)."""
+    lines = max((t.title.count("\n") + 1 for row in rows for t in row), default=1)
+    border, gap, line_px = 3, 8, 12  # px; a title line at fontsize 8 and 100 dpi is ~11 px
+    cell_w, cell_h = TILE + 2 * border + gap, TILE + 2 * border + lines * line_px + 4
+    cols = max((len(r) for r in rows), default=1)
+    sheet = np.full((len(rows) * cell_h, cols * cell_w, 3), 255, np.uint8)
+    texts: list[tuple[float, float, str, str]] = []
+    for r, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            color = BAD_COLOR if tile.mistake else OK_COLOR
+            h, w = tile.image.shape[:2]
+            top = r * cell_h + lines * line_px + 4 + border + (TILE - h) // 2
+            left = j * cell_w + gap // 2 + border + (TILE - w) // 2
+            b = border if tile.mistake else 1
+            sheet[top - b : top + h + b, left - b : left + w + b] = _hex_rgb(color)
+            sheet[top : top + h, left : left + w] = tile.image[..., :3]
+            texts.append((left + w / 2, top - b - 2, tile.title, color))
+    label_px = 0 if not row_labels else min(240, 12 + 6 * max(len(s) for s in row_labels))
+    title_px = 30
+    height, width = sheet.shape[0] + title_px, sheet.shape[1] + label_px
+    fig = _figure_px(width, height)
+    ax = fig.add_axes((label_px / width, 0, sheet.shape[1] / width, sheet.shape[0] / height))
+    ax.imshow(sheet, interpolation="nearest")
+    ax.set_axis_off()
+    for x, y, text, color in texts:
+        ax.text(x, y, text, fontsize=8, color=color, ha="center", va="bottom", linespacing=1.1, clip_on=False)
+    for r, label in enumerate(row_labels or []):
+        ax.text(-8, (r + 0.5) * cell_h + (lines * line_px + 4) / 2, label, fontsize=8, ha="right", va="center",
+                clip_on=False)  # fmt: skip
+    fig.suptitle(title, fontsize=10, y=1 - 6 / height, va="top")
+    save_figure(fig, path)
+
+
+def _figure_px(width: int, height: int):
+    """A figure of exactly width x height pixels at DPI, no layout engine (the caller places its axes)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
 
 
 def plot_prediction_grid(
@@ -325,10 +376,10 @@ def plot_prediction_grid(
     """A row of samples per true class titled with the prediction; mistakes in red. Returns (shown, skipped)."""
     rng = np.random.default_rng(seed)
     classes = [c for c in range(preds.num_classes) if (preds.labels == c).any()][:max_classes]
-    picked: list[list[tuple[int, np.ndarray]]] = []
+    rows: list[list[Tile]] = []
     skipped = 0
     for c in classes:
-        row: list[tuple[int, np.ndarray]] = []
+        row: list[Tile] = []
         idx = np.flatnonzero(preds.labels == c)
         # Show mistakes first when there are any, then correct ones, both in a seeded random order.
         idx = rng.permutation(idx)
@@ -340,63 +391,41 @@ def plot_prediction_grid(
             if int(i) in seen:
                 continue
             seen.add(int(i))
-            tile = _load_tile(preds.paths[i])
-            if tile is None:
+            image = _load_tile(preds.paths[i])
+            if image is None:
                 skipped += 1
                 continue
-            row.append((int(i), tile))
-        picked.append(row)
-    cols = max((len(r) for r in picked), default=0)
-    if cols == 0:
-        return 0, skipped
-    fig = _figure(1.4 * cols + 1.2, 1.5 * len(classes) + 0.3)
-    axes = np.atleast_2d(fig.subplots(len(classes), cols, squeeze=False))
-    for r, (c, row) in enumerate(zip(classes, picked, strict=True)):
-        for j in range(cols):
-            ax = axes[r, j]
-            if j >= len(row):
-                ax.axis("off")
-                continue
-            i, tile = row[j]
             pred = preds.classes[preds.preds[i]]
-            _mark_tile(ax, tile, f"{pred} {preds.confidence[i]:.0%}", preds.labels[i] != preds.preds[i])
-        axes[r, 0].set_ylabel(preds.classes[c], fontsize=8, rotation=0, ha="right", va="center")
-        if not row:
-            axes[r, 0].axis("on")
-            axes[r, 0].set_xticks([])
-            axes[r, 0].set_yticks([])
-            axes[r, 0].text(0.5, 0.5, "no image found", ha="center", va="center", fontsize=7)
-    fig.suptitle("predictions (row = true class, title = predicted; red = mistake)", fontsize=10)
-    save_figure(fig, path)
-    return sum(len(r) for r in picked), skipped
+            row.append(Tile(image, f"{pred} {preds.confidence[i]:.0%}", bool(preds.labels[i] != preds.preds[i])))
+        rows.append(row)
+    shown = sum(len(r) for r in rows)
+    if shown == 0:
+        return 0, skipped
+    labels = [
+        preds.classes[c] + ("  (no image found)" if not row else "") for c, row in zip(classes, rows, strict=True)
+    ]
+    _tile_sheet(rows, labels, "predictions (row = true class, title = predicted; red = mistake)", path)
+    return shown, skipped
 
 
 def plot_top_losses(preds: Predictions, path: Path, n: int = 12, cols: int = 4) -> tuple[int, int]:
     """The n highest-loss samples whose image can still be read. Returns (shown, skipped)."""
-    tiles: list[tuple[int, np.ndarray]] = []
+    tiles: list[Tile] = []
     skipped = 0
     for i in np.argsort(-preds.loss, kind="stable"):
         if len(tiles) == n:
             break
-        tile = _load_tile(preds.paths[i])
-        if tile is None:
+        image = _load_tile(preds.paths[i])
+        if image is None:
             skipped += 1
             continue
-        tiles.append((int(i), tile))
+        true, pred = preds.classes[preds.labels[i]], preds.classes[preds.preds[i]]
+        title = f"{true}\n→ {pred}\nloss {preds.loss[i]:.2f} · p {preds.confidence[i]:.0%}"
+        tiles.append(Tile(image, title, bool(preds.labels[i] != preds.preds[i])))
     if not tiles:
         return 0, skipped
     cols = min(cols, len(tiles))
-    rows = math.ceil(len(tiles) / cols)
-    fig = _figure(1.65 * cols, 2.05 * rows + 0.3)
-    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
-    for ax in axes.flat[len(tiles) :]:
-        ax.axis("off")
-    for ax, (i, tile) in zip(axes.flat, tiles, strict=False):
-        true, pred = preds.classes[preds.labels[i]], preds.classes[preds.preds[i]]
-        title = f"{true}\n→ {pred}\nloss {preds.loss[i]:.2f} · p {preds.confidence[i]:.0%}"
-        _mark_tile(ax, tile, title, preds.labels[i] != preds.preds[i])
-    fig.suptitle("top losses (true → predicted)", fontsize=10)
-    save_figure(fig, path)
+    _tile_sheet([tiles[k : k + cols] for k in range(0, len(tiles), cols)], None, "top losses (true → predicted)", path)
     return len(tiles), skipped
 
 
