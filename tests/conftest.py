@@ -82,3 +82,19 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("THAWLINE_CACHE_DIR", str(cache))
     return cache
+
+
+def interrupt_after_checkpoint(monkeypatch: pytest.MonkeyPatch, epoch: int = 1) -> None:
+    """Ctrl-C right after global epoch `epoch`'s checkpoint is complete (last.pt written): a run stopped there.
+    Hooks the trainer's own fault point, so it holds however the checkpoint files are written."""
+    from thawline import faults
+
+    real_after = faults.after
+
+    def after(event: str, n: int) -> None:
+        real_after(event, n)
+        if event == "checkpoint" and n == epoch:
+            monkeypatch.setattr(faults, "after", real_after)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults, "after", after)

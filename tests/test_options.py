@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder
+from conftest import interrupt_after_checkpoint, make_image_folder
 
 import thawline
 from thawline import cli, lrfind, prepare, sources, trainer
@@ -206,17 +206,9 @@ def test_lr_auto_runs_the_range_test_trains_with_its_pick_and_resume_reuses_it(
     # constant LR without warm-up: the logged LR of head-only training is exactly the first-phase LR
     cfg = tiny_config(image_folder, strategy="head-only", epochs=2, lr="auto", schedule="constant", warmup_epochs=0)
     out = tmp_path / "run"
-    real_save = trainer.save_checkpoint
-
-    def crash_after_first_epoch(path, payload):
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "save_checkpoint", crash_after_first_epoch)
+    interrupt_after_checkpoint(monkeypatch, epoch=1)
     with pytest.raises(KeyboardInterrupt):
         thawline.train(cfg, run_dir=out, quiet=True)
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
 
     found = json.loads((out / "lr_find.json").read_text())
     assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder, tiny_config
+from conftest import interrupt_after_checkpoint, make_image_folder, tiny_config
 
 import thawline
-from thawline import trainer
 from thawline.checkpoint import load_checkpoint
 from thawline.ranking import format_table
 
@@ -120,20 +119,9 @@ def test_resume_after_interrupt_equals_uninterrupted(
     cfg = tiny_config(image_folder, strategy="layer-wise", epochs=3)
     straight = thawline.train(cfg, run_dir=tmp_path / "straight", quiet=True)
 
-    real_save = trainer.save_checkpoint
-    calls = {"last": 0}
-
-    def crash_after_first_epoch(path, payload):
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            calls["last"] += 1
-            if calls["last"] == 1:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "save_checkpoint", crash_after_first_epoch)
+    interrupt_after_checkpoint(monkeypatch, epoch=1)
     with pytest.raises(KeyboardInterrupt):
         thawline.train(cfg, run_dir=tmp_path / "resumed", quiet=True)
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     resumed = thawline.train(cfg, run_dir=tmp_path / "resumed", resume=True, quiet=True)
 
     rows_a = read_jsonl(tmp_path / "straight/metrics.jsonl")

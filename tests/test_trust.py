@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder, one_error_line, tiny_config
+from conftest import interrupt_after_checkpoint, make_image_folder, one_error_line, tiny_config
 
 import thawline
 from thawline import cli, comparison, export, trainer
@@ -26,19 +26,6 @@ TINY_ARGS = ["--model", "test_efficientnet", "--weights", "none", "--img-size", 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C right after the first last.pt is written (a run stopped after epoch 1)."""
-    real_save = trainer.save_checkpoint
-
-    def save(path, payload):
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            monkeypatch.setattr(trainer, "save_checkpoint", real_save)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save)
 
 
 @pytest.fixture
@@ -65,7 +52,7 @@ def test_train_resume_run_dir_continues_with_its_saved_config(
     monkeypatch.chdir(tmp_path)  # a new runs/<name>-N folder would appear here
     run = tmp_path / "run"
     args = ["train", "--data", str(image_folder), *TINY_ARGS, "--strategy", "layer-wise", "--epochs", "2", "--quiet"]
-    interrupt_after_first_checkpoint(monkeypatch)
+    interrupt_after_checkpoint(monkeypatch)
     assert main([*args, "--out", str(run)]) == 130
     err = capsys.readouterr().err
     assert f"thawline train --resume {run}" in err, err  # Ctrl-C names the folder to resume
@@ -142,7 +129,7 @@ def test_resume_with_other_options_is_refused(
 ) -> None:
     cfg = tiny_config(image_folder, strategy="full", epochs=2)
     run = tmp_path / "run"
-    interrupt_after_first_checkpoint(monkeypatch)
+    interrupt_after_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         thawline.train(cfg, run_dir=run, quiet=True)
     for changed, fragments in [
