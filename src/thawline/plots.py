@@ -27,10 +27,11 @@ WINNER_COLOR = "#e6a100"
 # ---- figures: one plain function each, all on matplotlib's Agg canvas (no pyplot, no global state) --------
 
 
-def _figure(w: float, h: float):
+def _figure(w: float, h: float, layout: str | None = "constrained"):
+    """A w x h inch figure at DPI; layout=None when the caller places its axes itself."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+    return Figure(figsize=(w, h), dpi=DPI, layout=layout)
 
 
 def save_figure(fig, path: Path) -> None:
@@ -333,7 +334,8 @@ def _tile_sheet(rows: list[list[Tile]], row_labels: list[str] | None, title: str
     subplots, ~10x faster to draw (40 axes under constrained layout took ~2 s a figure, once per strategy)."""
     lines = max((t.title.count("\n") + 1 for row in rows for t in row), default=1)
     border, gap, line_px = 3, 8, 12  # px; a title line at fontsize 8 and 100 dpi is ~11 px
-    cell_w, cell_h = TILE + 2 * border + gap, TILE + 2 * border + lines * line_px + 4
+    band = lines * line_px + 4  # the titles' band above each tile
+    cell_w, cell_h = TILE + 2 * border + gap, TILE + 2 * border + band
     cols = max((len(r) for r in rows), default=1)
     sheet = np.full((len(rows) * cell_h, cols * cell_w, 3), 255, np.uint8)
     texts: list[tuple[float, float, str, str]] = []
@@ -341,7 +343,7 @@ def _tile_sheet(rows: list[list[Tile]], row_labels: list[str] | None, title: str
         for j, tile in enumerate(row):
             color = BAD_COLOR if tile.mistake else OK_COLOR
             h, w = tile.image.shape[:2]
-            top = r * cell_h + lines * line_px + 4 + border + (TILE - h) // 2
+            top = r * cell_h + band + border + (TILE - h) // 2
             left = j * cell_w + gap // 2 + border + (TILE - w) // 2
             b = border if tile.mistake else 1
             sheet[top - b : top + h + b, left - b : left + w + b] = _hex_rgb(color)
@@ -350,24 +352,17 @@ def _tile_sheet(rows: list[list[Tile]], row_labels: list[str] | None, title: str
     label_px = 0 if not row_labels else min(240, 12 + 6 * max(len(s) for s in row_labels))
     title_px = 30
     height, width = sheet.shape[0] + title_px, sheet.shape[1] + label_px
-    fig = _figure_px(width, height)
+    fig = _figure(width / DPI, height / DPI, layout=None)  # exactly width x height px: tiles drawn 1:1
     ax = fig.add_axes((label_px / width, 0, sheet.shape[1] / width, sheet.shape[0] / height))
     ax.imshow(sheet, interpolation="nearest")
     ax.set_axis_off()
     for x, y, text, color in texts:
         ax.text(x, y, text, fontsize=8, color=color, ha="center", va="bottom", linespacing=1.1, clip_on=False)
     for r, label in enumerate(row_labels or []):
-        ax.text(-8, (r + 0.5) * cell_h + (lines * line_px + 4) / 2, label, fontsize=8, ha="right", va="center",
+        ax.text(-8, (r + 0.5) * cell_h + band / 2, label, fontsize=8, ha="right", va="center",
                 clip_on=False)  # fmt: skip
     fig.suptitle(title, fontsize=10, y=1 - 6 / height, va="top")
     save_figure(fig, path)
-
-
-def _figure_px(width: int, height: int):
-    """A figure of exactly width x height pixels at DPI, no layout engine (the caller places its axes)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
 
 
 def plot_prediction_grid(
