@@ -95,11 +95,12 @@ def simulate_halving(compare_dir: Path, strategies: list[str], epochs: int) -> d
 
     Exact, not an estimate, for the winner: a halving survivor resumes bit-identical to the uninterrupted run
     (tested), so each strategy's best val accuracy at a rung is the full run's best over its first `rung` epochs,
-    and the survivors, the stops and the winner follow from `halving_rungs` and the same keep rule. The time share
+    and the survivors, the stops and the winner follow from `halving_rungs` and `halving_survivors`, carrying the
+    strategy a real `compare --halving` into `compare_dir` would carry (`halving_carried`). The time share
     is estimated from the epochs' own `seconds` (training + validation; start-up and the test pass left out). An exact
     tie in best val accuracy among the last survivors goes to the one with less time, as in `compare`: the one part
     that can differ from a real run, whose times are its own."""
-    from thawline.comparison import halving_keep, halving_rungs
+    from thawline.comparison import halving_carried, halving_rungs, halving_survivors
     from thawline.report import read_metrics
 
     curves: dict[str, list[dict[str, Any]]] = {}
@@ -109,18 +110,17 @@ def simulate_halving(compare_dir: Path, strategies: list[str], epochs: int) -> d
             return None
         curves[name] = rows[:epochs]
     rungs = halving_rungs(epochs, len(strategies))
+    carried = halving_carried(strategies, compare_dir)
     alive, stopped = list(strategies), {}
     for rung in rungs[:-1]:
-        best = {n: max(r["val_acc"] for r in curves[n][:rung]) for n in alive}
-        keep = halving_keep(len(alive))
-        ordered = sorted(alive, key=lambda n: -best[n])  # stable, as in successive_halving
-        stopped.update({n: rung for n in ordered[keep:]})
-        alive = ordered[:keep]
+        survivors = halving_survivors({n: max(r["val_acc"] for r in curves[n][:rung]) for n in alive}, carried)
+        stopped.update({n: rung for n in alive if n not in survivors})
+        alive = survivors
     final = {n: max(r["val_acc"] for r in curves[n]) for n in alive}
     winner = min(alive, key=lambda n: (-final[n], sum(r["seconds"] for r in curves[n])))
     spent = sum(sum(r["seconds"] for r in curves[n][: stopped.get(n, epochs)]) for n in strategies)
     total = sum(sum(r["seconds"] for r in curves[n]) for n in strategies)
-    return {"winner": winner, "stopped": stopped, "rungs": rungs, "final_val": final,
+    return {"winner": winner, "stopped": stopped, "rungs": rungs, "carried": carried, "final_val": final,
             "epoch_share": round(spent / total, 4)}  # fmt: skip
 
 
@@ -181,6 +181,9 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     strategies = [s for s in row["strategies"] if s in runs]
     test = {s: float(runs[s]["test_acc"]) for s in strategies}
     result.update(strategies=strategies, measured_test=test, full_pick=row["thawline"]["pick"])
+    if all("best_val_acc" in runs[s] for s in strategies):  # the ceiling: the trained runs' own val ranking
+        val = {s: float(runs[s]["best_val_acc"]) for s in strategies}
+        result["val_ranking_tau"] = round(kendall_tau_b(sorted(strategies, key=lambda s: -val[s]), test), 4)
     doc = json.loads(Path(result["advise"]["json"]).read_text())
     ranking = [r["strategy"] for r in rank_strategies(signals_from_doc(doc))[0] if r["strategy"] in test]
     result["advise"].update(ranking=ranking, tau=round(kendall_tau_b(ranking, test), 4), top=ranking[0],
@@ -189,6 +192,7 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     if sim is not None:
         sim["test_acc"] = test[sim["winner"]]
         sim["gap_points"] = top_gap_points(sim["winner"], test)
+        sim["gap_to_pick_points"] = round(100 * (test[result["full_pick"]] - test[sim["winner"]]), 2)
         result["halving_replayed"] = sim
     if "halving" in result:  # a real halving run's winner, scored against the current measurements
         h = result["halving"]
@@ -235,12 +239,21 @@ def summarise(results: list[dict]) -> dict[str, Any]:
         ),
         "advise_max_share": max((r["advise"]["share_of_full"] for r in results), default=None),
     }
+    val_taus = [r["val_ranking_tau"] for r in results if "val_ranking_tau" in r]
+    if val_taus:  # how well the full compare's own val accuracies rank its test accuracies: no predictor does better
+        summary["mean_tau_val_ranking"] = round(float(np.mean(val_taus)), 4)
     replayed = [r for r in results if "halving_replayed" in r]
     if replayed:
         summary["replayed_within_0_5pt"] = sum(r["halving_replayed"]["gap_points"] <= 0.5 for r in replayed)
+        summary["replayed_within_0_5pt_of_pick"] = sum(r["halving_replayed"]["gap_to_pick_points"] <= 0.5
+                                                       for r in replayed)  # fmt: skip
+        # the ceiling for halving's pick by val: how often the full compare's own pick is within 0.5 of the best
+        summary["full_pick_within_0_5pt"] = sum(top_gap_points(r["full_pick"], r["measured_test"]) <= 0.5
+                                                for r in replayed)  # fmt: skip
         summary["replayed_tasks"] = len(replayed)
         shares = [r["halving_replayed"]["epoch_share"] for r in replayed]
         summary["replayed_mean_epoch_share"] = round(float(np.mean(shares)), 4)
+        summary["replayed_max_epoch_share"] = round(float(np.max(shares)), 4)
         summary["replayed_matches_run"] = sum(r["halving_replayed"]["winner"] == r["halving"]["winner"]
                                               for r in replayed if "halving" in r)  # fmt: skip
     with_prior = [r["advise_loo_prior"] for r in results if "advise_loo_prior" in r]
@@ -308,6 +321,12 @@ def format_markdown(results: list[dict], summary: dict) -> str:
         f"{s['mean_tau_fixed_loo']}. Advise's top pick within 1 point of the best: {s['top_within_1pt']}/{s['tasks']}."
         f" Advise's largest share of the full compare's wall time: {pct(s['advise_max_share'])}.",
     ]
+    if "mean_tau_val_ranking" in s:
+        lines.append(
+            f"The full compare's own ranking by best val accuracy against its test ranking: mean τ "
+            f"{s['mean_tau_val_ranking']} (the same trained runs judged on other images: a practical ceiling for a "
+            "prediction made before training)."
+        )
     if "mean_tau_advise_loo_prior" in s:
         lines.append(
             "(The shipped prior is the fixed ranking fitted on this suite, so the line above is in-sample for it; the "
@@ -326,8 +345,11 @@ def format_markdown(results: list[dict], summary: dict) -> str:
     if "replayed_tasks" in s:
         lines.append(
             f"Halving replayed from the full compare's epochs (exact winner; time share from the epochs' seconds): "
-            f"winner within 0.5 points of the best on {s['replayed_within_0_5pt']}/{s['replayed_tasks']}; mean "
-            f"{pct(s['replayed_mean_epoch_share'])} of the strategy-epochs' time"
+            f"winner within 0.5 points of the best on {s['replayed_within_0_5pt']}/{s['replayed_tasks']} (the full "
+            f"compare's own pick by val: {s['full_pick_within_0_5pt']}/{s['replayed_tasks']}), of the full compare's "
+            f"pick on {s['replayed_within_0_5pt_of_pick']}/{s['replayed_tasks']}; mean "
+            f"{pct(s['replayed_mean_epoch_share'])} (largest {pct(s['replayed_max_epoch_share'])}) of the "
+            "strategy-epochs' time"
             + (f"; the replay named the real run's winner on {s['replayed_matches_run']}/{s['halving_tasks']} of the "
                "tasks where halving ran." if "halving_tasks" in s else ".")
         )  # fmt: skip

@@ -11,8 +11,9 @@ import torch
 from conftest import tiny_config
 
 import thawline
+from thawline.advise import ADVICE_DIR, ADVICE_JSON
 from thawline.checkpoint import load_checkpoint
-from thawline.comparison import compare, halving_rungs
+from thawline.comparison import compare, halving_carried, halving_rungs, halving_survivors
 from thawline.ranking import format_table
 from thawline.report import build_report
 
@@ -21,10 +22,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     ("budget", "n", "rungs"),
-    [(8, 7, [2, 4, 8]), (4, 7, [1, 2, 4]), (4, 3, [2, 4]), (3, 2, [3]), (2, 7, [1, 2]), (10, 4, [5, 10])],
-)
+    [(8, 7, [1, 3, 8]), (27, 7, [3, 9, 27]), (27, 9, [3, 9, 27]), (27, 10, [1, 3, 9, 27]), (4, 7, [1, 4]),
+     (6, 3, [2, 6]), (3, 2, [1, 3]), (1, 7, [1]), (10, 4, [1, 3, 10])],
+)  # fmt: skip
 def test_halving_rungs(budget: int, n: int, rungs: list[int]) -> None:
+    """The budget divided by 3 once per round until one strategy would remain (7 -> 3 -> 1: two rounds)."""
     assert halving_rungs(budget, n) == rungs
+
+
+def test_halving_keeps_the_best_third_and_carries_the_predicted_best() -> None:
+    scores = {"head-only": 0.7, "partial": 0.9, "full": 0.8, "scratch": 0.2, "two-phase": 0.8, "gradual": 0.3}
+    assert halving_survivors(scores, carried=None) == ["partial", "full"]  # 6 / 3; full before two-phase: given order
+    assert halving_survivors(scores, carried="gradual") == ["partial", "full", "gradual"]
+    assert halving_survivors(scores, carried="partial") == ["partial", "full"]  # already kept: not twice
+    assert halving_survivors(scores, carried="layer-wise") == ["partial", "full"]  # not in the race: ignored
+    assert halving_survivors({"full": 0.4, "scratch": 0.5}, carried="full") == ["scratch", "full"]
+
+
+def test_halving_carries_the_advisors_top_pick_else_the_prior_s(tmp_path: Path) -> None:
+    names = ["head-only", "full", "scratch"]
+    assert halving_carried(names, tmp_path) == "full"  # the prior: gradual, layer-wise, full, head-only, ...
+    assert halving_carried(["scratch", "two-phase"], tmp_path) == "two-phase"
+    (tmp_path / ADVICE_DIR).mkdir()
+    ranking = [{"strategy": s} for s in ("gradual", "scratch", "head-only", "full")]
+    (tmp_path / ADVICE_DIR / ADVICE_JSON).write_text(json.dumps({"ranking": ranking}))
+    assert halving_carried(names, tmp_path) == "scratch"  # the advisor's first among the strategies compared
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -36,15 +58,15 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
     names = ["head-only", "full", "scratch"]
     result = compare(cfg, names, tmp_path / "halved", quiet=True, halving=True)
     state = json.loads((tmp_path / "halved" / "halving.json").read_text())
-    assert state["rungs"] == [2, 4]
-    assert len(state["stopped"]) == 1 and len(state["alive"]) == 2
-    (loser,) = state["stopped"]
-    # the one stopped had the lowest best val accuracy at the rung; it has no summary, only 2 epochs
-    at_rung = {n: state["scores"][n]["2"] for n in names}
-    assert at_rung[loser] == min(at_rung.values())
-    assert state["stopped"][loser]["epoch"] == 2
-    assert not (tmp_path / "halved" / loser / "summary.json").exists()
-    assert len(read_jsonl(tmp_path / "halved" / loser / "metrics.jsonl")) == 2
+    assert state["rungs"] == [1, 4] and state["carried"] == "full"
+    # at the rung: the best of three by best val accuracy continues, and full (the prior's first) whatever it scored
+    at_rung = {n: state["scores"][n]["1"] for n in names}
+    assert state["alive"] == halving_survivors(at_rung, "full") and "full" in state["alive"]
+    assert set(state["stopped"]) == set(names) - set(state["alive"]) and state["stopped"]
+    for loser in state["stopped"]:  # no summary, only the rung's epoch
+        assert state["stopped"][loser]["epoch"] == 1 and state["stopped"][loser]["val_acc"] == at_rung[loser]
+        assert not (tmp_path / "halved" / loser / "summary.json").exists()
+        assert len(read_jsonl(tmp_path / "halved" / loser / "metrics.jsonl")) == 1
     assert sorted(r["strategy"] for r in result.rows) == sorted(state["alive"])
     for name in state["alive"]:  # paused at the rung and continued: the same as never stopping
         plain = thawline.train(
@@ -57,7 +79,8 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
         keys = ("train_loss", "val_loss", "val_acc", "lr")
         assert [[r[k] for k in keys] for r in rows_h] == [[r[k] for k in keys] for r in rows_p]
     html = build_report(tmp_path / "halved").read_text()
-    assert "Successive halving" in html and f"<strong>{loser}</strong> after epoch 2" in html
+    assert "Successive halving" in html and "<strong>full</strong>,\n    predicted best, was carried" in html
+    assert all(f"<strong>{loser}</strong> after epoch 1" in html for loser in state["stopped"])
 
 
 def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder: Path, tmp_path: Path) -> None:
@@ -75,7 +98,8 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     compare(cfg, names, tmp_path / "full", quiet=True)
     state = json.loads((tmp_path / "halved" / "halving.json").read_text())
     replay = advise_suite.simulate_halving(tmp_path / "full", names, 4)
-    assert replay is not None and replay["rungs"] == state["rungs"] == [2, 4]
+    assert replay is not None and replay["rungs"] == state["rungs"] == [1, 4]
+    assert replay["carried"] == state["carried"] == "full"
     assert replay["stopped"] == {n: s["epoch"] for n, s in state["stopped"].items()}
     # the winner: the best final val accuracy; an exact tie goes to the faster run, and run times are not replayed
     top = max(replay["final_val"].values())

@@ -380,3 +380,24 @@ def test_prediction_grid_enlarges_small_images_and_marks_mistakes_in_red(tmp_pat
     assert count(marked, red) >= 2 * 4 * TILE  # a thick red frame around each of the two mistakes
     assert plot_top_losses(preds, tmp_path / "top.png") == (7, 1)
     assert count(tmp_path / "top.png", (0, 0, 255)) == 7 * TILE * TILE
+
+
+def test_long_class_names_are_shortened_in_the_middle_and_stay_on_the_page(tmp_path: Path):
+    """iNaturalist-style names (the whole taxonomy, 70+ characters) would run off the figure's left edge as row
+    labels and into the next tile as titles: they keep their start and distinguishing end, and nothing is cut."""
+    from PIL import Image
+
+    from thawline.plots import _shorten, _text_px, plot_prediction_grid, plot_top_losses
+
+    taxonomy = "Plantae_Tracheophyta_Magnoliopsida_Asterales_Asteraceae_Taraxacum"
+    names = [f"{taxonomy}_{species}" for species in ("officinale", "erythrospermum")]
+    short = [_shorten(n, 120) for n in names]
+    assert all(_text_px(s) <= 120 < _text_px(s + "x") for s in short)  # as much as fits, no more
+    assert [s[:7] for s in short] == ["Plantae"] * 2 and short[0].endswith("inale") and short[1].endswith("rmum")
+    assert _shorten("short", 120) == "short" and "…" in short[0]
+    preds = _predictions(tmp_path, wrong=2)
+    preds.classes = names
+    for plot, png in ((plot_prediction_grid, tmp_path / "grid.png"), (plot_top_losses, tmp_path / "top.png")):
+        assert plot(preds, png) == (8, 0)
+        pixels = np.asarray(Image.open(png).convert("RGB"))
+        assert (pixels[:, :2] == 255).all() and (pixels[:, -2:] == 255).all(), png.name  # no text cut at an edge

@@ -462,7 +462,8 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=1, help="train every strategy with N seeds; rank by mean ± std")
     p.add_argument(
         "--halving", action="store_true",
-        help="successive halving: all train to a first rung, the better half continues, until the whole budget",
+        help="successive halving: all train to a first rung, the best third continues (and the strategy predicted "
+        "best), until the whole budget",
     )  # fmt: skip
     p.add_argument(
         "--advise", action="store_true", help="first predict the ranking from frozen-feature probes (seconds)"

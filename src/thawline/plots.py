@@ -7,6 +7,7 @@ written next to its final name and renamed, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,6 +301,9 @@ def plot_reliability(cal: Calibration, path: Path) -> None:
 
 
 TILE = 112  # px: the longer side of every image in the grids (small images are enlarged, pixels kept sharp)
+TILE_FONT = 8  # pt: the titles over the tiles and the row labels
+TITLE_PX = TILE + 6  # the widest title line over a tile: its cell (tile, borders, gap) less 4 px a side
+LABEL_PX = 280  # the widest row label left of the tiles
 
 
 @dataclass
@@ -323,6 +327,33 @@ def _load_tile(path: str, size: int = TILE) -> np.ndarray | None:
         scale = size / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
     return np.asarray(img)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_px(text: str) -> float:
+    """The width of `text` in px at TILE_FONT, as Agg draws it."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    width, _, _ = RendererAgg(1, 1, DPI).get_text_width_height_descent(text, FontProperties(size=TILE_FONT), False)
+    return float(width)
+
+
+def _shorten(name: str, px: float) -> str:
+    """`name` in at most `px` pixels, its middle replaced by an ellipsis: a long class name (iNaturalist's whole
+    taxonomy) keeps its start and its distinguishing end instead of running into the next tile or off the page."""
+
+    def cut(keep: int) -> str:
+        head = keep // 2
+        return name[:head] + "…" + name[len(name) - (keep - head) :]
+
+    if _text_px(name) <= px:
+        return name
+    lo, hi = 0, len(name) - 1  # the most characters kept such that it fits: cut(lo) fits (or lo == 0)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _text_px(cut(mid)) <= px else (lo, mid - 1)
+    return cut(lo)
 
 
 def _hex_rgb(color: str) -> np.ndarray:
@@ -349,7 +380,7 @@ def _tile_sheet(rows: list[list[Tile]], row_labels: list[str] | None, title: str
             sheet[top - b : top + h + b, left - b : left + w + b] = _hex_rgb(color)
             sheet[top : top + h, left : left + w] = tile.image[..., :3]
             texts.append((left + w / 2, top - b - 2, tile.title, color))
-    label_px = 0 if not row_labels else min(240, 12 + 6 * max(len(s) for s in row_labels))
+    label_px = 0 if not row_labels else math.ceil(12 + max(_text_px(s) for s in row_labels))
     title_px = 30
     height, width = sheet.shape[0] + title_px, sheet.shape[1] + label_px
     fig = _figure(width / DPI, height / DPI, layout=None)  # exactly width x height px: tiles drawn 1:1
@@ -390,14 +421,16 @@ def plot_prediction_grid(
             if image is None:
                 skipped += 1
                 continue
-            pred = preds.classes[preds.preds[i]]
-            row.append(Tile(image, f"{pred} {preds.confidence[i]:.0%}", bool(preds.labels[i] != preds.preds[i])))
+            confidence = f" {preds.confidence[i]:.0%}"
+            title = _shorten(preds.classes[preds.preds[i]], TITLE_PX - _text_px(confidence)) + confidence
+            row.append(Tile(image, title, bool(preds.labels[i] != preds.preds[i])))
         rows.append(row)
     shown = sum(len(r) for r in rows)
     if shown == 0:
         return 0, skipped
     labels = [
-        preds.classes[c] + ("  (no image found)" if not row else "") for c, row in zip(classes, rows, strict=True)
+        _shorten(preds.classes[c] + ("  (no image found)" if not row else ""), LABEL_PX)
+        for c, row in zip(classes, rows, strict=True)
     ]
     _tile_sheet(rows, labels, "predictions (row = true class, title = predicted; red = mistake)", path)
     return shown, skipped
@@ -414,7 +447,8 @@ def plot_top_losses(preds: Predictions, path: Path, n: int = 12, cols: int = 4) 
         if image is None:
             skipped += 1
             continue
-        true, pred = preds.classes[preds.labels[i]], preds.classes[preds.preds[i]]
+        true = _shorten(preds.classes[preds.labels[i]], TITLE_PX)
+        pred = _shorten(preds.classes[preds.preds[i]], TITLE_PX - _text_px("→ "))
         title = f"{true}\n→ {pred}\nloss {preds.loss[i]:.2f} · p {preds.confidence[i]:.0%}"
         tiles.append(Tile(image, title, bool(preds.labels[i] != preds.preds[i])))
     if not tiles:

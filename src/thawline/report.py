@@ -546,13 +546,15 @@ def _shift_section(rows: list[dict[str, Any]], runs: dict[str, RunData], figdir:
 
 
 def _halving_rows(folder: Path, notes: list[str]) -> dict[str, Any] | None:
-    """`compare --halving`: the rungs, and each stopped strategy with the epoch and val accuracy it stopped at."""
+    """`compare --halving`: the rungs, the strategy carried to the end, and each stopped strategy with the epoch and
+    val accuracy it stopped at."""
     state = _read_json(folder / "halving.json", notes) if (folder / "halving.json").is_file() else None
     if not isinstance(state, dict):
         return None
     stopped = sorted(state.get("stopped", {}).items(), key=lambda kv: (-kv[1]["epoch"], -kv[1]["val_acc"]))
     return {
         "rungs": ", ".join(str(r) for r in state.get("rungs", [])),
+        "carried": state.get("carried"),
         "stopped": [{"name": n, "epoch": v["epoch"], "val_acc": fmt_pct(v["val_acc"])} for n, v in stopped],
     }
 
