@@ -401,3 +401,17 @@ def test_long_class_names_are_shortened_in_the_middle_and_stay_on_the_page(tmp_p
         assert plot(preds, png) == (8, 0)
         pixels = np.asarray(Image.open(png).convert("RGB"))
         assert (pixels[:, :2] == 255).all() and (pixels[:, -2:] == 255).all(), png.name  # no text cut at an edge
+
+
+def test_confusion_matrix_keeps_long_class_names_short_enough_to_lay_out(tmp_path: Path):
+    """Whole-taxonomy names on the axes collapsed the constrained layout (a UserWarning, labels over the matrix)."""
+    import warnings
+
+    from thawline.plots import CLASS_NAME_PX, _text_px, plot_confusion
+
+    names = [f"Plantae Tracheophyta Magnoliopsida Asterales Asteraceae Taraxacum {s}" for s in ("officinale", "rubrum")]
+    names.append("Fungi")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        plot_confusion(np.array([[8, 0, 0], [0, 8, 0], [1, 0, 7]]), names, tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").stat().st_size > 0 and _text_px(names[0]) > CLASS_NAME_PX

@@ -527,7 +527,7 @@ def sample_data(
     from tqdm import tqdm
 
     from thawline.cache import build_image_cache
-    from thawline.prepare import PreparedData, SplitData, cache_dir, discover_data, warn
+    from thawline.prepare import PreparedData, SplitData, cache_dir, discover_data, warn_skipped
 
     found, img_size, interpolation = discover_data(config)
     splits: dict[str, SplitData] = {}
@@ -547,8 +547,7 @@ def sample_data(
         if len(rows) == 0:
             raise ThawlineError(f"no sampled image in {found.root / name} could be decoded; see `thawline data check`")
         splits[name] = SplitData(name, cache, [paths[i] for i in rows], labels[pick][rows], rows)
-    if skipped:
-        warn(f"skipped {len(skipped)} file(s) that are not decodable images")
+    warn_skipped(len(found.skipped), len(skipped) - len(found.skipped), "`thawline data check`")
     per_class = np.bincount(np.asarray(found.splits["train"].labels), minlength=len(found.classes))
     return PreparedData(found, img_size, interpolation, splits, skipped), totals, per_class
 

@@ -23,6 +23,8 @@ DPI = 100
 OK_COLOR = "#1b7f3b"
 BAD_COLOR = "#d62728"
 WINNER_COLOR = "#e6a100"
+SMALL_FONT = 8  # pt: tile titles, row labels, class names on axes
+CLASS_NAME_PX = 160  # the widest class name on a confusion matrix's axes; longer ones lose their middle
 
 
 # ---- figures: one plain function each, all on matplotlib's Agg canvas (no pyplot, no global state) --------
@@ -217,6 +219,33 @@ def plot_shift(rows: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
+@functools.lru_cache(maxsize=4096)
+def _text_px(text: str, size: float = SMALL_FONT) -> float:
+    """The width of `text` in px at `size` pt, as Agg draws it."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    width, _, _ = RendererAgg(1, 1, DPI).get_text_width_height_descent(text, FontProperties(size=size), False)
+    return float(width)
+
+
+def _shorten(name: str, px: float, size: float = SMALL_FONT) -> str:
+    """`name` in at most `px` pixels, its middle replaced by an ellipsis: a long class name (iNaturalist's whole
+    taxonomy) keeps its start and its distinguishing end instead of running into the next tile or off the page."""
+
+    def cut(keep: int) -> str:
+        head = keep // 2
+        return name[:head] + "…" + name[len(name) - (keep - head) :]
+
+    if _text_px(name, size) <= px:
+        return name
+    lo, hi = 0, len(name) - 1  # the most characters kept such that it fits: cut(lo) fits (or lo == 0)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _text_px(cut(mid), size) <= px else (lo, mid - 1)
+    return cut(lo)
+
+
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
     """Counts and row-normalised (recall) confusion matrices side by side."""
     k = len(classes)
@@ -225,12 +254,13 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
     axes = fig.subplots(1, 2)
     norm = row_normalize(cm)
     annotate = k <= 20
-    fontsize = 8 if k <= 12 else 6
+    fontsize = SMALL_FONT if k <= 12 else 6
+    names = [_shorten(c, CLASS_NAME_PX, fontsize) for c in classes]
     for ax, data, name in ((axes[0], cm, "counts"), (axes[1], norm, "row-normalised (recall)")):
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(float(data.max()), 1e-9))
         ax.set_title(name, fontsize=10)
-        ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=fontsize)
-        ax.set_yticks(range(k), classes, fontsize=fontsize)
+        ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=fontsize)
+        ax.set_yticks(range(k), names, fontsize=fontsize)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         fig.colorbar(im, ax=ax, shrink=0.8)
@@ -301,7 +331,6 @@ def plot_reliability(cal: Calibration, path: Path) -> None:
 
 
 TILE = 112  # px: the longer side of every image in the grids (small images are enlarged, pixels kept sharp)
-TILE_FONT = 8  # pt: the titles over the tiles and the row labels
 TITLE_PX = TILE + 6  # the widest title line over a tile: its cell (tile, borders, gap) less 4 px a side
 LABEL_PX = 280  # the widest row label left of the tiles
 
@@ -327,33 +356,6 @@ def _load_tile(path: str, size: int = TILE) -> np.ndarray | None:
         scale = size / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
     return np.asarray(img)
-
-
-@functools.lru_cache(maxsize=4096)
-def _text_px(text: str) -> float:
-    """The width of `text` in px at TILE_FONT, as Agg draws it."""
-    from matplotlib.backends.backend_agg import RendererAgg
-    from matplotlib.font_manager import FontProperties
-
-    width, _, _ = RendererAgg(1, 1, DPI).get_text_width_height_descent(text, FontProperties(size=TILE_FONT), False)
-    return float(width)
-
-
-def _shorten(name: str, px: float) -> str:
-    """`name` in at most `px` pixels, its middle replaced by an ellipsis: a long class name (iNaturalist's whole
-    taxonomy) keeps its start and its distinguishing end instead of running into the next tile or off the page."""
-
-    def cut(keep: int) -> str:
-        head = keep // 2
-        return name[:head] + "…" + name[len(name) - (keep - head) :]
-
-    if _text_px(name) <= px:
-        return name
-    lo, hi = 0, len(name) - 1  # the most characters kept such that it fits: cut(lo) fits (or lo == 0)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if _text_px(cut(mid)) <= px else (lo, mid - 1)
-    return cut(lo)
 
 
 def _hex_rgb(color: str) -> np.ndarray:
@@ -388,9 +390,9 @@ def _tile_sheet(rows: list[list[Tile]], row_labels: list[str] | None, title: str
     ax.imshow(sheet, interpolation="nearest")
     ax.set_axis_off()
     for x, y, text, color in texts:
-        ax.text(x, y, text, fontsize=8, color=color, ha="center", va="bottom", linespacing=1.1, clip_on=False)
+        ax.text(x, y, text, fontsize=SMALL_FONT, color=color, ha="center", va="bottom", linespacing=1.1, clip_on=False)
     for r, label in enumerate(row_labels or []):
-        ax.text(-8, (r + 0.5) * cell_h + band / 2, label, fontsize=8, ha="right", va="center",
+        ax.text(-8, (r + 0.5) * cell_h + band / 2, label, fontsize=SMALL_FONT, ha="right", va="center",
                 clip_on=False)  # fmt: skip
     fig.suptitle(title, fontsize=10, y=1 - 6 / height, va="top")
     save_figure(fig, path)

@@ -36,6 +36,17 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def warn_skipped(ignored: int, undecodable: int, where: str) -> None:
+    """One line for the files left out: those that are not images in class folders, those that do not decode."""
+    parts = []
+    if ignored:
+        parts.append(f"{ignored} not an image in a class folder")
+    if undecodable:
+        parts.append(f"{undecodable} that cannot be decoded")
+    if parts:
+        warn(f"skipped {ignored + undecodable} file(s): {', '.join(parts)} (listed in {where})")
+
+
 # ---- data ---------------------------------------------------------------------------------------------------
 
 
@@ -131,8 +142,7 @@ def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
         if len(rows) == 0:
             raise ThawlineError(f"no image in {found.root / name} could be decoded; see the skipped files listed")
         splits[name] = SplitData(name, cache, [files.paths[i] for i in rows], labels[rows], rows)
-    if skipped:
-        warn(f"skipped {len(skipped)} file(s) that are not decodable images (listed in skipped.csv of the run)")
+    warn_skipped(len(found.skipped), len(skipped) - len(found.skipped), "skipped.csv of the run")
     return PreparedData(found, img_size, interpolation, splits, skipped)
 
 
