@@ -40,11 +40,11 @@ def test_halving_keeps_the_best_third_and_carries_the_predicted_best() -> None:
 
 
 def test_halving_carries_the_advisors_top_pick_else_the_prior_s(tmp_path: Path) -> None:
-    names = ["head-only", "full", "scratch"]
-    assert halving_carried(names, tmp_path) == "full"  # the prior: gradual, layer-wise, full, head-only, ...
+    names = ["partial", "full", "scratch"]
+    assert halving_carried(names, tmp_path) == "full"  # the prior: gradual, layer-wise, head-only, full, partial, ...
     assert halving_carried(["scratch", "two-phase"], tmp_path) == "two-phase"
     (tmp_path / ADVICE_DIR).mkdir()
-    ranking = [{"strategy": s} for s in ("gradual", "scratch", "head-only", "full")]
+    ranking = [{"strategy": s} for s in ("gradual", "scratch", "partial", "full")]
     (tmp_path / ADVICE_DIR / ADVICE_JSON).write_text(json.dumps({"ranking": ranking}))
     assert halving_carried(names, tmp_path) == "scratch"  # the advisor's first among the strategies compared
 
@@ -55,7 +55,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path: Path) -> None:
     cfg = tiny_config(image_folder, epochs=4, hflip=True)
-    names = ["head-only", "full", "scratch"]
+    names = ["two-phase", "full", "scratch"]
     result = compare(cfg, names, tmp_path / "halved", quiet=True, halving=True)
     state = json.loads((tmp_path / "halved" / "halving.json").read_text())
     assert state["rungs"] == [1, 4] and state["carried"] == "full"
@@ -99,7 +99,7 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     state = json.loads((tmp_path / "halved" / "halving.json").read_text())
     replay = advise_suite.simulate_halving(tmp_path / "full", names, 4)
     assert replay is not None and replay["rungs"] == state["rungs"] == [1, 4]
-    assert replay["carried"] == state["carried"] == "full"
+    assert replay["carried"] == state["carried"] == "head-only"  # the prior's first of the four
     assert replay["stopped"] == {n: s["epoch"] for n, s in state["stopped"].items()}
     # the winner: the best final val accuracy; an exact tie goes to the faster run, and run times are not replayed
     top = max(replay["final_val"].values())

@@ -62,6 +62,17 @@ def test_ties_in_cv_go_to_the_strongest_l2_and_the_temperature_keeps_the_head_co
     assert (probs.argmax(1) == y).float().mean() >= 0.95
 
 
+def test_one_standard_error_rule_takes_the_strongest_l2_within_one_error_of_the_best() -> None:
+    spread = [-0.04, 0.04, 0.0, -0.02, 0.02]  # sample std 0.0316, standard error over 5 folds 0.0141
+    means = {1e-5: 0.60, 1e-4: 0.70, 1e-3: 0.73, 1e-2: 0.74, 1e-1: 0.75, 1.0: 0.745, 10.0: 0.74}
+    accs = {c: [m + d for d in spread] for c, m in means.items()}
+    c, c_best, se = headfit.one_standard_error(accs)
+    assert c_best == 0.1 and se == pytest.approx(0.0316228 / 5**0.5, abs=1e-6)
+    assert c == 1e-2  # 0.74 >= 0.75 - 0.0141 > 0.73: the strongest L2 within one error
+    flat = {c: [m] * 5 for c, m in means.items()}  # no spread over the folds: the best mean itself
+    assert headfit.one_standard_error(flat) == (0.1, 0.1, 0.0)
+
+
 def test_the_temperature_calibrates_without_moving_the_argmax() -> None:
     g = torch.Generator().manual_seed(2)
     y = torch.arange(3).repeat(100)

@@ -192,6 +192,13 @@ def test_pairs_by_image_path_and_refuses_unpaired_runs() -> None:
     rows = _rows("a", "b")
     v = mark_ties(rows, {"a": {"test": winner}, "b": {"test": shuffled}})
     assert (v.winner_only, v.runner_up_only, v.p) == (0, 0, 1.0)
+    # the same images through another path to the data (a relative --data in one run, absolute in the other)
+    relative = tuple(f"data/test/{c}/img{i}.png" for i, c in enumerate("aabbccdd"))
+    absolute = tuple("/home/me/project/" + p for p in relative)
+    rows = _rows("a", "b")
+    v = mark_ties(rows, {"a": {"test": Correctness(winner.correct, relative)},
+                         "b": {"test": Correctness(shuffled.correct, absolute[::-1])}})  # fmt: skip
+    assert (v.winner_only, v.runner_up_only, v.untested) == (0, 0, []) and rows[1]["tied"] is True
     other = Correctness(np.ones(8, dtype=int), tuple(f"other{i}.png" for i in range(8)))
     rows = _rows("a", "b", "c")
     v = mark_ties(rows, {"a": {"test": winner}, "b": {"test": other}, "c": {}})

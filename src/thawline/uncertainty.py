@@ -13,6 +13,7 @@ and the strategy is marked tied with the winner. numpy and the standard library 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,14 +138,26 @@ def read_correctness(run_dir: Path | str) -> tuple[dict[str, Correctness], list[
     return found, notes
 
 
+def _under_common_folder(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Each path relative to the folder they all share: one run given `data/x` and another `/home/me/data/x` (or
+    another copy of the folder) name the same images alike."""
+    try:
+        root = os.path.commonpath(paths)
+    except ValueError:  # no paths, or absolute and relative mixed
+        return paths
+    return tuple(os.path.relpath(p, root) for p in paths)
+
+
 def _align(winner: Correctness, other: Correctness) -> tuple[np.ndarray, np.ndarray] | None:
     """The two correctness vectors over the same samples in the same order, or None when they cannot be paired."""
     if winner.paths is None or other.paths is None or winner.paths == other.paths:
         return (winner.correct, other.correct) if winner.correct.shape == other.correct.shape else None
-    index = {p: i for i, p in enumerate(other.paths)}
-    if len(index) != len(other.paths) or len(set(winner.paths)) != len(winner.paths) or set(index) != set(winner.paths):
-        return None
-    return winner.correct, other.correct[[index[p] for p in winner.paths]]
+    for mine, theirs in ((winner.paths, other.paths), (_under_common_folder(winner.paths),
+                                                       _under_common_folder(other.paths))):  # fmt: skip
+        index = {p: i for i, p in enumerate(theirs)}
+        if len(index) == len(theirs) == len(set(mine)) and set(index) == set(mine):
+            return winner.correct, other.correct[[index[p] for p in mine]]
+    return None
 
 
 # ---- ties with the winner ---------------------------------------------------------------------------------------
