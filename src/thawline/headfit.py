@@ -145,7 +145,7 @@ def choose_c(
             held_logits[c].append((logits, y[held]))
     c, c_best, se = one_standard_error(accs)
     logits, labels_held = (torch.cat(t) for t in zip(*held_logits[c], strict=True))
-    return HeadFit(c=c, cv_acc={c: float(np.mean(a)) for c, a in accs.items()}, cv_se=se, c_best=c_best,
+    return HeadFit(c=c, cv_acc={k: float(np.mean(a)) for k, a in accs.items()}, cv_se=se, c_best=c_best,
                    folds=folds, temperature=fit_temperature(logits, labels_held))  # fmt: skip
 
 

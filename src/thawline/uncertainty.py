@@ -139,10 +139,10 @@ def read_correctness(run_dir: Path | str) -> tuple[dict[str, Correctness], list[
 
 
 def _under_common_folder(paths: tuple[str, ...]) -> tuple[str, ...]:
-    """Each path relative to the folder they all share: one run given `data/x` and another `/home/me/data/x` (or
+    """Each path relative to the folder its files share: one run given `data/x` and another `/home/me/data/x` (or
     another copy of the folder) name the same images alike."""
     try:
-        root = os.path.commonpath(paths)
+        root = os.path.commonpath([os.path.dirname(p) for p in paths])
     except ValueError:  # no paths, or absolute and relative mixed
         return paths
     return tuple(os.path.relpath(p, root) for p in paths)
@@ -152,12 +152,11 @@ def _align(winner: Correctness, other: Correctness) -> tuple[np.ndarray, np.ndar
     """The two correctness vectors over the same samples in the same order, or None when they cannot be paired."""
     if winner.paths is None or other.paths is None or winner.paths == other.paths:
         return (winner.correct, other.correct) if winner.correct.shape == other.correct.shape else None
-    for mine, theirs in ((winner.paths, other.paths), (_under_common_folder(winner.paths),
-                                                       _under_common_folder(other.paths))):  # fmt: skip
-        index = {p: i for i, p in enumerate(theirs)}
-        if len(index) == len(theirs) == len(set(mine)) and set(index) == set(mine):
-            return winner.correct, other.correct[[index[p] for p in mine]]
-    return None
+    mine, theirs = _under_common_folder(winner.paths), _under_common_folder(other.paths)
+    index = {p: i for i, p in enumerate(theirs)}
+    if len(index) != len(theirs) or len(set(mine)) != len(mine) or set(index) != set(mine):
+        return None
+    return winner.correct, other.correct[[index[p] for p in mine]]
 
 
 # ---- ties with the winner ---------------------------------------------------------------------------------------
