@@ -16,12 +16,14 @@ from thawline import logme as lm
 from thawline.advise import (
     ADVICE_HTML,
     ADVICE_JSON,
+    FAR_BEHIND,
     FIGURE,
     PRIOR,
     RULE_WEIGHT,
     STRATEGY_ORDER,
     Signals,
     advice_html,
+    far_behind,
     knn_accuracy,
     linear_probe,
     rank_strategies,
@@ -192,6 +194,27 @@ def test_ranking_rules() -> None:
     assert early[1]["layer_decay"] == 1.0  # RGN falls with depth: no decay
     late = rank_strategies(_signals(rgn=[0.01, 0.01, 0.02, 0.04, 0.08, 0.16]))
     assert 0.5 <= late[1]["layer_decay"] < 1.0
+
+
+def test_far_behind_skips_only_what_no_evidence_lifts() -> None:
+    """compare --advise leaves out a strategy scored more than FAR_BEHIND below the best one compared: scratch on
+    ordinary data, not when the pretrained features barely help; never below two strategies."""
+    usual = [r["strategy"] for r in rank_strategies(_signals())[0]]  # few images per class: scratch down
+    ranking = rank_strategies(_signals())[0]
+    skipped = far_behind(ranking, usual)
+    assert list(skipped) == ["scratch"] and "below gradual" in skipped["scratch"]
+    # the gap is to the best of the strategies compared, not the advisor's overall top pick
+    assert far_behind(ranking, ["two-phase", "scratch", "head-only"]) == {}
+    assert far_behind(ranking, ["gradual", "scratch"]) == {}  # a comparison of two stays two
+    assert list(far_behind(ranking, ["gradual", "scratch", "my-recipe"])) == ["scratch"]
+    assert far_behind(ranking, ["my-recipe", "another"]) == {}  # names the advisor did not score stay
+    variant = next(r["variant"] for r in ranking if r["strategy"] == "partial")
+    assert far_behind(ranking, [variant, "scratch", "full"]) == {}  # partial-k/n is scored as partial (0.52)
+    # features that barely help (every depth within 15 points of chance) lift scratch within reach: kept
+    useless = rank_strategies(_signals(linear=[0.12, 0.14, 0.15, 0.16, 0.17, 0.18]))[0]
+    assert far_behind(useless, usual) == {}
+    scores = {r["strategy"]: r["score"] for r in useless}
+    assert max(scores.values()) - scores["scratch"] <= FAR_BEHIND
 
 
 def test_stage_outputs_pool_to_the_classifier_input() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from conftest import tiny_config
 
 import thawline
-from thawline.advise import ADVICE_DIR, ADVICE_JSON
+from thawline.advise import ADVICE_DIR, ADVICE_JSON, SKIPPED_JSON
 from thawline.checkpoint import load_checkpoint
 from thawline.comparison import compare, halving_carried, halving_rungs, halving_survivors
 from thawline.ranking import format_table
@@ -86,8 +87,6 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
 def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder: Path, tmp_path: Path) -> None:
     """benchmarks/advise_suite.py replays halving from a full compare's epochs; exact because survivors resume
     bit-identical, so the replay must stop the same strategies at the same rungs and name the same winner."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("advise_suite", ROOT / "benchmarks" / "advise_suite.py")
     assert spec is not None and spec.loader is not None
     advise_suite = importlib.util.module_from_spec(spec)
@@ -166,6 +165,30 @@ def test_advise_goes_first_in_the_compare_report(image_folder: Path, tmp_path: P
     assert {r["strategy"] for r in doc["ranking"]} >= {"head-only", "full"}
     html = build_report(tmp_path / "adv").read_text()
     assert html.index('id="advice"') < html.index('id="comparison"')
+
+
+def test_advise_skips_the_strategies_ranked_far_behind(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --advise, a strategy the advisor scores far below the best is not trained; skipped.json and the report
+    say which and why, and a resumed comparison skips the same one. (FAR_BEHIND at 0 skips all but the two
+    best-scored of three, whatever the tiny model's probes say.)"""
+    monkeypatch.setattr(importlib.import_module("thawline.advise"), "FAR_BEHIND", 0.0)  # the module, not the function
+    names = ["head-only", "full", "scratch"]
+    cfg = tiny_config(image_folder, epochs=1)
+    result = compare(cfg, names, tmp_path / "adv", quiet=True, advise=True, halving=True)
+    doc = json.loads((tmp_path / "adv" / ADVICE_DIR / ADVICE_JSON).read_text())
+    score = {r["strategy"]: r["score"] for r in doc["ranking"]}
+    worst = min(names, key=lambda n: (score[n], -names.index(n)))
+    skipped = json.loads((tmp_path / "adv" / ADVICE_DIR / SKIPPED_JSON).read_text())
+    assert list(skipped) == [worst] and "below" in skipped[worst]
+    assert sorted(result.runs) == sorted(n for n in names if n != worst)
+    assert not (tmp_path / "adv" / worst).exists()
+    assert worst not in (tmp_path / "adv" / "comparison.csv").read_text()
+    html = build_report(tmp_path / "adv").read_text()
+    assert 'id="skipped">Not trained' in html and f"<strong>{worst}</strong>, the advisor scored it" in html
+    again = compare(cfg, names, tmp_path / "adv", quiet=True, advise=True, halving=True, resume=True)
+    assert sorted(again.runs) == sorted(result.runs) and not (tmp_path / "adv" / worst).exists()
 
 
 def test_lr_auto_tests_each_phase_from_its_start_and_a_resume_keeps_it(image_folder: Path, tmp_path: Path) -> None:

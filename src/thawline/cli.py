@@ -466,8 +466,10 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         "best), until the whole budget",
     )  # fmt: skip
     p.add_argument(
-        "--advise", action="store_true", help="first predict the ranking from frozen-feature probes (seconds)"
-    )
+        "--advise", action="store_true",
+        help="first predict the ranking from frozen-feature probes (seconds) and skip the strategies it ranks far "
+        "behind (scratch, unless the pretrained features barely help or there are >= 1000 images per class)",
+    )  # fmt: skip
     p.add_argument(
         "--models", help="comma-separated timm models: every strategy on every model (OUT/<model>/<strategy>), "
         "one table ranks all (model, strategy) pairs",

@@ -1,12 +1,14 @@
 """Run several strategies on the same data, model, seed and epoch budget; rank them in one table.
 
-Two options change how much is trained:
+Three options change how much is trained:
 - `seeds=N` trains every strategy N times (seeds seed, seed+1, ...; the extra ones in `seeds/seed-<s>/`) and ranks
   by the mean best val accuracy, with the spread over seeds in the table;
 - `halving=True` is successive halving: every strategy trains to a first rung (a fraction of the budget), the
   best third by best val accuracy so far continues from its checkpoint to the next rung (exactly as if it had
   never stopped), until the last rung, the whole budget; the strategy predicted best (the advisor's top pick) is
   carried to the end whatever its early score; `halving.json` records who stopped where.
+- `advise=True` runs `thawline advise` first (its prediction heads the report) and leaves out the strategies it
+  ranks far behind (`advise.far_behind`); advise/skipped.json records which and why.
 
 `models=[a, b]` is a model x strategy grid: each model trains every strategy into `OUT/<model>/<strategy>` (its
 data decoded at its own input size) and one table ranks every (model, strategy) pair, named "a / partial".
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from thawline import distributed
-from thawline.advise import ADVICE_DIR, PRIOR, load_advice
+from thawline.advise import ADVICE_DIR, PRIOR, SKIPPED_JSON, far_behind, load_advice
 from thawline.config import TrainConfig, atomic_write_text, load_yaml_mapping, replace, save_yaml
 from thawline.errors import ThawlineError
 from thawline.prepare import PreparedData, prepare_data
@@ -217,6 +219,8 @@ def train_model(
         from thawline.advise import advise as run_advice
 
         run_advice(config, folder / ADVICE_DIR, data=data, quiet=quiet)  # seconds; the report's first section
+    if advise:
+        names = skip_far_behind(names, folder, quiet=quiet)
     if halving:
         runs = successive_halving(config, names, folder, data, resume=resume, quiet=quiet)
     else:
@@ -226,6 +230,22 @@ def train_model(
         train_strategies(replace(config, seed=seed), names, out_dir / "seeds" / f"seed-{seed}" / sub, data,
                          resume=resume, quiet=quiet)  # fmt: skip
     return runs
+
+
+def skip_far_behind(names: list[str], folder: Path, *, quiet: bool) -> list[str]:
+    """`--advise`: `names` without the strategies the advisor ranks far behind (`advise.far_behind`);
+    advise/skipped.json and the report say which and why. Rank 0 decides (it ran the advisor); every rank trains
+    the same list."""
+    skipped: dict[str, str] = {}
+    if distributed.is_main():
+        doc = load_advice(folder / ADVICE_DIR)
+        skipped = far_behind(doc["ranking"], names) if doc else {}
+        atomic_write_text(folder / ADVICE_DIR / SKIPPED_JSON, json.dumps(skipped, indent=2))
+    skipped = distributed.broadcast_object(skipped)
+    if not quiet:
+        for name, why in skipped.items():
+            print(f"[advise] {name} skipped: {why}", flush=True)
+    return [n for n in names if n not in skipped]
 
 
 def shift_test_run(

@@ -502,6 +502,7 @@ def render(folder: Path, figdir: Path) -> str:
         headers=[c.header for c in columns],
         halving=_halving_rows(folder, notes) if kind == "compare" else None,
         advice=_advice_section(folder, figdir) if kind == "compare" else None,
+        skipped=_skipped_rows(folder, notes) if kind == "compare" else None,
         winner=display[0]["strategy"] if display else None,
         ties=_tie_sentence(verdict, rows),
         uncertainty_notes=uncertainty_notes,
@@ -557,6 +558,14 @@ def _halving_rows(folder: Path, notes: list[str]) -> dict[str, Any] | None:
         "carried": state.get("carried"),
         "stopped": [{"name": n, "epoch": v["epoch"], "val_acc": fmt_pct(v["val_acc"])} for n, v in stopped],
     }
+
+
+def _skipped_rows(folder: Path, notes: list[str]) -> list[dict[str, str]]:
+    """`compare --advise`: the strategies it did not train because the advisor ranked them far behind, and why."""
+    from thawline.advise import ADVICE_DIR, SKIPPED_JSON
+
+    skipped = _read_json(folder / ADVICE_DIR / SKIPPED_JSON, notes)
+    return [{"name": n, "why": w} for n, w in skipped.items()] if isinstance(skipped, dict) else []
 
 
 def _advice_section(folder: Path, figdir: Path) -> str | None:
