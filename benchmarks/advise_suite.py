@@ -21,6 +21,8 @@ one order of the strategies with the highest mean tau over the other tasks, scor
 predictor is only useful if it beats the ranking you could have written down without looking at the data.
 
 Results: OUT/advise_suite.json and OUT/advise_suite.md (rewritten after every task; --resume keeps finished tasks).
+`--export FILE` also writes what scoring reads (measurements, per-epoch val accuracy and seconds, advise's signals)
+into one small file; `--records FILE` rescores from it alone (benchmarks/records/ holds the latest suite's).
 Wall times are only comparable with the suite's when both ran on a quiet machine; the load average is recorded.
 """
 
@@ -90,27 +92,38 @@ def top_gap_points(top: str, test: dict[str, float]) -> float:
     return round(100 * (max(test.values()) - test[top]), 2)
 
 
-def simulate_halving(compare_dir: Path, strategies: list[str], epochs: int) -> dict[str, Any] | None:
-    """`compare --halving`'s outcome replayed from the full compare's per-epoch metrics, without training.
+def read_curves(compare_dir: Path, strategies: list[str], epochs: int) -> dict[str, list[dict[str, Any]]] | None:
+    """Each strategy's first `epochs` metrics rows from a compare's run folders; None when one stopped earlier."""
+    from thawline.report import read_metrics
+
+    curves = {n: read_metrics(compare_dir / n.replace("/", "_") / "metrics.jsonl")[:epochs] for n in strategies}
+    return curves if all(len(rows) == epochs for rows in curves.values()) else None
+
+
+def task_curves(row: dict, strategies: list[str]) -> dict[str, list[dict[str, Any]]] | None:
+    """A suite task's per-epoch curves: embedded in a records file (`--export`), else read from its run folders."""
+    runs = row["thawline"]["strategies"]
+    if all("epochs" in runs[n] for n in strategies):
+        curves = {n: runs[n]["epochs"][: row["epochs"]] for n in strategies}
+        return curves if all(len(c) == row["epochs"] for c in curves.values()) else None
+    return read_curves(Path(row["thawline"]["out"]), strategies, row["epochs"])
+
+
+def simulate_halving(curves: dict[str, list[dict[str, Any]]], epochs: int, carried: str) -> dict[str, Any]:
+    """`compare --halving`'s outcome replayed from a full compare's per-epoch metrics (`curves`: each strategy's
+    rows, val_acc and seconds), without training.
 
     Exact, not an estimate, for the winner: a halving survivor resumes bit-identical to the uninterrupted run
     (tested), so each strategy's best val accuracy at a rung is the full run's best over its first `rung` epochs,
-    and the survivors, the stops and the winner follow from `halving_rungs` and `halving_survivors`, carrying the
-    strategy a real `compare --halving` into `compare_dir` would carry (`halving_carried`). The time share
-    is estimated from the epochs' own `seconds` (training + validation; start-up and the test pass left out). An exact
-    tie in best val accuracy among the last survivors goes to the one with less time, as in `compare`: the one part
-    that can differ from a real run, whose times are its own."""
-    from thawline.comparison import halving_carried, halving_rungs, halving_survivors
-    from thawline.report import read_metrics
+    and the survivors, the stops and the winner follow from `halving_rungs` and `halving_survivors`, carrying
+    `carried` (what a real `compare --halving` into the compare's folder would carry: `halving_carried`). The time
+    share is estimated from the epochs' own `seconds` (training + validation; start-up and the test pass left out).
+    An exact tie in best val accuracy among the last survivors goes to the one with less time, as in `compare`: the
+    one part that can differ from a real run, whose times are its own."""
+    from thawline.comparison import halving_rungs, halving_survivors
 
-    curves: dict[str, list[dict[str, Any]]] = {}
-    for name in strategies:
-        rows = read_metrics(compare_dir / name.replace("/", "_") / "metrics.jsonl")
-        if len(rows) < epochs:
-            return None
-        curves[name] = rows[:epochs]
+    strategies = list(curves)
     rungs = halving_rungs(epochs, len(strategies))
-    carried = halving_carried(strategies, compare_dir)
     alive, stopped = list(strategies), {}
     for rung in rungs[:-1]:
         survivors = halving_survivors({n: max(r["val_acc"] for r in curves[n][:rung]) for n in alive}, carried)
@@ -176,6 +189,7 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     training, no advise pass): advise's ranking by the current rules and prior, its tau and top pick, halving
     replayed. `--rescore` calls it alone after a strategy's recipe changed or the rules did."""
     from thawline.advise import rank_strategies, signals_from_doc
+    from thawline.comparison import halving_carried
 
     runs = row["thawline"]["strategies"]
     strategies = [s for s in row["strategies"] if s in runs]
@@ -184,12 +198,13 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     if all("best_val_acc" in runs[s] for s in strategies):  # the ceiling: the trained runs' own val ranking
         val = {s: float(runs[s]["best_val_acc"]) for s in strategies}
         result["val_ranking_tau"] = round(kendall_tau_b(sorted(strategies, key=lambda s: -val[s]), test), 4)
-    doc = json.loads(Path(result["advise"]["json"]).read_text())
-    ranking = [r["strategy"] for r in rank_strategies(signals_from_doc(doc))[0] if r["strategy"] in test]
+    ranking = [r["strategy"] for r in rank_strategies(signals_from_doc(advice_doc(result)))[0] if r["strategy"] in test]
     result["advise"].update(ranking=ranking, tau=round(kendall_tau_b(ranking, test), 4), top=ranking[0],
                             top_gap_points=top_gap_points(ranking[0], test))  # fmt: skip
-    sim = simulate_halving(Path(row["thawline"]["out"]), strategies, row["epochs"])
-    if sim is not None:
+    curves = task_curves(row, strategies)
+    if curves is not None:
+        carried = halving_carried(strategies, Path(row["thawline"]["out"]))
+        sim = simulate_halving(curves, row["epochs"], carried)
         sim["test_acc"] = test[sim["winner"]]
         sim["gap_points"] = top_gap_points(sim["winner"], test)
         sim["gap_to_pick_points"] = round(100 * (test[result["full_pick"]] - test[sim["winner"]]), 2)
@@ -201,8 +216,21 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def advice_doc(result: dict[str, Any]) -> dict[str, Any]:
+    """A task's advise.json: embedded in a records file (`--export`), else read from where advise wrote it."""
+    return result["advise"].get("doc") or json.loads(Path(result["advise"]["json"]).read_text())
+
+
+def has_advice(result: dict[str, Any]) -> bool:
+    return "doc" in result["advise"] or Path(result["advise"].get("json", "")).is_file()
+
+
 def advise_with_prior(
-    advise_json: Path, order: list[str], test: dict[str, float], rules: tuple | None = None, weight: float | None = None
+    doc: dict[str, Any],
+    order: list[str],
+    test: dict[str, float],
+    rules: tuple | None = None,
+    weight: float | None = None,
 ) -> dict[str, Any]:
     """advise's rules (all, or `rules`) on the task's recorded signals, started from a prior in `order` (the fixed
     ranking fitted on the other tasks) instead of the shipped one: do the rules add anything to it?"""
@@ -210,7 +238,7 @@ def advise_with_prior(
 
     everything = [*order, *(s for s in STRATEGY_ORDER if s not in order)]  # strategies the task did not run: last
     prior = dict(zip(everything, sorted(PRIOR.values(), reverse=True), strict=True))
-    sig = signals_from_doc(json.loads(advise_json.read_text()))
+    sig = signals_from_doc(doc)
     rules, weight = RULES if rules is None else rules, RULE_WEIGHT if weight is None else weight
     rows, _, _ = rank_strategies(sig, prior, rules, weight)
     ranking = [r["strategy"] for r in rows if r["strategy"] in test]
@@ -225,8 +253,8 @@ def summarise(results: list[dict]) -> dict[str, Any]:
     for r in results:
         if r["task"] in fixed:
             r["fixed_loo"] = fixed[r["task"]]
-            if Path(r["advise"].get("json", "")).is_file() and set(strategies) == set(fixed[r["task"]]["ranking"]):
-                r["advise_loo_prior"] = advise_with_prior(Path(r["advise"]["json"]), fixed[r["task"]]["ranking"],
+            if has_advice(r) and set(strategies) == set(fixed[r["task"]]["ranking"]):
+                r["advise_loo_prior"] = advise_with_prior(advice_doc(r), fixed[r["task"]]["ranking"],
                                                           r["measured_test"])  # fmt: skip
     taus = [r["advise"]["tau"] for r in results]
     summary: dict[str, Any] = {
@@ -284,8 +312,8 @@ def rule_ablation(results: list[dict]) -> dict[str, dict[str, float]]:
     variants |= {f"all rules x{w:g}": (RULES, w) for w in (0.5, 0.25, 0.1)}  # rules as tie-breakers
     out = {}
     for name, (rules, weight) in variants.items():
-        runs = [advise_with_prior(Path(r["advise"]["json"]), r["fixed_loo"]["ranking"], r["measured_test"], rules,
-                                  weight) for r in scored]  # fmt: skip
+        runs = [advise_with_prior(advice_doc(r), r["fixed_loo"]["ranking"], r["measured_test"], rules, weight)
+                for r in scored]  # fmt: skip
         out[name] = {"mean_tau": round(float(np.mean([a["tau"] for a in runs])), 4),
                      "top_within_1pt": sum(a["top_gap_points"] <= 1.0 for a in runs), "tasks": len(runs)}  # fmt: skip
     return out
@@ -361,6 +389,28 @@ def format_markdown(results: list[dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+EPOCH_KEYS = ("epoch", "val_acc", "seconds")  # what the halving replay reads of an epoch
+
+
+def export_records(rows: list[dict], results: list[dict], path: Path) -> None:
+    """One JSON file with what `--rescore` and the halving replay read (the suite's measurements with each
+    strategy's per-epoch val accuracy and seconds, and every task's advise.json), small enough to commit: a later
+    change to the rules, the prior or halving is scored with `--records FILE`, without the run folders."""
+    suite = []
+    for row in rows:
+        row = json.loads(json.dumps(row))  # a copy
+        runs = row["thawline"]["strategies"]
+        curves = task_curves(row, [s for s in row["strategies"] if s in runs]) or {}
+        for name, epochs in curves.items():
+            runs[name]["epochs"] = [{k: r[k] for k in EPOCH_KEYS if k in r} for r in epochs]
+        suite.append(row)
+    recorded = [{**r, "advise": {**r["advise"], "doc": advice_doc(r)}} for r in results if has_advice(r)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"format": 1, "suite": suite, "advise": recorded}, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="runs/suite", help="benchmarks/suite.py's OUT folder (suite_results.json)")
@@ -372,21 +422,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rescore", action="store_true",
                    help="no advise or halving run: re-rank OUT/advise_suite.json's recorded signals with the current "
                         "rules and prior, against the suite's current measurements")  # fmt: skip
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="FILE",
+        help="also write the measurements and advise's signals into FILE (small; commit it)",
+    )
+    p.add_argument(
+        "--records",
+        default=None,
+        metavar="FILE",
+        help="rescore from an --export FILE instead of SUITE's files and run folders (implies --rescore)",
+    )
     args = p.parse_args(argv)
     suite_dir, data_root = Path(args.suite), Path(args.data)
     out = Path(args.out) if args.out else suite_dir
-    results_path = suite_dir / "suite_results.json"
+    results_path = Path(args.records) if args.records else suite_dir / "suite_results.json"
     if not results_path.is_file():
         print(f"error: {results_path} not found; run benchmarks/suite.py first", file=sys.stderr)
         return 2
-    rows = [r for r in json.loads(results_path.read_text())["tasks"] if "strategies" in r.get("thawline", {})]
+    records = json.loads(results_path.read_text()) if args.records else None
+    suite_rows = records["suite"] if records else json.loads(results_path.read_text())["tasks"]
+    rows = [r for r in suite_rows if "strategies" in r.get("thawline", {})]
     wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
     rows = [r for r in rows if not wanted or r["task"] in wanted]
     if not rows:
         print("error: no finished task in the suite results (or none of --tasks)", file=sys.stderr)
         return 2
     done: dict[str, dict] = {}
-    if (args.resume or args.rescore) and (out / "advise_suite.json").is_file():
+    if records:
+        args.rescore, done = True, {r["task"]: r for r in records["advise"]}
+        out.mkdir(parents=True, exist_ok=True)
+    elif (args.resume or args.rescore) and (out / "advise_suite.json").is_file():
         done = {r["task"]: r for r in json.loads((out / "advise_suite.json").read_text())["tasks"]}
     if args.rescore and not done:
         print(f"error: --rescore needs {out / 'advise_suite.json'} from an earlier run", file=sys.stderr)
@@ -407,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(results)
     (out / "advise_suite.json").write_text(json.dumps({"summary": summary, "tasks": results}, indent=1))
     (out / "advise_suite.md").write_text(format_markdown(results, summary))
+    if args.export:
+        export_records(rows, results, Path(args.export))
     print(format_markdown(results, summary))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,9 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     halved = compare(cfg, names, tmp_path / "halved", quiet=True, halving=True)
     compare(cfg, names, tmp_path / "full", quiet=True)
     state = json.loads((tmp_path / "halved" / "halving.json").read_text())
-    replay = advise_suite.simulate_halving(tmp_path / "full", names, 4)
-    assert replay is not None and replay["rungs"] == state["rungs"] == [1, 4]
+    curves = advise_suite.read_curves(tmp_path / "full", names, 4)
+    replay = advise_suite.simulate_halving(curves, 4, halving_carried(names, tmp_path / "full"))
+    assert replay["rungs"] == state["rungs"] == [1, 4]
     assert replay["carried"] == state["carried"] == "head-only"  # the prior's first of the four
     assert replay["stopped"] == {n: s["epoch"] for n, s in state["stopped"].items()}
     # the winner: the best final val accuracy; an exact tie goes to the faster run, and run times are not replayed
@@ -105,7 +107,7 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     assert set(replay["final_val"]) == set(state["alive"]) and replay["final_val"][halved.winner] == top
     assert replay["final_val"][replay["winner"]] == top
     assert 0 < replay["epoch_share"] < 1
-    assert advise_suite.simulate_halving(tmp_path / "halved", names, 4) is None  # stopped runs lack epochs
+    assert advise_suite.read_curves(tmp_path / "halved", names, 4) is None  # stopped runs lack epochs
 
     # --rescore: the recorded advise signals re-ranked against the suite's current measurements, no training
     thawline.advise(cfg, tmp_path / "advice", quiet=True)
@@ -120,8 +122,17 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     advice = {"seconds": 1.0, "share_of_full": 0.01, "json": str(tmp_path / "advice" / "advise.json")}
     recorded = [{"task": t["task"], "advise": dict(advice)} for t in tasks]
     (suite / "advise_suite.json").write_text(json.dumps({"tasks": recorded}))
-    assert advise_suite.main(["--suite", str(suite), "--rescore"]) == 0
+    records = tmp_path / "records" / "suite.json"
+    assert advise_suite.main(["--suite", str(suite), "--rescore", "--export", str(records)]) == 0
     out = json.loads((suite / "advise_suite.json").read_text())
+    assert all(r["halving_replayed"]["winner"] == replay["winner"] for r in out["tasks"])
+    # the records file alone rescores to the same figures: no run folder, no advise.json read
+    shutil.rmtree(tmp_path / "full")
+    shutil.rmtree(tmp_path / "advice")
+    assert advise_suite.main(["--records", str(records), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "advise_suite.json").read_text())
+    assert again["summary"] == out["summary"]
+    assert [t["halving_replayed"] for t in again["tasks"]] == [t["halving_replayed"] for t in out["tasks"]]
     assert [r["measured_test"] for r in out["tasks"]] == [
         {n: a["test_acc"] for n, a in t["thawline"]["strategies"].items()} for t in tasks
     ]
