@@ -301,6 +301,13 @@ def slow_folder(root: Path, per_class: int) -> Path:
     return root
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default action, so Python installs its KeyboardInterrupt handler. A test
+    run started in the background by a shell without job control inherits SIGINT ignored, and the child would then
+    ignore the test's Ctrl-C and finish (exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_the_pool_decodes_is_one_line_130(tmp_path: Path) -> None:
     """SIGINT to the whole process group (what Ctrl-C in a terminal sends) while worker processes decode."""
     # 160 images (~5 s of decoding on 2 workers): a test process that a loaded machine starves for a second or two
@@ -309,7 +316,7 @@ def test_ctrl_c_while_the_pool_decodes_is_one_line_130(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
         train_command(data, tmp_path / "run", "--workers", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env(cache), start_new_session=True,
+        text=True, env=env(cache), start_new_session=True, preexec_fn=default_sigint,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
