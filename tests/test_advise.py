@@ -24,6 +24,7 @@ from thawline.advise import (
     Signals,
     advice_html,
     far_behind,
+    format_advice,
     knn_accuracy,
     linear_probe,
     rank_strategies,
@@ -263,6 +264,10 @@ def test_advise_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     dominant = {name: 10.0 * (len(reverse) - i) for i, name in enumerate(reverse)}  # far above any rule's change
     rows, _, _ = rank_strategies(signals_from_doc(doc), dominant)
     assert [r["strategy"] for r in rows] == reverse and rows[0]["prior"] == 70.0
+    # the console names what `compare --advise` would skip, and only then
+    assert ("far behind" in text) == bool(far_behind(doc["ranking"], list(STRATEGY_ORDER)))
+    scratch_far = [{**r, "score": 0.0} if r["strategy"] == "scratch" else r for r in doc["ranking"]]
+    assert "far behind (compare --advise skips): scratch\n" in format_advice({**doc, "ranking": scratch_far})
     page = (out / ADVICE_HTML).read_text()
     assert f'src="{FIGURE}"' in page and "Probe accuracy vs depth" in page and "<b>Why.</b>" in page
     assert html.escape(doc["reasons"][0]) in page

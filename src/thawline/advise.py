@@ -959,6 +959,9 @@ def format_advice(doc: dict[str, Any]) -> str:
         f"recommendation: {rec['run']}; partial as {rec['partial']}; lr head {lr['head']:g}, body {lr['body']:g}, "
         f"partial {lr['partial']:g}{decay}"
     )
+    behind = far_behind(doc["ranking"], [r["strategy"] for r in doc["ranking"]])
+    if behind:
+        lines.append(f"far behind (compare --advise skips): {', '.join(behind)}")
     lines.append("why:")
     lines.extend(f"  - {r}" for r in doc["reasons"])
     lines.append(f"check it: {rec['command']['compare']}")
