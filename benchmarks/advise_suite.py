@@ -109,24 +109,29 @@ def task_curves(row: dict, strategies: list[str]) -> dict[str, list[dict[str, An
     return read_curves(Path(row["thawline"]["out"]), strategies, row["epochs"])
 
 
-def simulate_halving(curves: dict[str, list[dict[str, Any]]], epochs: int, carried: str) -> dict[str, Any]:
+def simulate_halving(
+    curves: dict[str, list[dict[str, Any]]], epochs: int, carried: str, entrants: int | None = None
+) -> dict[str, Any]:
     """`compare --halving`'s outcome replayed from a full compare's per-epoch metrics (`curves`: each strategy's
-    rows, val_acc and seconds), without training.
+    rows, val_acc and seconds), without training; `entrants` as in `successive_halving` (strategies `--advise` left
+    out count).
 
     Exact, not an estimate, for the winner: a halving survivor resumes bit-identical to the uninterrupted run
     (tested), so each strategy's best val accuracy at a rung is the full run's best over its first `rung` epochs,
-    and the survivors, the stops and the winner follow from `halving_rungs` and `halving_survivors`, carrying
-    `carried` (what a real `compare --halving` into the compare's folder would carry: `halving_carried`). The time
-    share is estimated from the epochs' own `seconds` (training + validation; start-up and the test pass left out).
-    An exact tie in best val accuracy among the last survivors goes to the one with less time, as in `compare`: the
-    one part that can differ from a real run, whose times are its own."""
-    from thawline.comparison import halving_rungs, halving_survivors
+    and the survivors, the stops and the winner follow from `halving_rungs`, `halving_keep` and
+    `halving_survivors`, carrying `carried` (what a real `compare --halving` into the compare's folder would carry:
+    `halving_carried`). The time share is estimated from the epochs' own `seconds` (training + validation; start-up
+    and the test pass left out). An exact tie in best val accuracy among the last survivors goes to the one with
+    less time, as in `compare`: the one part that can differ from a real run, whose times are its own."""
+    from thawline.comparison import halving_keep, halving_rungs, halving_survivors
 
     strategies = list(curves)
-    rungs = halving_rungs(epochs, len(strategies))
+    entrants = max(entrants or 0, len(strategies))
+    rungs = halving_rungs(epochs, entrants)
     alive, stopped = list(strategies), {}
-    for rung in rungs[:-1]:
-        survivors = halving_survivors({n: max(r["val_acc"] for r in curves[n][:rung]) for n in alive}, carried)
+    for i, rung in enumerate(rungs[:-1], start=1):
+        best_so_far = {n: max(r["val_acc"] for r in curves[n][:rung]) for n in alive}
+        survivors = halving_survivors(best_so_far, carried, halving_keep(entrants, i))
         stopped.update({n: rung for n in alive if n not in survivors})
         alive = survivors
     final = {n: max(r["val_acc"] for r in curves[n]) for n in alive}

@@ -15,7 +15,7 @@ from conftest import tiny_config
 import thawline
 from thawline.advise import ADVICE_DIR, ADVICE_JSON, SKIPPED_JSON
 from thawline.checkpoint import load_checkpoint
-from thawline.comparison import compare, halving_carried, halving_rungs, halving_survivors
+from thawline.comparison import compare, halving_carried, halving_keep, halving_rungs, halving_survivors
 from thawline.ranking import format_table
 from thawline.report import build_report
 
@@ -32,13 +32,21 @@ def test_halving_rungs(budget: int, n: int, rungs: list[int]) -> None:
     assert halving_rungs(budget, n) == rungs
 
 
-def test_halving_keeps_the_best_third_and_carries_the_predicted_best() -> None:
+def test_halving_keeps_the_schedules_counts_and_carries_the_predicted_best() -> None:
+    assert [halving_keep(7, i) for i in (1, 2)] == [3, 1]  # 7 -> 3 -> 1, Hyperband's n / 3^i
+    assert [halving_keep(9, i) for i in (1, 2)] == [3, 1] and halving_keep(10, 2) == 2 and halving_keep(2, 1) == 1
     scores = {"head-only": 0.7, "partial": 0.9, "full": 0.8, "scratch": 0.2, "two-phase": 0.8, "gradual": 0.3}
-    assert halving_survivors(scores, carried=None) == ["partial", "full"]  # 6 / 3; full before two-phase: given order
-    assert halving_survivors(scores, carried="gradual") == ["partial", "full", "gradual"]
-    assert halving_survivors(scores, carried="partial") == ["partial", "full"]  # already kept: not twice
-    assert halving_survivors(scores, carried="layer-wise") == ["partial", "full"]  # not in the race: ignored
-    assert halving_survivors({"full": 0.4, "scratch": 0.5}, carried="full") == ["scratch", "full"]
+    assert halving_survivors(scores, None, 2) == ["partial", "full"]  # full before two-phase: given order
+    assert halving_survivors(scores, "gradual", 2) == ["partial", "full", "gradual"]
+    assert halving_survivors(scores, "partial", 2) == ["partial", "full"]  # already kept: not twice
+    assert halving_survivors(scores, "layer-wise", 2) == ["partial", "full"]  # not in the race: ignored
+    assert halving_survivors({"full": 0.4, "scratch": 0.5}, "full", 1) == ["scratch", "full"]
+    # the carried strategy does not raise the next rung's count: of 7 with gradual carried from last place, the
+    # second rung keeps the 1 best plus gradual (counting gradual among the alive four had kept 2 plus gradual)
+    first = halving_survivors({**scores, "layer-wise": 0.85}, "gradual", halving_keep(7, 1))
+    assert first == ["partial", "layer-wise", "full", "gradual"]
+    second = {"partial": 0.91, "layer-wise": 0.92, "full": 0.90, "gradual": 0.5}
+    assert halving_survivors(second, "gradual", halving_keep(7, 2)) == ["layer-wise", "gradual"]
 
 
 def test_halving_carries_the_advisors_top_pick_else_the_prior_s(tmp_path: Path) -> None:
@@ -63,7 +71,7 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
     assert state["rungs"] == [1, 4] and state["carried"] == "full"
     # at the rung: the best of three by best val accuracy continues, and full (the prior's first) whatever it scored
     at_rung = {n: state["scores"][n]["1"] for n in names}
-    assert state["alive"] == halving_survivors(at_rung, "full") and "full" in state["alive"]
+    assert state["alive"] == halving_survivors(at_rung, "full", halving_keep(3, 1)) and "full" in state["alive"]
     assert set(state["stopped"]) == set(names) - set(state["alive"]) and state["stopped"]
     for loser in state["stopped"]:  # no summary, only the rung's epoch
         assert state["stopped"][loser]["epoch"] == 1 and state["stopped"][loser]["val_acc"] == at_rung[loser]
@@ -85,13 +93,37 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
     assert all(f"<strong>{loser}</strong> after epoch 1" in html for loser in state["stopped"])
 
 
+def load_advise_suite():
+    spec = importlib.util.spec_from_file_location("advise_suite", ROOT / "benchmarks" / "advise_suite.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_strategy_left_out_before_the_race_changes_nothing_else() -> None:
+    """--advise leaves out a far-behind strategy before any training: with the race's entrants counted, halving
+    keeps the same counts at the same rungs, so the outcome is the full race's minus the left-out one's epoch."""
+    advise_suite = load_advise_suite()
+    names = ["head-only", "two-phase", "layer-wise", "partial", "gradual", "full", "scratch"]
+    level = {"gradual": 0.8, "partial": 0.7, "full": 0.65, "layer-wise": 0.6, "two-phase": 0.55, "head-only": 0.5}
+    level["scratch"] = 0.1  # last at every rung
+    curves = {n: [{"val_acc": level[n] + 0.01 * e, "seconds": 1.0} for e in range(8)] for n in names}
+    race = advise_suite.simulate_halving(curves, 8, "gradual")
+    without = {n: c for n, c in curves.items() if n != "scratch"}
+    left_out = advise_suite.simulate_halving(without, 8, "gradual", entrants=7)
+    assert race["stopped"].pop("scratch") == 1 and left_out["stopped"] == race["stopped"]
+    assert (left_out["winner"], left_out["rungs"]) == (race["winner"], race["rungs"]) == (race["winner"], [1, 3, 8])
+    assert left_out["stopped"] == {"head-only": 1, "two-phase": 1, "layer-wise": 1, "partial": 3, "full": 3}
+    # counted as a race of six instead, the first rung would keep two, not three: full would stop at epoch 1
+    six = advise_suite.simulate_halving(without, 8, "gradual")
+    assert six["stopped"] == {"head-only": 1, "two-phase": 1, "layer-wise": 1, "full": 1, "partial": 3}
+
+
 def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder: Path, tmp_path: Path) -> None:
     """benchmarks/advise_suite.py replays halving from a full compare's epochs; exact because survivors resume
     bit-identical, so the replay must stop the same strategies at the same rungs and name the same winner."""
-    spec = importlib.util.spec_from_file_location("advise_suite", ROOT / "benchmarks" / "advise_suite.py")
-    assert spec is not None and spec.loader is not None
-    advise_suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(advise_suite)
+    advise_suite = load_advise_suite()
     cfg = tiny_config(image_folder, epochs=4, hflip=True)
     names = ["head-only", "two-phase", "full", "scratch"]
     halved = compare(cfg, names, tmp_path / "halved", quiet=True, halving=True)
@@ -186,8 +218,10 @@ def test_advise_skips_the_strategies_ranked_far_behind(
     best-scored of three, whatever the tiny model's probes say.)"""
     monkeypatch.setattr(importlib.import_module("thawline.advise"), "FAR_BEHIND", 0.0)  # the module, not the function
     names = ["head-only", "full", "scratch"]
-    cfg = tiny_config(image_folder, epochs=1)
+    cfg = tiny_config(image_folder, epochs=2)
     result = compare(cfg, names, tmp_path / "adv", quiet=True, advise=True, halving=True)
+    state = json.loads((tmp_path / "adv" / "halving.json").read_text())
+    assert state["entrants"] == 3 and state["rungs"] == halving_rungs(2, 3)  # the left-out one counts in the race
     doc = json.loads((tmp_path / "adv" / ADVICE_DIR / ADVICE_JSON).read_text())
     score = {r["strategy"]: r["score"] for r in doc["ranking"]}
     worst = min(names, key=lambda n: (score[n], -names.index(n)))

@@ -5,8 +5,8 @@ Three options change how much is trained:
   by the mean best val accuracy, with the spread over seeds in the table;
 - `halving=True` is successive halving: every strategy trains to a first rung (a fraction of the budget), the
   best third by best val accuracy so far continues from its checkpoint to the next rung (exactly as if it had
-  never stopped), until the last rung, the whole budget; the strategy predicted best (the advisor's top pick) is
-  carried to the end whatever its early score; `halving.json` records who stopped where.
+  never stopped), then the best ninth, ... until the last rung, the whole budget; the strategy predicted best (the
+  advisor's top pick) is carried to the end whatever its early score; `halving.json` records who stopped where.
 - `advise=True` runs `thawline advise` first (its prediction heads the report) and leaves out the strategies it
   ranks far behind (`advise.far_behind`); advise/skipped.json records which and why.
 
@@ -219,10 +219,11 @@ def train_model(
         from thawline.advise import advise as run_advice
 
         run_advice(config, folder / ADVICE_DIR, data=data, quiet=quiet)  # seconds; the report's first section
+    entrants = len(names)
     if advise:
         names = skip_far_behind(names, folder, quiet=quiet)
     if halving:
-        runs = successive_halving(config, names, folder, data, resume=resume, quiet=quiet)
+        runs = successive_halving(config, names, folder, data, resume=resume, quiet=quiet, entrants=entrants)
     else:
         runs = train_strategies(config, names, folder, data, resume=resume, quiet=quiet)
     for extra in range(1, seeds):
@@ -305,9 +306,10 @@ def train_strategies(
     return runs
 
 
-# Keep the best third at each rung (rounded up): Hyperband's reduction factor (Li et al. 2017). Replayed on the
-# 13-task suite (benchmarks/advise_suite.py) it named the full compare's pick on every task in 37% of its epoch time;
-# keeping the better half at epochs 2, 4, 8 took 41% and named it on 10 of 13.
+# The schedule's reduction factor (Hyperband's, Li et al. 2017): the rungs divide the budget by 3 per round and the
+# i-th rung keeps the best n / 3^i of the n strategies (7: 3, then 1). Replayed on the 13-task suite
+# (benchmarks/advise_suite.py) it named the full compare's pick on every task; keeping the better half at epochs
+# 2, 4, 8 named it on 10 of 13 in more time.
 HALVING_ETA = 3
 
 
@@ -320,14 +322,20 @@ def halving_rungs(budget: int, n_strategies: int) -> list[int]:
     return sorted(rungs | {budget})
 
 
-def halving_survivors(scores: dict[str, float], carried: str | None) -> list[str]:
-    """Who continues past a rung, best first: the best third of `scores` (each strategy's best val accuracy so
-    far; ties keep the given order), and `carried` whatever its score. Halving judges every strategy at the same
-    epoch, which is unfair to a schedule that thaws late (gradual lost 7 and 15 points on the suite when stopped
-    early), so the strategy predicted best is carried to the end instead of being judged on its first phases."""
-    ordered = sorted(scores, key=lambda n: -scores[n])  # stable
-    keep = ordered[: math.ceil(len(ordered) / HALVING_ETA)]
-    return keep + [carried] if carried in scores and carried not in keep else keep
+def halving_keep(n_strategies: int, rung: int) -> int:
+    """How many of `n_strategies` continue past the `rung`-th rung (1, 2, ...) on their score: n / 3^rung rounded
+    up, at least one (7 strategies: 3, then 1). The carried strategy comes on top of these, so it never makes the
+    schedule's later rungs keep more (counting it in the third had 7 -> 4 -> 3 reach the end on 3 suite tasks)."""
+    return max(1, math.ceil(n_strategies / HALVING_ETA**rung))
+
+
+def halving_survivors(scores: dict[str, float], carried: str | None, keep: int) -> list[str]:
+    """Who continues past a rung, best first: the `keep` best of `scores` (each strategy's best val accuracy so far;
+    ties keep the given order), and `carried` whatever its score. Halving judges every strategy at the same epoch,
+    which is unfair to a schedule that thaws late (gradual lost 7 and 15 points on the suite when stopped early), so
+    the strategy predicted best is carried to the end instead of being judged on its first phases."""
+    kept = sorted(scores, key=lambda n: -scores[n])[:keep]  # stable
+    return kept + [carried] if carried in scores and carried not in kept else kept
 
 
 def halving_carried(names: list[str], folder: Path) -> str:
@@ -339,14 +347,25 @@ def halving_carried(names: list[str], folder: Path) -> str:
 
 
 def successive_halving(
-    config: TrainConfig, names: list[str], out_dir: Path, data: PreparedData, *, resume: bool, quiet: bool
+    config: TrainConfig,
+    names: list[str],
+    out_dir: Path,
+    data: PreparedData,
+    *,
+    resume: bool,
+    quiet: bool,
+    entrants: int | None = None,
 ) -> dict[str, RunResult]:
-    """Successive halving across strategies; returns the runs that reached the whole budget."""
+    """Successive halving across strategies; returns the runs that reached the whole budget. `entrants`: how many
+    strategies the race started with, when `--advise` left some out before any training (a rung zero): the rungs
+    and the counts kept follow from it, so leaving out a strategy that would have lost at the first rung changes
+    nothing else."""
     if config.epochs is None:
         raise ThawlineError("--halving needs an epoch budget: pass --epochs N")
+    entrants = max(entrants or 0, len(names))
     log_path = out_dir / "halving.json"
     state = json.loads(log_path.read_text()) if resume and log_path.is_file() else {}
-    rungs = halving_rungs(config.epochs, len(names))
+    rungs = halving_rungs(config.epochs, entrants)
     carried = state.get("carried") or halving_carried(names, out_dir)
     alive = list(state.get("alive", names))
     stopped: dict[str, dict[str, Any]] = dict(state.get("stopped", {}))
@@ -367,15 +386,17 @@ def successive_halving(
             if result.summary is not None:
                 runs[name] = result
         if i + 1 < len(rungs):
-            survivors = halving_survivors({n: scores[n][str(rung)] for n in alive}, carried)
+            survivors = halving_survivors(
+                {n: scores[n][str(rung)] for n in alive}, carried, halving_keep(entrants, i + 1)
+            )
             for name in (n for n in alive if n not in survivors):
                 stopped[name] = {"epoch": rung, "val_acc": scores[name][str(rung)], "rung": i + 1}
                 if not quiet:
                     print(f"[halving] {name} stops after epoch {rung} "
                           f"(best val acc {scores[name][str(rung)]:.2%})", flush=True)  # fmt: skip
             alive = survivors
-        state = {"rungs": rungs, "carried": carried, "alive": alive, "stopped": stopped, "scores": scores,
-                 "done_rungs": [*state.get("done_rungs", []), str(rung)]}  # fmt: skip
+        state = {"rungs": rungs, "entrants": entrants, "carried": carried, "alive": alive, "stopped": stopped,
+                 "scores": scores, "done_rungs": [*state.get("done_rungs", []), str(rung)]}  # fmt: skip
         if distributed.is_main():
             atomic_write_text(log_path, json.dumps(state, indent=2))
     for name in alive:  # a resumed comparison whose last rung was done before
