@@ -232,6 +232,8 @@ def test_advise_skips_the_strategies_ranked_far_behind(
     assert worst not in (tmp_path / "adv" / "comparison.csv").read_text()
     html = build_report(tmp_path / "adv").read_text()
     assert 'id="skipped">Not trained' in html and f"<strong>{worst}</strong>, the advisor scored it" in html
+    advice_rows = html[html.index('id="advice-ranking"') : html.index("</table>", html.index('id="advice-ranking"'))]
+    assert advice_rows.count("not trained: more than") == 1  # the advice's ranking marks the left-out row
     again = compare(cfg, names, tmp_path / "adv", quiet=True, advise=True, halving=True, resume=True)
     assert sorted(again.runs) == sorted(result.runs) and not (tmp_path / "adv" / worst).exists()
 

@@ -43,6 +43,9 @@ of the stages stay frozen). LRs: the body LR is 1e-4, 3e-5 when the top probe is
 is the per-stage ratio of a log-linear fit to the gradient profile (Auto-RGN's LR-proportional-to-RGN, as the
 strategies' geometric decay), clipped to [0.5, 1].
 
+`compare --advise` leaves out, before any training, the strategies scored more than FAR_BEHIND below the best one
+compared (`far_behind`): in practice scratch, unless a rule lifted it.
+
 `advise(config)` returns an `Advice` and writes advise.json, advise_probes.png and advise.html into the out folder;
 `advice_html(doc, figure)` renders advise.json's dict as an HTML section for a report.
 """
@@ -55,7 +58,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -985,10 +988,11 @@ def load_advice(folder: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def advice_html(doc: dict[str, Any], figure: str | None = FIGURE) -> str:
+def advice_html(doc: dict[str, Any], figure: str | None = FIGURE, left_out: Collection[str] = ()) -> str:
     """advise.json's dict as one HTML <section id="advice">: the predicted ranking, the recommendation, the
     probe-accuracy-vs-depth figure (`figure`: its src relative to the page, None for none), one paragraph of
-    reasons and the signals per stage. Uses the report's CSS classes; no scripts."""
+    reasons and the signals per stage; `left_out`: the strategies `compare --advise` did not train, marked in the
+    ranking. Uses the report's CSS classes; no scripts."""
     e = html.escape
     rec = doc["recommendation"]
     lr = rec["lr"]
@@ -998,6 +1002,8 @@ def advice_html(doc: dict[str, Any], figure: str | None = FIGURE) -> str:
         name = r.get("variant", r["strategy"])
         cls = ' class="winner"' if r["rank"] == 1 else ""
         why = "; ".join([f"prior {r['prior']:.2f}", *r["reasons"]])
+        if r["strategy"] in left_out or name in left_out:
+            why = f"not trained: more than {FAR_BEHIND:.2f} behind the best compared. {why}"
         rows.append(
             f'<tr{cls}><td>{r["rank"]}</td><td class="strategy">{e(name)}</td><td>{r["score"]:.3f}</td>'
             f'<td class="why" style="text-align:left;white-space:normal">{e(why)}</td></tr>'

@@ -578,7 +578,8 @@ def _advice_section(folder: Path, figdir: Path) -> str | None:
     figure = folder / ADVICE_DIR / FIGURE
     if figure.is_file():
         _copy_atomic(figure, figdir / FIGURE)
-    return advice_html(doc, f"{FIG_DIR}/{FIGURE}" if figure.is_file() else None)
+    left_out = [row["name"] for row in _skipped_rows(folder, [])]
+    return advice_html(doc, f"{FIG_DIR}/{FIGURE}" if figure.is_file() else None, left_out)
 
 
 def _fmt_drift(v: Any) -> str:
