@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 import thawline
+from thawline.config import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,20 +93,25 @@ def top_gap_points(top: str, test: dict[str, float]) -> float:
     return round(100 * (max(test.values()) - test[top]), 2)
 
 
+def first_epochs(curves: dict[str, list[dict[str, Any]]], epochs: int) -> dict[str, list[dict[str, Any]]] | None:
+    """Each strategy's first `epochs` rows; None when one has fewer (a run stopped earlier)."""
+    cut = {n: rows[:epochs] for n, rows in curves.items()}
+    return cut if all(len(rows) == epochs for rows in cut.values()) else None
+
+
 def read_curves(compare_dir: Path, strategies: list[str], epochs: int) -> dict[str, list[dict[str, Any]]] | None:
     """Each strategy's first `epochs` metrics rows from a compare's run folders; None when one stopped earlier."""
     from thawline.report import read_metrics
 
-    curves = {n: read_metrics(compare_dir / n.replace("/", "_") / "metrics.jsonl")[:epochs] for n in strategies}
-    return curves if all(len(rows) == epochs for rows in curves.values()) else None
+    return first_epochs({n: read_metrics(compare_dir / n.replace("/", "_") / "metrics.jsonl") for n in strategies},
+                        epochs)  # fmt: skip
 
 
 def task_curves(row: dict, strategies: list[str]) -> dict[str, list[dict[str, Any]]] | None:
     """A suite task's per-epoch curves: embedded in a records file (`--export`), else read from its run folders."""
     runs = row["thawline"]["strategies"]
     if all("epochs" in runs[n] for n in strategies):
-        curves = {n: runs[n]["epochs"][: row["epochs"]] for n in strategies}
-        return curves if all(len(c) == row["epochs"] for c in curves.values()) else None
+        return first_epochs({n: runs[n]["epochs"] for n in strategies}, row["epochs"])
     return read_curves(Path(row["thawline"]["out"]), strategies, row["epochs"])
 
 
@@ -411,9 +417,7 @@ def export_records(rows: list[dict], results: list[dict], path: Path) -> None:
         suite.append(row)
     recorded = [{**r, "advise": {**r["advise"], "doc": advice_doc(r)}} for r in results if has_advice(r)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": 1, "suite": suite, "advise": recorded}, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"format": 1, "suite": suite, "advise": recorded}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     if not results_path.is_file():
         print(f"error: {results_path} not found; run benchmarks/suite.py first", file=sys.stderr)
         return 2
-    records = json.loads(results_path.read_text()) if args.records else None
-    suite_rows = records["suite"] if records else json.loads(results_path.read_text())["tasks"]
+    loaded = json.loads(results_path.read_text())
+    records = loaded if args.records else None
+    suite_rows = loaded["suite"] if records else loaded["tasks"]
     rows = [r for r in suite_rows if "strategies" in r.get("thawline", {})]
     wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
     rows = [r for r in rows if not wanted or r["task"] in wanted]

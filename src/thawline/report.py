@@ -492,6 +492,7 @@ def render(folder: Path, figdir: Path) -> str:
     first = runs.get(best_name) if best_name else None
     info = _run_info(first, (spec or {}).get("config")) if first else []
     title = f"thawline {({'compare': 'comparison'}).get(kind, kind)}: {folder.resolve().name}"
+    skipped = _skipped_rows(folder, notes) if kind == "compare" else []
     return _template().render(
         title=title,
         kind=kind,
@@ -501,8 +502,8 @@ def render(folder: Path, figdir: Path) -> str:
         rows=display,
         headers=[c.header for c in columns],
         halving=_halving_rows(folder, notes) if kind == "compare" else None,
-        advice=_advice_section(folder, figdir) if kind == "compare" else None,
-        skipped=_skipped_rows(folder, notes) if kind == "compare" else None,
+        advice=_advice_section(folder, figdir, [row["name"] for row in skipped]) if kind == "compare" else None,
+        skipped=skipped,
         winner=display[0]["strategy"] if display else None,
         ties=_tie_sentence(verdict, rows),
         uncertainty_notes=uncertainty_notes,
@@ -568,8 +569,9 @@ def _skipped_rows(folder: Path, notes: list[str]) -> list[dict[str, str]]:
     return [{"name": n, "why": w} for n, w in skipped.items()] if isinstance(skipped, dict) else []
 
 
-def _advice_section(folder: Path, figdir: Path) -> str | None:
-    """`compare --advise`: the advisor's prediction (made before training) as the report's first section."""
+def _advice_section(folder: Path, figdir: Path, left_out: list[str]) -> str | None:
+    """`compare --advise`: the advisor's prediction (made before training) as the report's first section, the
+    strategies it left out marked."""
     from thawline.advise import ADVICE_DIR, FIGURE, advice_html, load_advice
 
     doc = load_advice(folder / ADVICE_DIR)
@@ -578,7 +580,6 @@ def _advice_section(folder: Path, figdir: Path) -> str | None:
     figure = folder / ADVICE_DIR / FIGURE
     if figure.is_file():
         _copy_atomic(figure, figdir / FIGURE)
-    left_out = [row["name"] for row in _skipped_rows(folder, [])]
     return advice_html(doc, f"{FIG_DIR}/{FIGURE}" if figure.is_file() else None, left_out)
 
 
