@@ -21,8 +21,9 @@ one order of the strategies with the highest mean tau over the other tasks, scor
 predictor is only useful if it beats the ranking you could have written down without looking at the data.
 
 Results: OUT/advise_suite.json and OUT/advise_suite.md (rewritten after every task; --resume keeps finished tasks).
-`--export FILE` also writes what scoring reads (measurements, per-epoch val accuracy and seconds, advise's signals)
-into one small file; `--records FILE` rescores from it alone (benchmarks/records/ holds the latest suite's).
+`--export FILE` also writes what scoring reads (measurements, per-epoch val accuracy and seconds, per-image test
+correctness, advise's signals) into one small file; `--records FILE` rescores from it alone (benchmarks/records/
+holds the latest suite's).
 Wall times are only comparable with the suite's when both ran on a quiet machine; the load average is recorded.
 """
 
@@ -113,6 +114,46 @@ def task_curves(row: dict, strategies: list[str]) -> dict[str, list[dict[str, An
     if all("epochs" in runs[n] for n in strategies):
         return first_epochs({n: runs[n]["epochs"] for n in strategies}, row["epochs"])
     return read_curves(Path(row["thawline"]["out"]), strategies, row["epochs"])
+
+
+def task_test_correct(row: dict, strategies: list[str]) -> dict[str, np.ndarray] | None:
+    """Each strategy's per-image test correctness (0/1, the test images in path order, the same for all): embedded
+    in a records file (`--export`, packed bits), else read from the run folders' predictions.csv; None when missing."""
+    runs = row["thawline"]["strategies"]
+    if all("test_correct" in runs[n] for n in strategies):
+        n_test = int(row["counts"]["test"])
+        return {n: np.unpackbits(np.frombuffer(bytes.fromhex(runs[n]["test_correct"]), np.uint8))[:n_test]
+                for n in strategies}  # fmt: skip
+    from thawline.metrics import read_predictions
+
+    out = {}
+    for n in strategies:
+        path = Path(row["thawline"]["out"]) / n.replace("/", "_") / "predictions.csv"
+        if not path.is_file():
+            return None
+        pred = read_predictions(path)
+        correct = pred.correct[np.argsort(pred.paths, kind="stable")].astype(np.uint8)
+        if pred.split != "test" or abs(correct.mean() - float(runs[n]["test_acc"])) > 1e-3:
+            return None  # not the test predictions the recorded accuracy came from
+        out[n] = correct
+    return out
+
+
+def oracle_tau(correct: dict[str, np.ndarray], resamples: int = 1000, seed: int = 0) -> float:
+    """The mean tau a predictor that knew the task's true ranking would score against a test set of this size:
+    the measured test ranking plays the truth, and each bootstrap resample of the test images (the same images for
+    every strategy, so their errors stay paired) a remeasurement. An upper bound for any prediction: the resample
+    gaps are noisier than the truth's, and the measured gaps (the stand-in truth) already larger than the true."""
+    names = list(correct)
+    matrix = np.stack([correct[n] for n in names]).astype(np.float64)
+    measured = dict(zip(names, matrix.mean(1).tolist(), strict=True))
+    truth = sorted(names, key=lambda n: -measured[n])
+    rng = np.random.default_rng(seed)
+    n_images = matrix.shape[1]
+    taus = [kendall_tau_b(truth, dict(zip(names, matrix[:, rng.integers(0, n_images, n_images)].mean(1).tolist(),
+                                              strict=True)))
+            for _ in range(resamples)]  # fmt: skip
+    return float(np.mean(taus))
 
 
 def simulate_halving(
@@ -209,6 +250,9 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     if all("best_val_acc" in runs[s] for s in strategies):  # the ceiling: the trained runs' own val ranking
         val = {s: float(runs[s]["best_val_acc"]) for s in strategies}
         result["val_ranking_tau"] = round(kendall_tau_b(sorted(strategies, key=lambda s: -val[s]), test), 4)
+    correct = task_test_correct(row, strategies)
+    if correct is not None:  # the noise ceiling: what knowing the true ranking would score on this test set
+        result["oracle_tau"] = round(oracle_tau(correct), 4)
     ranking = [r["strategy"] for r in rank_strategies(signals_from_doc(advice_doc(result)))[0] if r["strategy"] in test]
     result["advise"].update(ranking=ranking, tau=round(kendall_tau_b(ranking, test), 4), top=ranking[0],
                             top_gap_points=top_gap_points(ranking[0], test))  # fmt: skip
@@ -281,6 +325,10 @@ def summarise(results: list[dict]) -> dict[str, Any]:
     val_taus = [r["val_ranking_tau"] for r in results if "val_ranking_tau" in r]
     if val_taus:  # how well the full compare's own val accuracies rank its test accuracies: no predictor does better
         summary["mean_tau_val_ranking"] = round(float(np.mean(val_taus)), 4)
+    oracle = [r["oracle_tau"] for r in results if "oracle_tau" in r]
+    if oracle:
+        summary["mean_tau_oracle"] = round(float(np.mean(oracle)), 4)
+        summary["oracle_tasks"] = len(oracle)
     replayed = [r for r in results if "halving_replayed" in r]
     if replayed:
         summary["replayed_within_0_5pt"] = sum(r["halving_replayed"]["gap_points"] <= 0.5 for r in replayed)
@@ -366,6 +414,12 @@ def format_markdown(results: list[dict], summary: dict) -> str:
             f"{s['mean_tau_val_ranking']} (the same trained runs judged on other images: a practical ceiling for a "
             "prediction made before training)."
         )
+    if "mean_tau_oracle" in s:
+        lines.append(
+            f"Knowing each task's true ranking would score mean τ {s['mean_tau_oracle']} against these test sets "
+            f"({s['oracle_tasks']} tasks; the measured test ranking as the truth, 1,000 bootstrap resamples of the "
+            "test images as remeasurements: an upper bound, the noise of test sets this size)."
+        )
     if "mean_tau_advise_loo_prior" in s:
         lines.append(
             "(The shipped prior is the fixed ranking fitted on this suite, so the line above is in-sample for it; the "
@@ -405,15 +459,19 @@ EPOCH_KEYS = ("epoch", "val_acc", "seconds")  # what the halving replay reads of
 
 def export_records(rows: list[dict], results: list[dict], path: Path) -> None:
     """One JSON file with what `--rescore` and the halving replay read (the suite's measurements with each
-    strategy's per-epoch val accuracy and seconds, and every task's advise.json), small enough to commit: a later
-    change to the rules, the prior or halving is scored with `--records FILE`, without the run folders."""
+    strategy's per-epoch val accuracy and seconds and per-image test correctness, and every task's advise.json),
+    small enough to commit: a later change to the rules, the prior or halving is scored with `--records FILE`,
+    without the run folders."""
     suite = []
     for row in rows:
         row = json.loads(json.dumps(row))  # a copy
         runs = row["thawline"]["strategies"]
-        curves = task_curves(row, [s for s in row["strategies"] if s in runs]) or {}
+        strategies = [s for s in row["strategies"] if s in runs]
+        curves = task_curves(row, strategies) or {}
         for name, epochs in curves.items():
             runs[name]["epochs"] = [{k: r[k] for k in EPOCH_KEYS if k in r} for r in epochs]
+        for name, correct in (task_test_correct(row, strategies) or {}).items():  # packed: 1 bit per test image
+            runs[name]["test_correct"] = np.packbits(correct).tobytes().hex()
         suite.append(row)
     recorded = [{**r, "advise": {**r["advise"], "doc": advice_doc(r)}} for r in results if has_advice(r)]
     path.parent.mkdir(parents=True, exist_ok=True)

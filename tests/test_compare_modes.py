@@ -24,11 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     ("budget", "n", "rungs"),
-    [(8, 7, [1, 3, 8]), (27, 7, [3, 9, 27]), (27, 9, [3, 9, 27]), (27, 10, [1, 3, 9, 27]), (4, 7, [1, 4]),
-     (6, 3, [2, 6]), (3, 2, [1, 3]), (1, 7, [1]), (10, 4, [1, 3, 10])],
+    [(8, 7, [1, 3, 8]), (27, 7, [3, 9, 27]), (27, 9, [3, 9, 27]), (27, 10, [1, 3, 9, 27]), (4, 7, [1, 2, 4]),
+     (3, 7, [1, 2, 3]), (2, 7, [1, 2]), (5, 27, [1, 2, 3, 5]), (6, 3, [2, 6]), (3, 2, [1, 3]), (1, 7, [1]),
+     (10, 4, [1, 3, 10])],
 )  # fmt: skip
 def test_halving_rungs(budget: int, n: int, rungs: list[int]) -> None:
-    """The budget divided by 3 once per round until one strategy would remain (7 -> 3 -> 1: two rounds)."""
+    """The budget divided by 3 once per round until one strategy would remain (7 -> 3 -> 1: two rounds); on a
+    short budget the rounds take successive epochs instead of merging, and those with no epoch left are dropped."""
     assert halving_rungs(budget, n) == rungs
 
 
@@ -131,7 +133,7 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     state = json.loads((tmp_path / "halved" / "halving.json").read_text())
     curves = advise_suite.read_curves(tmp_path / "full", names, 4)
     replay = advise_suite.simulate_halving(curves, 4, halving_carried(names, tmp_path / "full"))
-    assert replay["rungs"] == state["rungs"] == [1, 4]
+    assert replay["rungs"] == state["rungs"] == [1, 2, 4]
     assert replay["carried"] == state["carried"] == "head-only"  # the prior's first of the four
     assert replay["stopped"] == {n: s["epoch"] for n, s in state["stopped"].items()}
     # the winner: the best final val accuracy; an exact tie goes to the faster run, and run times are not replayed
@@ -174,6 +176,43 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     assert ablation["no rules"]["mean_tau"] == pytest.approx(summary["mean_tau_fixed_loo"], abs=1e-4)
     assert {"all rules", "all rules x0.25", "without depth", "without gradients"} <= set(ablation)
     assert all(-1 <= v["mean_tau"] <= 1 and v["tasks"] == 3 for v in ablation.values())
+
+
+def test_oracle_tau_is_the_test_sets_noise_ceiling_and_the_records_carry_what_it_reads(tmp_path: Path) -> None:
+    """advise_suite's ceiling: the measured ranking as the truth, bootstrap resamples of the test images as
+    remeasurements. Far-apart strategies always keep their order (1), identical ones always tie (0), one point apart
+    on 400 images sometimes swap; the per-image correctness survives --export without the run folders."""
+    advise_suite = load_advise_suite()
+    rng = np.random.default_rng(0)
+    n = 400
+    far = {name: (rng.random(n) < p).astype(np.uint8) for name, p in (("a", 0.95), ("b", 0.6), ("c", 0.2))}
+    assert advise_suite.oracle_tau(far, resamples=200) == pytest.approx(1.0)
+    same = (rng.random(n) < 0.7).astype(np.uint8)
+    assert advise_suite.oracle_tau({"a": same, "b": same.copy()}, resamples=50) == 0.0
+    better = same.copy()
+    better[np.flatnonzero(same == 0)[:8]], better[np.flatnonzero(same == 1)[:4]] = 1, 0  # 4 more right of 400
+    assert 0.2 < advise_suite.oracle_tau({"a": better, "b": same}) < 0.95
+    assert advise_suite.oracle_tau({"a": better, "b": same}) == advise_suite.oracle_tau({"b": same, "a": better})
+
+    runs = tmp_path / "runs"
+    for name, correct in (("a", better), ("b", same)):
+        (runs / name).mkdir(parents=True)
+        lines = ["split,path,label,pred,confidence,loss,correct"]
+        rows = reversed(list(enumerate(correct)))  # not in path order: sorted on read
+        lines += [f"test,img{i:04d}.png,x,{'x' if c else 'y'},0.9,0.1,{c}" for i, c in rows]
+        (runs / name / "predictions.csv").write_text("\n".join(lines) + "\n")
+    accs = {"a": {"test_acc": float(better.mean())}, "b": {"test_acc": float(same.mean())}}
+    row = {"task": "t", "strategies": ["a", "b"], "epochs": 1, "counts": {"test": n},
+           "thawline": {"strategies": accs, "out": str(runs)}}  # fmt: skip
+    read = advise_suite.task_test_correct(row, ["a", "b"])
+    assert read is not None and np.array_equal(read["a"], better) and np.array_equal(read["b"], same)
+    records = tmp_path / "records.json"
+    advise_suite.export_records([row], [], records)
+    shutil.rmtree(runs)
+    embedded = advise_suite.task_test_correct(json.loads(records.read_text())["suite"][0], ["a", "b"])
+    assert embedded is not None and all(np.array_equal(embedded[k], read[k]) for k in read)
+    other = {**row, "thawline": {"strategies": {**accs, "b": {"test_acc": 0.5}}, "out": str(runs)}}
+    assert advise_suite.task_test_correct(other, ["a", "b"]) is None  # no folder: no ceiling, not a wrong one
 
 
 def test_seeds_give_mean_and_std_per_strategy(image_folder: Path, tmp_path: Path) -> None:
