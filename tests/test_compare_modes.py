@@ -95,6 +95,17 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
     assert all(f"<strong>{loser}</strong> after epoch 1" in html for loser in state["stopped"])
 
 
+def test_halving_on_a_one_epoch_budget_says_it_trains_everything(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(image_folder, epochs=1)
+    result = compare(cfg, ["head-only", "full"], tmp_path / "one", halving=True)
+    printed = capsys.readouterr().out
+    assert "[halving] --epochs 1 leaves no earlier epoch to compare at: every strategy trains" in printed
+    state = json.loads((tmp_path / "one" / "halving.json").read_text())
+    assert state["rungs"] == [1] and state["stopped"] == {} and len(result.rows) == 2
+
+
 def load_advise_suite():
     spec = importlib.util.spec_from_file_location("advise_suite", ROOT / "benchmarks" / "advise_suite.py")
     assert spec is not None and spec.loader is not None

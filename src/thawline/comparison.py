@@ -373,6 +373,9 @@ def successive_halving(
     log_path = out_dir / "halving.json"
     state = json.loads(log_path.read_text()) if resume and log_path.is_file() else {}
     rungs = state.get("rungs") or halving_rungs(config.epochs, entrants)  # a resumed race keeps its schedule
+    if len(rungs) == 1 and not quiet and not state:
+        print(f"[halving] --epochs {config.epochs} leaves no earlier epoch to compare at: every strategy trains the "
+              "whole budget (halving needs 2 or more)", flush=True)  # fmt: skip
     carried = state.get("carried") or halving_carried(names, out_dir)
     alive = list(state.get("alive", names))
     stopped: dict[str, dict[str, Any]] = dict(state.get("stopped", {}))
