@@ -240,7 +240,7 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     """Fill `result` with everything computed from the suite's measured runs and advise's recorded signals (no
     training, no advise pass): advise's ranking by the current rules and prior, its tau and top pick, halving
     replayed. `--rescore` calls it alone after a strategy's recipe changed or the rules did."""
-    from thawline.advise import rank_strategies, signals_from_doc
+    from thawline.advise import far_behind, rank_strategies, signals_from_doc
     from thawline.comparison import halving_carried
 
     runs = row["thawline"]["strategies"]
@@ -253,7 +253,8 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     correct = task_test_correct(row, strategies)
     if correct is not None:  # the noise ceiling: what knowing the true ranking would score on this test set
         result["oracle_tau"] = round(oracle_tau(correct), 4)
-    ranking = [r["strategy"] for r in rank_strategies(signals_from_doc(advice_doc(result)))[0] if r["strategy"] in test]
+    ranked = rank_strategies(signals_from_doc(advice_doc(result)))[0]
+    ranking = [r["strategy"] for r in ranked if r["strategy"] in test]
     result["advise"].update(ranking=ranking, tau=round(kendall_tau_b(ranking, test), 4), top=ranking[0],
                             top_gap_points=top_gap_points(ranking[0], test))  # fmt: skip
     curves = task_curves(row, strategies)
@@ -264,6 +265,21 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
         sim["gap_points"] = top_gap_points(sim["winner"], test)
         sim["gap_to_pick_points"] = round(100 * (test[result["full_pick"]] - test[sim["winner"]]), 2)
         result["halving_replayed"] = sim
+        left_out = far_behind(ranked, strategies)  # what `compare --advise --halving` would not train
+        if left_out:
+            entered = {n: rows for n, rows in curves.items() if n not in left_out}
+            top = next(n for n in ranking if n in entered)  # with --advise the advisor's top pick is carried
+            adv = simulate_halving(entered, row["epochs"], top, entrants=len(strategies))
+            seconds = {n: sum(r["seconds"] for r in rows) for n, rows in curves.items()}
+            # the share of the full compare's time (all strategies), as the plain replay's
+            entered_share = sum(seconds[n] for n in entered) / sum(seconds.values())
+            adv["epoch_share"] = round(adv["epoch_share"] * entered_share, 4)
+            adv.update(
+                left_out=sorted(left_out),
+                test_acc=test[adv["winner"]],
+                gap_to_pick_points=round(100 * (test[result["full_pick"]] - test[adv["winner"]]), 2),
+            )
+            result["halving_replayed_advise"] = adv
     if "halving" in result:  # a real halving run's winner, scored against the current measurements
         h = result["halving"]
         h["gap_points"] = top_gap_points(h["winner"], test)
@@ -341,6 +357,15 @@ def summarise(results: list[dict]) -> dict[str, Any]:
         shares = [r["halving_replayed"]["epoch_share"] for r in replayed]
         summary["replayed_mean_epoch_share"] = round(float(np.mean(shares)), 4)
         summary["replayed_max_epoch_share"] = round(float(np.max(shares)), 4)
+        advised = [r["halving_replayed_advise"] for r in replayed if "halving_replayed_advise" in r]
+        if advised:
+            summary["replayed_advise_tasks"] = len(advised)
+            summary["replayed_advise_same_winner"] = sum(
+                r["halving_replayed_advise"]["winner"] == r["halving_replayed"]["winner"]
+                for r in replayed if "halving_replayed_advise" in r
+            )  # fmt: skip
+            summary["replayed_advise_mean_epoch_share"] = round(float(np.mean([a["epoch_share"] for a in advised])), 4)
+            summary["replayed_advise_max_epoch_share"] = round(float(np.max([a["epoch_share"] for a in advised])), 4)
         summary["replayed_matches_run"] = sum(r["halving_replayed"]["winner"] == r["halving"]["winner"]
                                               for r in replayed if "halving" in r)  # fmt: skip
     with_prior = [r["advise_loo_prior"] for r in results if "advise_loo_prior" in r]
@@ -446,6 +471,13 @@ def format_markdown(results: list[dict], summary: dict) -> str:
             + (f"; the replay named the real run's winner on {s['replayed_matches_run']}/{s['halving_tasks']} of the "
                "tasks where halving ran." if "halving_tasks" in s else ".")
         )  # fmt: skip
+    if "replayed_advise_tasks" in s:
+        lines.append(
+            f"With `--advise` (the strategies it ranks far behind left out before the race, counted as entrants), "
+            f"replayed on {s['replayed_advise_tasks']} tasks where it leaves one out: the same winner as plain halving "
+            f"on {s['replayed_advise_same_winner']}, mean {pct(s['replayed_advise_mean_epoch_share'])} (largest "
+            f"{pct(s['replayed_advise_max_epoch_share'])}) of the full compare's strategy-epochs' time."
+        )
     if "halving_tasks" in s:
         lines.append(
             f"Halving's winner within 0.5 points of the best: {s['halving_within_0_5pt']}/{s['halving_tasks']}; "

@@ -133,7 +133,9 @@ def test_a_strategy_left_out_before_the_race_changes_nothing_else() -> None:
     assert six["stopped"] == {"head-only": 1, "two-phase": 1, "layer-wise": 1, "full": 1, "partial": 3}
 
 
-def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder: Path, tmp_path: Path) -> None:
+def test_halving_replayed_from_a_full_compare_names_the_real_winner(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """benchmarks/advise_suite.py replays halving from a full compare's epochs; exact because survivors resume
     bit-identical, so the replay must stop the same strategies at the same rungs and name the same winner."""
     advise_suite = load_advise_suite()
@@ -171,6 +173,19 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder
     assert advise_suite.main(["--suite", str(suite), "--rescore", "--export", str(records)]) == 0
     out = json.loads((suite / "advise_suite.json").read_text())
     assert all(r["halving_replayed"]["winner"] == replay["winner"] for r in out["tasks"])
+    # --advise replayed: the race without what far_behind leaves out, those counted as entrants, the top pick carried
+    monkeypatch.setattr(
+        importlib.import_module("thawline.advise"), "far_behind", lambda ranking, names: {"scratch": ""}
+    )
+    scored = advise_suite.score_task(tasks[0], json.loads(json.dumps(out["tasks"][0])))
+    advised = scored["halving_replayed_advise"]
+    top = next(n for n in scored["advise"]["ranking"] if n != "scratch")
+    expected = advise_suite.simulate_halving({n: c for n, c in curves.items() if n != "scratch"}, 4, top, entrants=4)
+    assert advised["left_out"] == ["scratch"] and "scratch" not in advised["stopped"]
+    assert (advised["winner"], advised["stopped"], advised["rungs"]) == (
+        expected["winner"], expected["stopped"], expected["rungs"])  # fmt: skip
+    assert 0 < advised["epoch_share"] < expected["epoch_share"]  # scratch's epochs count in the whole, not the race
+    monkeypatch.undo()
     # the records file alone rescores to the same figures: no run folder, no advise.json read
     shutil.rmtree(tmp_path / "full")
     shutil.rmtree(tmp_path / "advice")
