@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +158,11 @@ def oracle_tau(correct: dict[str, np.ndarray], resamples: int = 1000, seed: int 
 
 
 def simulate_halving(
-    curves: dict[str, list[dict[str, Any]]], epochs: int, carried: str, entrants: int | None = None
+    curves: dict[str, list[dict[str, Any]]], epochs: int, carried: str, left_out: Collection[str] = ()
 ) -> dict[str, Any]:
     """`compare --halving`'s outcome replayed from a full compare's per-epoch metrics (`curves`: each strategy's
-    rows, val_acc and seconds), without training; `entrants` as in `successive_halving` (strategies `--advise` left
-    out count).
+    rows, val_acc and seconds), without training; `left_out`: the strategies `compare --advise` does not train
+    (entrants of the race all the same, as in `successive_halving`; their epochs count in the time share's whole).
 
     Exact, not an estimate, for the winner: a halving survivor resumes bit-identical to the uninterrupted run
     (tested), so each strategy's best val accuracy at a rung is the full run's best over its first `rung` epochs,
@@ -173,20 +174,20 @@ def simulate_halving(
     from thawline.comparison import halving_keep, halving_rungs, halving_survivors
 
     strategies = list(curves)
-    entrants = max(entrants or 0, len(strategies))
-    rungs = halving_rungs(epochs, entrants)
-    alive, stopped = list(strategies), {}
+    entered = [n for n in strategies if n not in left_out]
+    rungs = halving_rungs(epochs, len(strategies))
+    alive, stopped = entered, {}
     for i, rung in enumerate(rungs[:-1], start=1):
         best_so_far = {n: max(r["val_acc"] for r in curves[n][:rung]) for n in alive}
-        survivors = halving_survivors(best_so_far, carried, halving_keep(entrants, i))
+        survivors = halving_survivors(best_so_far, carried, halving_keep(len(strategies), i))
         stopped.update({n: rung for n in alive if n not in survivors})
         alive = survivors
     final = {n: max(r["val_acc"] for r in curves[n]) for n in alive}
     winner = min(alive, key=lambda n: (-final[n], sum(r["seconds"] for r in curves[n])))
-    spent = sum(sum(r["seconds"] for r in curves[n][: stopped.get(n, epochs)]) for n in strategies)
+    spent = sum(sum(r["seconds"] for r in curves[n][: stopped.get(n, epochs)]) for n in entered)
     total = sum(sum(r["seconds"] for r in curves[n]) for n in strategies)
     return {"winner": winner, "stopped": stopped, "rungs": rungs, "carried": carried, "final_val": final,
-            "epoch_share": round(spent / total, 4)}  # fmt: skip
+            "left_out": sorted(left_out), "epoch_share": round(spent / total, 4)}  # fmt: skip
 
 
 def task_config(task_dir: Path, manifest: dict, epochs: int, cache: Path):
@@ -267,18 +268,10 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
         result["halving_replayed"] = sim
         left_out = far_behind(ranked, strategies)  # what `compare --advise --halving` would not train
         if left_out:
-            entered = {n: rows for n, rows in curves.items() if n not in left_out}
-            top = next(n for n in ranking if n in entered)  # with --advise the advisor's top pick is carried
-            adv = simulate_halving(entered, row["epochs"], top, entrants=len(strategies))
-            seconds = {n: sum(r["seconds"] for r in rows) for n, rows in curves.items()}
-            # the share of the full compare's time (all strategies), as the plain replay's
-            entered_share = sum(seconds[n] for n in entered) / sum(seconds.values())
-            adv["epoch_share"] = round(adv["epoch_share"] * entered_share, 4)
-            adv.update(
-                left_out=sorted(left_out),
-                test_acc=test[adv["winner"]],
-                gap_to_pick_points=round(100 * (test[result["full_pick"]] - test[adv["winner"]]), 2),
-            )
+            top = next(n for n in ranking if n not in left_out)  # with --advise the advisor's top pick is carried
+            adv = simulate_halving(curves, row["epochs"], top, left_out)
+            adv["test_acc"] = test[adv["winner"]]
+            adv["gap_to_pick_points"] = round(100 * (test[result["full_pick"]] - test[adv["winner"]]), 2)
             result["halving_replayed_advise"] = adv
     if "halving" in result:  # a real halving run's winner, scored against the current measurements
         h = result["halving"]
@@ -357,13 +350,13 @@ def summarise(results: list[dict]) -> dict[str, Any]:
         shares = [r["halving_replayed"]["epoch_share"] for r in replayed]
         summary["replayed_mean_epoch_share"] = round(float(np.mean(shares)), 4)
         summary["replayed_max_epoch_share"] = round(float(np.max(shares)), 4)
-        advised = [r["halving_replayed_advise"] for r in replayed if "halving_replayed_advise" in r]
+        pairs = [
+            (r["halving_replayed"], r["halving_replayed_advise"]) for r in replayed if "halving_replayed_advise" in r
+        ]
+        advised = [a for _, a in pairs]
         if advised:
             summary["replayed_advise_tasks"] = len(advised)
-            summary["replayed_advise_same_winner"] = sum(
-                r["halving_replayed_advise"]["winner"] == r["halving_replayed"]["winner"]
-                for r in replayed if "halving_replayed_advise" in r
-            )  # fmt: skip
+            summary["replayed_advise_same_winner"] = sum(plain["winner"] == a["winner"] for plain, a in pairs)
             summary["replayed_advise_mean_epoch_share"] = round(float(np.mean([a["epoch_share"] for a in advised])), 4)
             summary["replayed_advise_max_epoch_share"] = round(float(np.max([a["epoch_share"] for a in advised])), 4)
         summary["replayed_matches_run"] = sum(r["halving_replayed"]["winner"] == r["halving"]["winner"]

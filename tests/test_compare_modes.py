@@ -124,8 +124,9 @@ def test_a_strategy_left_out_before_the_race_changes_nothing_else() -> None:
     curves = {n: [{"val_acc": level[n] + 0.01 * e, "seconds": 1.0} for e in range(8)] for n in names}
     race = advise_suite.simulate_halving(curves, 8, "gradual")
     without = {n: c for n, c in curves.items() if n != "scratch"}
-    left_out = advise_suite.simulate_halving(without, 8, "gradual", entrants=7)
+    left_out = advise_suite.simulate_halving(curves, 8, "gradual", left_out={"scratch"})
     assert race["stopped"].pop("scratch") == 1 and left_out["stopped"] == race["stopped"]
+    assert left_out["epoch_share"] == pytest.approx(race["epoch_share"] - 1 / 56, abs=1e-4)  # scratch's one epoch
     assert (left_out["winner"], left_out["rungs"]) == (race["winner"], race["rungs"]) == (race["winner"], [1, 3, 8])
     assert left_out["stopped"] == {"head-only": 1, "two-phase": 1, "layer-wise": 1, "partial": 3, "full": 3}
     # counted as a race of six instead, the first rung would keep two, not three: full would stop at epoch 1
@@ -180,11 +181,13 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(
     scored = advise_suite.score_task(tasks[0], json.loads(json.dumps(out["tasks"][0])))
     advised = scored["halving_replayed_advise"]
     top = next(n for n in scored["advise"]["ranking"] if n != "scratch")
-    expected = advise_suite.simulate_halving({n: c for n, c in curves.items() if n != "scratch"}, 4, top, entrants=4)
+    expected = advise_suite.simulate_halving(curves, 4, top, left_out=["scratch"])
     assert advised["left_out"] == ["scratch"] and "scratch" not in advised["stopped"]
     assert (advised["winner"], advised["stopped"], advised["rungs"]) == (
         expected["winner"], expected["stopped"], expected["rungs"])  # fmt: skip
-    assert 0 < advised["epoch_share"] < expected["epoch_share"]  # scratch's epochs count in the whole, not the race
+    # scratch's epochs count in the whole, not in the race
+    total = sum(r["seconds"] for rows in curves.values() for r in rows)
+    assert advised["epoch_share"] == expected["epoch_share"] < 1 - sum(r["seconds"] for r in curves["scratch"]) / total
     monkeypatch.undo()
     # the records file alone rescores to the same figures: no run folder, no advise.json read
     shutil.rmtree(tmp_path / "full")

@@ -152,29 +152,29 @@ def test_exact_kill_points_resume_to_the_uninterrupted_run(strategy: str, data: 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     assert subprocess.run(cmd, capture_output=True, timeout=300, env=env).returncode == 0
 
-    def kill_then_resume(event: str) -> tuple[str, subprocess.CompletedProcess, subprocess.CompletedProcess | None]:
+    def kill_then_resume(event: str) -> tuple[Path, subprocess.CompletedProcess, subprocess.CompletedProcess | None]:
         out = tmp_path / event.replace(":", "-")
         killed_cmd = [c if c != str(straight) else str(out) for c in cmd]
         killed = subprocess.run(killed_cmd, capture_output=True, text=True, timeout=300,
                                 env={**env, "THAWLINE_KILL_AFTER": event})  # fmt: skip
         if killed.returncode != -9:
-            return event, killed, None
+            return out, killed, None
         resumed = subprocess.run([sys.executable, "-m", "thawline", "train", "--resume", str(out), "--quiet"],
                                  capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
-        return event, killed, resumed
+        return out, killed, resumed
 
     # The kill points are events, not times, and each has its own folder (the straight run filled the shared
     # caches): two at a time, one thread each, as most of each process's time is start-up (torch and timm imports).
     events = ("best:1", "checkpoint:1", "checkpoint:2", "checkpoint:3", "phase:2", "batch:10")
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         outcomes = list(pool.map(kill_then_resume, events))
-    for event, killed, resumed in outcomes:
+    for event, (out, killed, resumed) in zip(events, outcomes, strict=True):
         if killed.returncode == 0:  # a one-phase strategy never enters phase 2
             assert event == "phase:2" and len(STRATEGIES[strategy].phases) == 1
             continue
         assert killed.returncode == -9 and resumed is not None, killed.stderr
         assert resumed.returncode == 0, resumed.stderr
-        assert_same_run(straight, tmp_path / event.replace(":", "-"))
+        assert_same_run(straight, out)
 
 
 def test_best_checkpoint_is_linked_as_last_and_parts_when_last_is_saved_again(tmp_path: Path) -> None:
