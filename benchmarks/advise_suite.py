@@ -190,6 +190,22 @@ def simulate_halving(
             "left_out": sorted(left_out), "epoch_share": round(spent / total, 4)}  # fmt: skip
 
 
+def halving_floor(curves: dict[str, list[dict[str, Any]]], pick: str, carried: str) -> dict[str, Any]:
+    """What no halving race with whole-epoch rungs can beat on this task while it still ends with the full
+    compare's `pick` and carries `carried`: both train every epoch, every other strategy at least its first (the
+    least share of the strategy-epochs' time, as `simulate_halving`'s). And the pick's rank by best val accuracy so
+    far after each epoch: a race can stop the others early only from the epoch at which the pick ranks near the top
+    (a rung inside the first epoch, the one way below the floor, cannot see more than the first epoch's ranking)."""
+    total = sum(r["seconds"] for rows in curves.values() for r in rows)
+    floor = sum(sum(r["seconds"] for r in rows) if n in (pick, carried) else rows[0]["seconds"]
+                for n, rows in curves.items())  # fmt: skip
+    ranks = []
+    for epoch in range(1, len(curves[pick]) + 1):
+        best = {n: max(r["val_acc"] for r in rows[:epoch]) for n, rows in curves.items()}
+        ranks.append(1 + sum(best[n] > best[pick] for n in curves))
+    return {"floor_share": round(floor / total, 4), "pick_rank_by_epoch": ranks}
+
+
 def task_config(task_dir: Path, manifest: dict, epochs: int, cache: Path):
     return load_suite().task_config(task_dir, manifest["img_size"], epochs, bool(manifest.get("hflip", True)), cache)
 
@@ -265,6 +281,7 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
         sim["test_acc"] = test[sim["winner"]]
         sim["gap_points"] = top_gap_points(sim["winner"], test)
         sim["gap_to_pick_points"] = round(100 * (test[result["full_pick"]] - test[sim["winner"]]), 2)
+        sim.update(halving_floor(curves, result["full_pick"], carried))
         result["halving_replayed"] = sim
         left_out = far_behind(ranked, strategies)  # what `compare --advise --halving` would not train
         if left_out:
@@ -350,6 +367,8 @@ def summarise(results: list[dict]) -> dict[str, Any]:
         shares = [r["halving_replayed"]["epoch_share"] for r in replayed]
         summary["replayed_mean_epoch_share"] = round(float(np.mean(shares)), 4)
         summary["replayed_max_epoch_share"] = round(float(np.max(shares)), 4)
+        floors = {r["task"]: r["halving_replayed"]["floor_share"] for r in replayed}
+        summary["replayed_floor_over_40pct"] = {t: f for t, f in floors.items() if f > 0.40}
         pairs = [
             (r["halving_replayed"], r["halving_replayed_advise"]) for r in replayed if "halving_replayed_advise" in r
         ]
@@ -463,6 +482,14 @@ def format_markdown(results: list[dict], summary: dict) -> str:
             "strategy-epochs' time"
             + (f"; the replay named the real run's winner on {s['replayed_matches_run']}/{s['halving_tasks']} of the "
                "tasks where halving ran." if "halving_tasks" in s else ".")
+        )  # fmt: skip
+    if "replayed_floor_over_40pct" in s:
+        over = s["replayed_floor_over_40pct"]
+        lines.append(
+            "The floor (the full compare's pick and the carried strategy trained to the end, every other strategy "
+            "stopped after its first epoch: no race with whole-epoch rungs spends less and still names the pick): "
+            + (", ".join(f"{t} {pct(f)}" for t, f in over.items()) + " above 40%." if over
+               else "at most 40% on every task.")
         )  # fmt: skip
     if "replayed_advise_tasks" in s:
         lines.append(

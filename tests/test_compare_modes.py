@@ -134,6 +134,39 @@ def test_a_strategy_left_out_before_the_race_changes_nothing_else() -> None:
     assert six["stopped"] == {"head-only": 1, "two-phase": 1, "layer-wise": 1, "full": 1, "partial": 3}
 
 
+def test_halving_floor_is_the_pick_and_the_carried_in_full_plus_the_others_first_epoch() -> None:
+    """The floor no whole-epoch race beats while it names the pick: on a 4-epoch race where the pick (full) ranks
+    third after epoch 1, the replayed race spends more than the floor, and the floor counts exactly the pick's and
+    the carried one's four epochs and the others' first."""
+    advise_suite = load_advise_suite()
+    val = {
+        "partial": [0.85, 0.86, 0.87, 0.87],
+        "layer-wise": [0.84, 0.85, 0.86, 0.86],
+        "full": [0.83, 0.87, 0.89, 0.88],
+        "gradual": [0.70, 0.80, 0.85, 0.86],
+        "scratch": [0.5, 0.6, 0.7, 0.75],
+    }
+    seconds = {"partial": 3.0, "layer-wise": 2.0, "full": 4.0, "gradual": 1.0, "scratch": 4.0}
+    curves = {n: [{"val_acc": v, "seconds": seconds[n]} for v in vals] for n, vals in val.items()}
+    floor = advise_suite.halving_floor(curves, "full", "gradual")
+    assert floor["floor_share"] == pytest.approx((4 * 4.0 + 4 * 1.0 + 3.0 + 2.0 + 4.0) / (4 * 14.0), abs=1e-4)
+    assert floor["pick_rank_by_epoch"] == [3, 1, 1, 1]
+    # five entrants: the first rung keeps two (plus gradual), full stops at epoch 1, and the race spends less than
+    # the floor because it misses the pick
+    five = advise_suite.simulate_halving(curves, 4, "gradual")
+    assert five["winner"] == "partial" and five["stopped"]["full"] == 1
+    assert five["epoch_share"] == pytest.approx(28 / 56, abs=1e-4)
+    assert five["epoch_share"] < floor["floor_share"]
+    # seven (two weak, cheap ones added): three kept, full among them; the race names it at no less than the floor
+    weak = {n: [{"val_acc": 0.4, "seconds": 0.5}] * 4 for n in ("head-only", "two-phase")}
+    seven = advise_suite.simulate_halving(curves | weak, 4, "gradual")
+    assert seven["winner"] == "full"
+    assert seven["epoch_share"] >= advise_suite.halving_floor(curves | weak, "full", "gradual")["floor_share"]
+    # the carried strategy being the pick itself counts once
+    alone = advise_suite.halving_floor(curves, "full", "full")["floor_share"]
+    assert alone == pytest.approx((4 * 4.0 + 3.0 + 2.0 + 1.0 + 4.0) / (4 * 14.0), abs=1e-4)
+
+
 def test_halving_replayed_from_a_full_compare_names_the_real_winner(
     image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
