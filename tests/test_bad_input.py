@@ -60,7 +60,26 @@ def make_corpus(root: Path, leak: bool = False) -> tuple[dict[str, str], set[str
     (root / "train" / "README.txt").write_text("my data set")
     bad["train/README.txt"] = "not in a class folder"
     (root / "val" / "stripes" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    bad["val/stripes/.DS_Store"] = "not an image file extension"
+    bad["val/stripes/.DS_Store"] = "hidden file"
+    # macOS's metadata twin of an image (AppleDouble, left by a copy from a Mac): not an image, whatever its name
+    (root / "train" / "stripes" / "._stripes_0.png").write_bytes(b"\0\5\26\7" + b"\0" * 60)
+    bad["train/stripes/._stripes_0.png"] = "macOS metadata file"
+    # a hidden folder inside a class folder: ignored, but said
+    hidden = root / "train" / "circle" / ".thumbnails"
+    hidden.mkdir()
+    shutil.copy(root / "train" / "circle" / "circle_0.png", hidden / "small.png")
+    bad["train/circle/.thumbnails"] = "hidden folder"
+    # a linked folder inside a class folder is read like a nested one; a link back to a folder read is said once
+    elsewhere = root.parent / f"{root.name} linked"
+    elsewhere.mkdir()
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(elsewhere / "from a link.png")
+    (root / "train" / "stripes" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    good.add("train/stripes/linked/from a link.png")
+    (root / "train" / "stripes" / "loop").symlink_to(root / "train" / "stripes", target_is_directory=True)
+    bad["train/stripes/loop"] = "folder already read"
+    # a class folder that is a broken link: the class cannot be found, and that is said
+    (root / "train" / "gone").symlink_to(root / "no such folder", target_is_directory=True)
+    bad["train/gone"] = "broken symbolic link"
     # a file name that is not valid UTF-8, and a broken link
     fd = os.open(os.path.join(os.fsencode(root / "train" / "stripes"), NOT_UTF8), os.O_WRONLY | os.O_CREAT)
     os.write(fd, (root / "train" / "stripes" / "stripes_0.png").read_bytes())
@@ -81,15 +100,23 @@ def make_corpus(root: Path, leak: bool = False) -> tuple[dict[str, str], set[str
     return bad, good
 
 
-def all_entries(root: Path) -> set[str]:
-    """Every file below root, and every folder with nothing in it, as a printable relative path."""
+def all_entries(root: Path, reported: set[str]) -> set[str]:
+    """Every file below root (linked folders followed, each real folder once), and every folder with nothing in it,
+    as a printable relative path; a folder in `reported` stands for everything in it."""
     out = set()
-    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
+    seen: set[bytes] = set()
+    for dirpath, dirnames, filenames in os.walk(os.fsencode(root), followlinks=True):
         rel = os.path.relpath(dirpath, os.fsencode(root))
+        shown = os.path.normpath(rel).decode("utf-8", "replace")
+        if shown in reported or os.path.realpath(dirpath) in seen:
+            out.add(shown)
+            dirnames[:] = []
+            continue
+        seen.add(os.path.realpath(dirpath))
         for name in filenames:
             out.add(os.path.normpath(os.path.join(rel, name)).decode("utf-8", "replace"))
         if not dirnames and not filenames:
-            out.add(rel.decode("utf-8", "replace"))
+            out.add(shown)
     return out
 
 
@@ -123,7 +150,7 @@ def test_discover_and_cache_skip_every_bad_file_with_a_reason(corpus, tmp_path: 
         assert fragment in reasons[path], (path, reasons[path])
     assert good <= used
     # nothing silently dropped: every file (and empty folder) is either used or listed with a reason
-    assert all_entries(root) == used | set(reasons)
+    assert all_entries(root, set(reasons)) == used | set(reasons)
     assert not used & set(reasons)
 
 
@@ -174,10 +201,12 @@ def test_train_cli_on_the_messy_folder_lists_every_bad_file(corpus, tmp_path: Pa
         assert path in listed, f"{path} missing from skipped.csv"
         assert fragment in listed[path]
     assert len(listed) == len(bad) == len(rows)
-    ignored = len(discover(root).skipped)  # not images in class folders; the rest did not decode
-    assert 0 < ignored < len(rows)
-    assert (f"skipped {len(rows)} file(s): {ignored} not an image in a class folder, {len(rows) - ignored} that "
-            "cannot be decoded (listed in skipped.csv of the run)") in proc.stderr  # fmt: skip
+    left_out = discover(root).skipped  # not images, or whole folders; the rest did not decode
+    folders = sum(s.folder for s in left_out)
+    assert 0 < folders < len(left_out) < len(rows)
+    assert (f"left out {len(left_out) - folders} file(s) that are not images, {folders} folder(s), "
+            f"{len(rows) - len(left_out)} file(s) that cannot be decoded (listed in skipped.csv of the run)"
+            ) in proc.stderr  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- fatal input
@@ -219,6 +248,10 @@ def test_fatal_data_folders(capfd, tmp_path: Path, small_folder: Path) -> None:
     one_error_line(capfd, train_argv(small_folder, out), "1 class folder(s)", "at least 2")
     shutil.rmtree(small_folder / "val")
     one_error_line(capfd, train_argv(small_folder, out), "no val/ folder")
+    # class folders with no split folders: the same hint as `thawline data check`
+    flat = tmp_path / "flat"
+    shutil.copytree(small_folder / "train", flat)
+    one_error_line(capfd, train_argv(flat, out), "no train/ folder", "found folders a: if these are classes")
 
 
 def test_fatal_options(capfd, tmp_path: Path, small_folder: Path) -> None:
@@ -318,3 +351,51 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_epoch(
     one_error_line(capfd, argv, "loss became nan", "lower the learning rate", "last.pt keeps the last good epoch")
     assert _epochs_in(out / "last.pt") == 1
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ classes and splits lost to files that fail
+
+
+def test_a_class_whose_training_images_all_fail_to_decode_is_refused(capfd, tmp_path: Path, small_folder: Path) -> None:
+    """Three classes on disk, one of them only broken files: training it would report a 3-class model that can never
+    predict the third; refused in one line naming the class and a file."""
+    ghost = small_folder / "train" / "ghost"
+    ghost.mkdir()
+    for i in range(3):
+        (ghost / f"g{i}.jpg").write_text("not a jpeg")
+    (small_folder / "val" / "ghost").mkdir()
+    shutil.copy(small_folder / "val" / "a" / "a_0.png", small_folder / "val" / "ghost" / "g.png")
+    one_error_line(capfd, train_argv(small_folder, tmp_path / "run"), "class 'ghost'", "g0.jpg", "remove the folder")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_a_split_that_does_not_decode_names_a_file(capfd, tmp_path: Path, small_folder: Path) -> None:
+    for f in (small_folder / "val").rglob("*.png"):
+        f.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)  # a PNG signature and nothing after it
+    line = one_error_line(capfd, train_argv(small_folder, tmp_path / "run"), "none of the 4", "val", "data check")
+    assert "a_0.png" in line  # the first file and why, not a pointer to a list that was never written
+
+
+def test_a_class_folder_with_a_name_that_is_not_utf8_is_a_warning_not_a_file_count(
+    capfd, tmp_path: Path, small_folder: Path
+) -> None:
+    lost = os.path.join(os.fsencode(small_folder / "train"), b"cl\xe9ss")
+    os.mkdir(lost)
+    shutil.copy(
+        small_folder / "train" / "a" / "a_0.png", os.path.join(lost, b"x.png").decode("utf-8", "surrogateescape")
+    )
+    assert main(train_argv(small_folder, tmp_path / "run")) == 0
+    err = capfd.readouterr().err
+    assert "class folder '" in err and "is left out: class folder name is not valid UTF-8; rename it" in err
+    assert "left out 1 folder(s)" in err  # counted as a folder, not as a file that is not an image
+
+
+def test_identical_files_that_do_not_decode_are_not_leakage(capfd, tmp_path: Path, small_folder: Path) -> None:
+    for split in ("train", "val"):
+        (small_folder / split / "a" / "notes.jpg").write_text("the same text in both splits")
+    assert main(train_argv(small_folder, tmp_path / "run")) == 0  # no refusal: nothing an image leaks
+    assert "byte-identical" not in capfd.readouterr().err
+    shutil.copy(small_folder / "train" / "b" / "b_0.png", small_folder / "val" / "b" / "copy.png")
+    one_error_line(
+        capfd, train_argv(small_folder, tmp_path / "run2"), "1 file(s) in val are byte-identical", "copy.png"
+    )

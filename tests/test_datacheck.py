@@ -57,7 +57,9 @@ def test_messy_folder_reports_every_problem_and_leakage_first(tmp_path: Path, ca
     assert any("not valid UTF-8" in reason for reason in bad.values())
     ignored = {b.path for b in r.ignored_files}
     expected = {"train/stripes/drawing.svg", "train/README.txt", "val/stripes/.DS_Store", "test/circle/Thumbs.db"}
+    expected |= {"train/circle/.thumbnails", "train/stripes/._stripes_0.png", "train/stripes/loop"}
     assert ignored == expected
+    assert "broken symbolic link" in bad["train/gone"]  # a class folder lost to a broken link is a problem
     assert set(r.empty_classes) == {("train", "empty class"), ("val", "empty class")}
     assert r.counts["train"]["circle"] == 7  # nested sub-folders count for their class
     assert {"RGBA", "P", "CMYK", "I;16", "L", "LA", "1"} <= set(r.modes)

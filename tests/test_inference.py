@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -81,10 +82,31 @@ def test_evaluate_on_val_and_on_a_labelled_folder(run: dict, tmp_path: Path, cap
     assert [s[0] for s in ev.skipped] == [str(folder / "circle" / "broken.png")]
     assert ev.report["per_class"]["circle"]["support"] == 8 and ev.report["per_class"]["square"]["support"] == 0
     capsys.readouterr()
-    # A class folder the run never saw is one line naming it.
+    # Names training cannot read and macOS metadata files are listed, as in training, not a traceback; an empty
+    # folder of a class the run never saw is skipped and said, as training does.
+    odd = os.path.join(os.fsencode(folder / "circle"), b"caf\xe9.png")
+    shutil.copy(folder / "circle" / "circle_0.png", odd.decode("utf-8", "surrogateescape"))
+    (folder / "circle" / "._circle_0.png").write_bytes(b"\0\5\26\7" + b"\0" * 60)
     (folder / "hexagon").mkdir()
+    ev = evaluate_run(run["dir"], str(folder), write=False)
+    reasons = {Path(p).name: r for p, r in ev.skipped}
+    assert len(ev.paths) == 8 and set(reasons) == {"caf\ufffd.png", "._circle_0.png", "hexagon", "broken.png"}
+    assert "not valid UTF-8" in reasons["caf\ufffd.png"] and "macOS metadata" in reasons["._circle_0.png"]
+    # A class folder the run never saw, holding images, is one line naming it.
+    shutil.copy(folder / "circle" / "circle_0.png", folder / "hexagon" / "h.png")
     assert main(["evaluate", str(run["dir"]), "--split", str(folder)]) == 2
     one_error_line(capsys, "hexagon", "not one of the run's classes")
+    assert main(["evaluate", str(run["dir"]), "--split", "val", "--batch-size", "0"]) == 2
+    one_error_line(capsys, "--batch-size 0: must be at least 1")
+
+
+def test_evaluate_reads_the_run_own_image_cache(run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split training decoded is read back from the run's cache (config.yaml's cache_dir), not decoded again
+    into the user's default cache."""
+    default = tmp_path / "default cache"
+    monkeypatch.setenv("THAWLINE_CACHE_DIR", str(default))
+    ev = evaluate_run(run["dir"], "test", write=False)
+    assert len(ev.paths) == 24 and not default.exists()
 
 
 def test_bad_run_folders_are_one_line_errors(run: dict, tmp_path: Path, capsys) -> None:
@@ -126,12 +148,13 @@ def test_predict_reports_bad_files_and_predicts_the_rest(run: dict, mixed_folder
     assert main(["predict", str(run["dir"]), str(mixed_folder), "--top-k", "2", "--format", "json"]) == 0
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
-    assert (doc["predicted"], doc["failed"]) == (3, 2)
-    assert "predicted 3 image(s), 2 failed" in captured.err
+    assert (doc["predicted"], doc["failed"]) == (3, 3)
+    assert "predicted 3 image(s), 3 failed" in captured.err
     by_name = {Path(r["path"]).name: r for r in doc["results"]}
-    assert set(by_name) == {"a.png", "b.png", "c.png", "truncated.png", "notes.jpg"}
+    assert set(by_name) == {"a.png", "b.png", "c.png", "truncated.png", "notes.jpg", "readme.txt"}
     assert "truncated" in by_name["truncated.png"]["error"]
     assert "not an image" in by_name["notes.jpg"]["error"]
+    assert "not an image file extension (.txt)" in by_name["readme.txt"]["error"]  # said, not silently dropped
     classes = set(run["summary"]["classes"])
     for name in ("a.png", "b.png", "c.png"):
         top = by_name[name]["top_k"]
@@ -141,7 +164,7 @@ def test_predict_reports_bad_files_and_predicts_the_rest(run: dict, mixed_folder
 
     assert main(["predict", str(run["dir"]), str(mixed_folder), "--format", "csv", "--batch-size", "2"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == 5 and sum(bool(r["error"]) for r in rows) == 2
+    assert len(rows) == 6 and sum(bool(r["error"]) for r in rows) == 3
     for r in rows:
         if not r["error"]:  # top-3 of 3 classes: every class once, probabilities summing to 1
             assert {r["label_1"], r["label_2"], r["label_3"]} == classes
@@ -152,6 +175,12 @@ def test_predict_reports_bad_files_and_predicts_the_rest(run: dict, mixed_folder
     assert main(["predict", str(run["dir"]), str(mixed_folder / "a.png"), str(missing)]) == 0
     table = capsys.readouterr().out
     assert f"{missing}" in table and "no such file or folder" in table and "1 failed" in table
+    pipe, moved = mixed_folder / "pipe.png", mixed_folder / "moved.png"
+    os.mkfifo(pipe)
+    moved.symlink_to(mixed_folder / "gone.png")
+    assert main(["predict", str(run["dir"]), str(mixed_folder / "a.png"), str(pipe), str(moved)]) == 0
+    table = capsys.readouterr().out
+    assert "not a regular file or folder" in table and "broken symbolic link" in table and "2 failed" in table
 
     assert main(["predict", str(run["dir"]), str(mixed_folder / "truncated.png")]) == 1
     one_error_line(capsys, "none of the 1 input(s)")

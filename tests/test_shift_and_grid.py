@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -83,11 +84,14 @@ def test_shift_keeps_grayscale_and_lists_unreadable_files(tmp_path: Path) -> Non
             pixels = np.random.default_rng(i).integers(0, 255, (20, 24), dtype=np.uint8)
             Image.fromarray(pixels, "L").save(data / "test" / cls / f"{i}.png")
     (data / "test" / "a" / "broken.png").write_bytes(b"")
+    odd = os.path.join(os.fsencode(data / "test" / "b"), b"caf\xe9.png")  # a name that is not UTF-8: listed
+    shutil.copy(data / "test" / "b" / "0.png", odd.decode("utf-8", "surrogateescape"))
     manifest = write_shifted(data, tmp_path / "out", kinds="rotate,jpeg", severities="5")
     with Image.open(tmp_path / "out" / "rotate-5" / "a" / "0.png") as img:
         assert img.mode == "L" and img.size == (24, 20)
     assert manifest["counts"] == {"a": 2, "b": 2}
-    assert [s["path"] for s in manifest["skipped"]] == [str(data / "test" / "a" / "broken.png")]
+    assert [s["path"] for s in manifest["skipped"]] == [str(data / "test" / "b" / "caf\ufffd.png"),
+                                                       str(data / "test" / "a" / "broken.png")]  # fmt: skip
     assert not (tmp_path / "out" / "rotate-5" / "a" / "broken.png").exists()
 
 

@@ -556,10 +556,7 @@ def sample_data(
     config: TrainConfig, max_train: int, max_val: int, quiet: bool
 ) -> tuple[PreparedData, dict[str, int], np.ndarray]:
     """(sampled data, image counts of the whole splits, train images per class in the whole folder)."""
-    from tqdm import tqdm
-
-    from thawline.cache import build_image_cache
-    from thawline.prepare import PreparedData, SplitData, cache_dir, discover_data, warn_skipped
+    from thawline.prepare import PreparedData, decode_split, discover_data, warn_skipped
 
     found, img_size, interpolation = discover_data(config)
     splits: dict[str, SplitData] = {}
@@ -571,15 +568,9 @@ def sample_data(
         totals[name] = len(labels)
         pick = sample_indices(labels, cap, config.seed)
         paths = [files.paths[i] for i in pick]
-        bar = tqdm(total=len(paths), desc=f"decode {name}", unit="img", disable=quiet or not sys.stderr.isatty())
-        cache = build_image_cache(paths, img_size, interpolation, cache_dir(config), config.workers, bar.update)
-        bar.close()
-        skipped.extend(cache.bad)
-        rows = np.flatnonzero(cache.ok)
-        if len(rows) == 0:
-            raise ThawlineError(f"no sampled image in {found.root / name} could be decoded; see `thawline data check`")
-        splits[name] = SplitData(name, cache, [paths[i] for i in rows], labels[pick][rows], rows)
-    warn_skipped(len(found.skipped), len(skipped) - len(found.skipped), "`thawline data check`")
+        splits[name], bad = decode_split(found, name, paths, labels[pick], config, img_size, interpolation, quiet)
+        skipped.extend(bad)
+    warn_skipped(found.skipped, len(skipped) - len(found.skipped), "`thawline data check`")
     per_class = np.bincount(np.asarray(found.splits["train"].labels), minlength=len(found.classes))
     return PreparedData(found, img_size, interpolation, splits, skipped), totals, per_class
 

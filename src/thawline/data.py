@@ -20,6 +20,7 @@ SPLITS = ("train", "val", "test")
 class Skipped:
     path: str
     reason: str
+    folder: bool = False  # a whole folder left out, not one file
 
 
 @dataclass
@@ -48,6 +49,8 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
         )
     if not root.is_dir():
         raise ThawlineError(f"--data '{root}' is a file; pass the folder holding train/ and val/")
+    if not (root / "train").is_dir():
+        raise no_train_error(root)
     for required in ("train", "val"):
         if not (root / required).is_dir():
             raise ThawlineError(
@@ -55,17 +58,20 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
             )
     skipped: list[Skipped] = []
     warnings: list[str] = []
-    train_classes = _class_dirs(root / "train", skipped)
+    train_classes = class_folders(root / "train", skipped)
+    warnings.extend(
+        f"class folder '{s.path}' is left out: {s.reason}" for s in skipped if s.reason.startswith("class folder name")
+    )  # a whole class lost, not a file
     classes = []
     for name in train_classes:
         errors: list[Skipped] = []
-        if any(True for _ in _images(root / "train" / name, errors)):
+        if any(True for _ in walk_images(root / "train" / name, errors)):
             classes.append(name)
         else:
             warnings.append(f"class '{name}' in {root / 'train'} has no images and is left out")
             unreadable = [e.reason for e in errors if e.reason.startswith("unreadable")]
             why = f"{unreadable[0]}; make it readable (chmod +rx)" if unreadable else "class folder with no images"
-            skipped.append(Skipped(str(root / "train" / name), why))
+            skipped.append(Skipped(str(root / "train" / name), why, folder=True))
     if len(classes) < 2:
         raise ThawlineError(
             f"'{root / 'train'}' has {len(classes)} class folder(s) with images; a classifier needs at least 2"
@@ -79,24 +85,24 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
         paths: list[str] = []
         labels: list[int] = []
         present: set[str] = set()
-        for name in _class_dirs(d, skipped if split != "train" else []):
+        for name in class_folders(d, skipped if split != "train" else []):
             if name not in index:
                 if split != "train":
-                    if not any(True for _ in _images(d / name, [])):
-                        skipped.append(Skipped(str(d / name), "class folder with no images"))
+                    if not any(True for _ in walk_images(d / name, [])):
+                        skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
                         continue
                     raise ThawlineError(
                         f"class '{name}' is in {d} but not in {root / 'train'}; add training images for it "
                         "or remove/rename the folder"
                     )
                 continue
-            files = sorted(_images(d / name, skipped))
+            files = sorted(walk_images(d / name, skipped))
             if max_per_class is not None and split == "train":
                 files = files[:max_per_class]
             if files:
                 present.add(name)
             elif split != "train":
-                skipped.append(Skipped(str(d / name), "class folder with no images"))
+                skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
             paths.extend(files)
             labels.extend([index[name]] * len(files))
         for f in sorted(d.iterdir()):
@@ -112,6 +118,21 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
     return Discovered(root, classes, splits, skipped, warnings)
 
 
+def no_train_error(root: Path) -> ThawlineError:
+    """The folder has no train/: say so, and when its sub-folders look like classes, where to move them."""
+    try:
+        others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        others = []
+    hint = ""
+    if others and not set(others) & set(SPLITS):
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        hint = f"; found folders {shown}: if these are classes, move them into {root}/train/ (and some into val/)"
+    return ThawlineError(
+        f"data folder '{root}' has no train/ folder; expected {root}/train/<class name>/<images>{hint}"
+    )
+
+
 def _shown(path: str) -> str:
     """`path` as printable UTF-8 text (bytes that are not UTF-8 become U+FFFD)."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -125,31 +146,55 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def _class_dirs(d: Path, skipped: list[Skipped] | None = None) -> list[str]:
-    """Class folder names in d; a name that is not valid UTF-8 is skipped (and recorded when `skipped` is given)."""
+def class_folders(d: Path, skipped: list[Skipped] | None = None) -> list[str]:
+    """Class folder names in d (symbolic links to folders followed); a name that is not valid UTF-8, a broken link and
+    a hidden folder are left out (and recorded when `skipped` is given)."""
     try:
-        names = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        entries = sorted(d.iterdir())
     except OSError as e:
         raise ThawlineError(f"cannot read folder '{d}' ({e.strerror}); make it readable (chmod +rx)") from None
-    if skipped is not None:
-        skipped.extend(
-            Skipped(_shown(str(d / n)), "folder name is not valid UTF-8; rename it") for n in names if not _utf8(n)
-        )
-    return [n for n in names if _utf8(n)]
+    names = []
+    for p in entries:
+        if p.is_dir() and not p.name.startswith(".") and _utf8(p.name):
+            names.append(p.name)
+        elif skipped is None:
+            continue
+        elif p.is_dir() and p.name.startswith("."):
+            skipped.append(Skipped(_shown(str(p)), "hidden folder (name starts with '.'); ignored", folder=True))
+        elif p.is_dir():
+            skipped.append(Skipped(_shown(str(p)), "class folder name is not valid UTF-8; rename it", folder=True))
+        elif p.is_symlink() and not p.exists():
+            skipped.append(Skipped(_shown(str(p)), "broken symbolic link (its target is missing); fix or remove it"))
+    return names
 
 
-def _images(d: Path, skipped: list[Skipped]) -> Iterator[str]:
-    """Image files below d (nested folders included); other files are recorded as skipped."""
+def walk_images(d: Path | str, skipped: list[Skipped]) -> Iterator[str]:
+    """Image files below d, sorted, nested and symbolically linked folders included (each real folder once); every
+    other entry is recorded in `skipped` with the reason."""
 
     def unreadable(e: OSError) -> None:
-        skipped.append(Skipped(_shown(str(e.filename)), f"unreadable folder ({e.strerror})"))
+        skipped.append(Skipped(_shown(str(e.filename)), f"unreadable folder ({e.strerror})", folder=True))
 
-    for dirpath, dirnames, filenames in os.walk(d, onerror=unreadable):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(d, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder already walked (a loop, or a second way in)
+            skipped.append(Skipped(_shown(dirpath), "symbolic link to a folder already read; ignored", folder=True))
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for name in sorted(n for n in dirnames if n.startswith(".")):
+            hidden = os.path.join(dirpath, name)
+            skipped.append(Skipped(_shown(hidden), "hidden folder (name starts with '.'); ignored", folder=True))
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             if not _utf8(path):
                 skipped.append(Skipped(_shown(path), "file or folder name is not valid UTF-8; rename it"))
+            elif name.startswith("._"):
+                skipped.append(Skipped(path, "macOS metadata file ('._' prefix), not an image; ignored"))
+            elif name.startswith("."):
+                skipped.append(Skipped(path, "hidden file (name starts with '.'); ignored"))
             elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 yield path
             else:
@@ -160,6 +205,8 @@ def _not_image_reason(name: str) -> str:
     ext = Path(name).suffix.lower()
     if ext == ".svg":
         return "SVG vector drawing, not used; convert it to PNG (e.g. rsvg-convert) to train on it"
+    if ext in (".heic", ".heif"):
+        return "HEIC/HEIF photo, not decodable here; convert it to JPEG (e.g. heif-convert) to use it"
     return f"not an image file extension ({ext or 'none'}); ignored"
 
 

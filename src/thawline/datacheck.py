@@ -14,7 +14,7 @@ import json
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from thawline.data import SPLITS, Discovered, Skipped, _class_dirs, _images, _shown
+from thawline.data import SPLITS, Discovered, Skipped, _shown, class_folders, no_train_error, walk_images
 from thawline.errors import ThawlineError
 from thawline.images import BadImage, open_rgb
 
@@ -107,12 +107,15 @@ def _sha1_file(path: str) -> str | None:
     return h.hexdigest()
 
 
-def find_leakage(discovered: Discovered) -> list[tuple[str, str, str, str]]:
+def find_leakage(discovered: Discovered, only: Collection[str] | None = None) -> list[tuple[str, str, str, str]]:
     """(split_a, path_a, split_b, path_b) for each file in a later split that is byte-identical to one in an earlier
-    split (train < val < test). Only files whose size also occurs in another split are read, so this is cheap."""
+    split (train < val < test), among `only` (the images that decode) when given. Only files whose size also occurs
+    in another split are read, so this is cheap."""
     by_size: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for split in sorted(discovered.splits, key=SPLITS.index):
         for path in discovered.splits[split].paths:
+            if only is not None and path not in only:
+                continue
             try:
                 size = os.stat(path).st_size
             except OSError:
@@ -147,9 +150,9 @@ def leakage_message(leaks: list[tuple[str, str, str, str]], root: str | os.PathL
     )
 
 
-def check_leakage(discovered: Discovered, allow: bool = False) -> str | None:
+def check_leakage(discovered: Discovered, allow: bool = False, only: Collection[str] | None = None) -> str | None:
     """Raise ThawlineError when val/test files duplicate earlier splits; with `allow`, return a warning instead."""
-    leaks = find_leakage(discovered)
+    leaks = find_leakage(discovered, only)
     if not leaks:
         return None
     message = leakage_message(leaks, discovered.root)
@@ -181,20 +184,6 @@ def _inspect_chunk(paths: list[str]) -> list[tuple[str | None, str | None, tuple
     return [_inspect(p) for p in paths]
 
 
-def _no_train_error(root: Path) -> ThawlineError:
-    try:
-        others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        others = []
-    hint = ""
-    if others and not set(others) & set(SPLITS):
-        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-        hint = f"; found folders {shown}: if these are classes, move them into {root}/train/ (and some into val/)"
-    return ThawlineError(
-        f"data folder '{root}' has no train/ folder; expected {root}/train/<class name>/<images>{hint}"
-    )
-
-
 def scan(
     root: str | os.PathLike,
     workers: int | None = None,
@@ -207,7 +196,7 @@ def scan(
     if not root.is_dir():
         raise ThawlineError(f"'{root}' is a file; pass the folder holding train/ and val/")
     if not (root / "train").is_dir():
-        raise _no_train_error(root)
+        raise no_train_error(root)
 
     splits = [s for s in SPLITS if (root / s).is_dir()]
     warnings: list[str] = []
@@ -286,14 +275,14 @@ def _list_files(
     for split in splits:
         d = root / split
         skipped: list[Skipped] = []
-        class_dirs[split] = _class_dirs(d, skipped)
+        class_dirs[split] = class_folders(d, skipped)
         for cls in class_dirs[split]:
-            files.extend((split, cls, p) for p in _images(d / cls, skipped))
+            files.extend((split, cls, p) for p in walk_images(d / cls, skipped))
         for f in sorted(d.iterdir()):
             if f.is_file():
                 skipped.append(Skipped(str(f), f"file directly in {split}/, not in a class folder; ignored"))
         for s in skipped:  # a name training cannot handle or a folder it cannot read loses images: a problem
-            lost = "not valid UTF-8" in s.reason or s.reason.startswith("unreadable")
+            lost = "not valid UTF-8" in s.reason or s.reason.startswith(("unreadable", "broken symbolic link"))
             (unusable if lost else ignored).append(BadFile(split, rel(s.path), s.reason))
 
     return files, class_dirs, ignored, unusable
@@ -342,7 +331,9 @@ def _warnings(result: CheckResult, train_classes: list[str], ignored: list[BadFi
         warnings.append(f"{extra_copies} duplicate file(s) within a split (same bytes as another file there)")
     conflicting = [g for g in result.duplicates + result.leakage if len(g.classes) > 1]
     if conflicting:
-        warnings.append(f"{len(conflicting)} identical image(s) carry different class labels (see duplicates)")
+        warnings.append(
+            f"{len(conflicting)} identical image(s) carry different class labels (see leakage and duplicates)"
+        )
     if ignored:
         warnings.append(f"{len(ignored)} file(s) or folder(s) are not images in class folders and are ignored")
     return warnings

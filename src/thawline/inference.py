@@ -12,7 +12,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,9 @@ from torch import nn
 from thawline import runtime
 from thawline.checkpoint import load_checkpoint
 from thawline.config import atomic_write_text
-from thawline.data import Normalize
+from thawline.data import Normalize, Skipped, class_folders, walk_images
 from thawline.errors import ThawlineError
-from thawline.images import IMAGE_EXTENSIONS, BadImage, decode_resized
+from thawline.images import BadImage, decode_resized
 from thawline.metrics import accuracy, calibration, confusion_matrix, per_class_metrics, write_predictions
 
 CHECKPOINTS = ("best", "last")
@@ -166,32 +166,38 @@ def logits_of(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.
 # ---- finding images ----------------------------------------------------------------------------------------
 
 
-def image_files(folder: str | os.PathLike) -> Iterator[str]:
-    """Image files below `folder` (recursive, hidden entries skipped), sorted, by extension."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield os.path.join(dirpath, name)
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ThawlineError(f"--batch-size {batch_size}: must be at least 1")
 
 
-def labelled_files(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
-    """An ImageFolder-style folder (one sub-folder per class) as paths and class indices of the run's classes."""
+def image_files(folder: str | os.PathLike, skipped: list[Skipped] | None = None) -> list[str]:
+    """Image files below `folder` (recursive, sorted, by extension); what is not one goes to `skipped` with why."""
+    return list(walk_images(folder, [] if skipped is None else skipped))
+
+
+def labelled_files(
+    folder: Path, classes: list[str], skipped: list[Skipped] | None = None
+) -> tuple[list[str], list[int]]:
+    """An ImageFolder-style folder (one sub-folder per class) as paths and class indices of the run's classes; as in
+    training, a class folder with no images is skipped and one of another class refused."""
     if not folder.is_dir():
         raise ThawlineError(f"'{folder}' is not a folder; pass a folder of class sub-folders (<class>/<images>)")
+    skipped = [] if skipped is None else skipped
     index = {c: i for i, c in enumerate(classes)}
-    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [d for d in subdirs if d not in index]
-    if unknown:
-        shown = ", ".join(classes[:8]) + (", …" if len(classes) > 8 else "")
-        raise ThawlineError(
-            f"class folder '{unknown[0]}' in {folder} is not one of the run's classes ({shown}); "
-            "pass a folder whose sub-folders are class names the run was trained on"
-        )
     paths: list[str] = []
     labels: list[int] = []
-    for name in subdirs:
-        files = list(image_files(folder / name))
+    for name in class_folders(folder, skipped):
+        files = image_files(folder / name, skipped)
+        if not files:
+            skipped.append(Skipped(str(folder / name), "class folder with no images", folder=True))
+            continue
+        if name not in index:
+            shown = ", ".join(classes[:8]) + (", …" if len(classes) > 8 else "")
+            raise ThawlineError(
+                f"class folder '{name}' in {folder} is not one of the run's classes ({shown}); "
+                "pass a folder whose sub-folders are class names the run was trained on"
+            )
         paths.extend(files)
         labels.extend([index[name]] * len(files))
     if not paths:
@@ -293,14 +299,22 @@ def evaluate_loaded(
     nothing written."""
     from thawline.cache import build_image_cache, default_cache_dir
 
+    check_batch_size(batch_size)
     classes = list(cfg["classes"])
-    paths, labels = labelled_files(folder, classes)
+    found: list[Skipped] = []
+    paths, labels = labelled_files(folder, classes, found)
     prep = Preprocess.from_config(cfg)
     # The decode-once cache: the same pixels training saw, and no second decode of a split it already decoded.
-    cache = build_image_cache(paths, prep.img_size, prep.interpolation, cache_dir or default_cache_dir(), workers)
+    # the run's own cache (config.yaml's cache_dir) unless told otherwise: the split training decoded is not decoded
+    # again, and nothing lands in a cache the run never used
+    where = cache_dir or cfg.get("cache_dir") or default_cache_dir()
+    cache = build_image_cache(paths, prep.img_size, prep.interpolation, where, workers)
     rows = np.flatnonzero(cache.ok)
     if len(rows) == 0:
-        raise ThawlineError(f"no image in {folder} could be decoded (e.g. {cache.bad[0][0]}: {cache.bad[0][1]})")
+        raise ThawlineError(
+            f"no image in {folder} could be decoded (e.g. '{cache.bad[0][0]}': {cache.bad[0][1]}); "
+            f"fix or replace the files (`thawline data check` lists them all)"
+        )
     chunks = [
         logits_of(model, prep.to_tensor(cache.store.read(rows[i : i + batch_size])), dev)
         for i in range(0, len(rows), batch_size)
@@ -314,7 +328,7 @@ def evaluate_loaded(
         paths=[paths[i] for i in rows],
         labels=np.asarray(labels, dtype=np.int64)[rows],
         logits=torch.cat(chunks),
-        skipped=list(cache.bad),
+        skipped=[(f.path, f.reason) for f in found] + list(cache.bad),
     )
     result.report = evaluation_report(result, cfg)
     return result
@@ -431,12 +445,19 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | 
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = list(image_files(p))
+            skipped: list[Skipped] = []
+            files = image_files(p, skipped)
             out.extend((f, None) for f in files)
+            # what the folder holds besides images, each with why (hidden files left out: .DS_Store is noise)
+            out.extend((s.path, s.reason) for s in skipped if not os.path.basename(s.path).startswith("."))
             if not files:
                 out.append((str(p), "folder holds no image files"))
         elif p.is_file():
             out.append((str(p), None))
+        elif p.is_symlink() and not p.exists():
+            out.append((str(p), "broken symbolic link (its target is missing)"))
+        elif p.exists():
+            out.append((str(p), "not a regular file or folder"))
         else:
             out.append((str(p), "no such file or folder"))
     return out
@@ -454,8 +475,7 @@ def predict(
     """Top-k labels and probabilities for image files and folders; unreadable files come back with `error` set."""
     if top_k < 1:
         raise ThawlineError(f"--top-k {top_k}: must be at least 1")
-    if batch_size < 1:
-        raise ThawlineError(f"--batch-size {batch_size}: must be at least 1")
+    check_batch_size(batch_size)
     dev = pick_device(device)
     model, cfg = load_run(run_dir, which, dev)
     classes = list(cfg["classes"])

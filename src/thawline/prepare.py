@@ -7,6 +7,7 @@ with: device, AMP, the seeded model and its stage map, the resolved phases, norm
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from thawline import distributed
 from thawline.cache import ImageCache, build_image_cache, default_cache_dir
 from thawline.config import TrainConfig
-from thawline.data import Discovered, Normalize, discover
+from thawline.data import Discovered, Normalize, Skipped, discover
 from thawline.depthwise import use_fast_depthwise
 from thawline.errors import ThawlineError
 from thawline.models import StageMap, stage_map
@@ -36,15 +37,18 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def warn_skipped(ignored: int, undecodable: int, where: str) -> None:
-    """One line for the files left out: those that are not images in class folders, those that do not decode."""
+def warn_skipped(left_out: list[Skipped], undecodable: int, where: str) -> None:
+    """One line for what was left out: files that are not images, whole folders, files that do not decode."""
+    folders = sum(s.folder for s in left_out)
     parts = []
-    if ignored:
-        parts.append(f"{ignored} not an image in a class folder")
+    if len(left_out) - folders:
+        parts.append(f"{len(left_out) - folders} file(s) that are not images")
+    if folders:
+        parts.append(f"{folders} folder(s)")
     if undecodable:
-        parts.append(f"{undecodable} that cannot be decoded")
+        parts.append(f"{undecodable} file(s) that cannot be decoded")
     if parts:
-        warn(f"skipped {ignored + undecodable} file(s): {', '.join(parts)} (listed in {where})")
+        warn(f"left out {', '.join(parts)} (listed in {where})")
 
 
 # ---- data ---------------------------------------------------------------------------------------------------
@@ -118,32 +122,66 @@ def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
     found, img_size, interpolation = discover_data(config)
     from thawline.datacheck import check_leakage
 
-    leak_warning = check_leakage(found, allow=config.allow_leakage)  # refuses leakage unless allowed
-    if leak_warning:
-        warn(leak_warning)
     splits: dict[str, SplitData] = {}
     skipped = [(s.path, s.reason) for s in found.skipped]
     for name, files in found.splits.items():
-        bar = tqdm(
-            total=len(files.paths),
-            desc=f"decode {name}",
-            unit="img",
-            disable=quiet or not sys.stderr.isatty(),
-            leave=False,
-        )
-        with distributed.local_main_first():  # one decode per node under DDP; the other ranks read the cache
-            cache = build_image_cache(
-                files.paths, img_size, interpolation, cache_dir(config), config.workers, bar.update
-            )
-        bar.close()
-        rows = np.flatnonzero(cache.ok)
-        skipped.extend(cache.bad)
-        labels = np.asarray(files.labels, dtype=np.int64)
-        if len(rows) == 0:
-            raise ThawlineError(f"no image in {found.root / name} could be decoded; see the skipped files listed")
-        splits[name] = SplitData(name, cache, [files.paths[i] for i in rows], labels[rows], rows)
-    warn_skipped(len(found.skipped), len(skipped) - len(found.skipped), "skipped.csv of the run")
+        splits[name], bad = decode_split(found, name, files.paths, files.labels, config, img_size, interpolation, quiet)
+        skipped.extend(bad)
+    check_classes_decoded(found, splits, skipped)
+    # Only images that decode count as leaked: a stray text file named .jpg copied into two splits leaks nothing.
+    leak_warning = check_leakage(found, allow=config.allow_leakage, only={p for s in splits.values() for p in s.paths})
+    if leak_warning:
+        warn(leak_warning)
+    warn_skipped(found.skipped, len(skipped) - len(found.skipped), "skipped.csv of the run")
     return PreparedData(found, img_size, interpolation, splits, skipped)
+
+
+def decode_split(
+    found: Discovered,
+    name: str,
+    paths: list[str],
+    labels: list[int] | np.ndarray,
+    config: TrainConfig,
+    img_size: int,
+    interpolation: str,
+    quiet: bool,
+) -> tuple[SplitData, list[tuple[str, str]]]:
+    """`paths` of split `name` decoded into the image cache: the split of those that decode, and (path, why) of those
+    that do not; refused when none does."""
+    bar = tqdm(total=len(paths), desc=f"decode {name}", unit="img", disable=quiet or not sys.stderr.isatty(),
+               leave=False)  # fmt: skip
+    with distributed.local_main_first():  # one decode per node under DDP; the other ranks read the cache
+        cache = build_image_cache(paths, img_size, interpolation, cache_dir(config), config.workers, bar.update)
+    bar.close()
+    rows = np.flatnonzero(cache.ok)
+    if len(rows) == 0:
+        path, why = cache.bad[0]
+        raise ThawlineError(
+            f"none of the {len(paths)} image file(s) in {found.root / name} could be decoded (e.g. '{path}': {why}); "
+            f"fix or replace them (`thawline data check {found.root}` lists them all)"
+        )
+    labels = np.asarray(labels, dtype=np.int64)
+    return SplitData(name, cache, [paths[i] for i in rows], labels[rows], rows), list(cache.bad)
+
+
+def check_classes_decoded(found: Discovered, splits: dict[str, SplitData], skipped: list[tuple[str, str]]) -> None:
+    """A class whose training images all fail to decode cannot be learned: refused, naming the class and one file.
+    A class that val or test lose so is a warning, as when their folder has no images at all."""
+    for name, split in splits.items():
+        decoded = set(np.unique(split.labels).tolist())
+        listed = set(found.splits[name].labels)
+        lost = [found.classes[c] for c in sorted(listed - decoded)]
+        if not lost:
+            continue
+        if name == "train":
+            folder = found.root / "train" / lost[0]
+            example = next((f" (e.g. '{p}': {why})" for p, why in skipped if p.startswith(f"{folder}{os.sep}")), "")
+            raise ThawlineError(
+                f"class '{lost[0]}' has no image in {folder} that decodes{example}; fix the files or remove "
+                f"the folder (`thawline data check {found.root}` lists them all)"
+                + (f"; {len(lost) - 1} more class(es) likewise" if len(lost) > 1 else "")
+            )
+        warn(f"{name}/ has no image of class(es) {', '.join(lost[:5])} that decodes")
 
 
 # ---- model, device and loss -----------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ import numpy as np
 from PIL import Image
 
 from thawline.atomic import atomic_folder
+from thawline.data import Skipped, class_folders, walk_images
 from thawline.errors import ThawlineError, close_matches
-from thawline.images import IMAGE_EXTENSIONS, BadImage, open_rgb
+from thawline.images import BadImage, open_rgb
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -190,20 +191,15 @@ def set_name(kind: str, severity: int) -> str:
 # ---- writing a shifted tree --------------------------------------------------------------------------------------
 
 
-def _split_files(folder: Path) -> list[tuple[str, Path]]:
-    """(class/relative path, file) of every image below the class folders of `folder`, sorted."""
-    files: list[tuple[str, Path]] = []
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _split_files(folder: Path, skipped: list[Skipped]) -> list[tuple[str, Path]]:
+    """(class/relative path, file) of every image below the class folders of `folder`, sorted; what is not an image
+    (or has a name that is not UTF-8) goes to `skipped` with why, as in training."""
+    classes = class_folders(folder, skipped)
     if not classes:
         raise ThawlineError(f"'{folder}' has no class folders; expected {folder}/<class name>/<images>")
-    for cls in classes:
-        for dirpath, dirnames, filenames in os.walk(cls):
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                    path = Path(dirpath) / name
-                    files.append((path.relative_to(folder).as_posix(), path))
-    return files
+    return [
+        (Path(p).relative_to(folder).as_posix(), Path(p)) for c in classes for p in walk_images(folder / c, skipped)
+    ]
 
 
 def _out_names(rels: list[str]) -> dict[str, str]:
@@ -259,13 +255,14 @@ def write_shifted(
         hint = f"pass --split {present[0]}" if present else f"expected {split_dir}/<class name>/<images>"
         raise ThawlineError(f"data folder '{root}' has no {split}/ folder; {hint}")
     _check_out(out, split_dir)
-    files = _split_files(split_dir)
+    ignored: list[Skipped] = []
+    files = _split_files(split_dir, ignored)
     if not files:
         raise ThawlineError(f"'{split_dir}' holds no image files in its class folders")
     names = _out_names([rel for rel, _ in files])
 
     with atomic_folder(out) as tmp:
-        skipped: list[dict[str, str]] = []
+        skipped = [{"path": f.path, "reason": f.reason} for f in ignored]
         per_class: dict[str, int] = {}
         for rel, path in files:
             try:
@@ -281,7 +278,7 @@ def write_shifted(
                     target.parent.mkdir(parents=True, exist_ok=True)
                     corrupt(x, kind, severity, file_rng(seed, kind, rel)).save(target, format="PNG")
         if not per_class:
-            first = skipped[0]
+            first = skipped[len(ignored)]  # the first that failed to decode
             raise ThawlineError(
                 f"no image in '{split_dir}' could be read (e.g. {first['path']}: {first['reason']}); nothing written"
             )
