@@ -286,6 +286,15 @@ def test_confusion_and_per_class_by_hand():
     assert m.f1[1] == pytest.approx(0.8)
     assert m.support.tolist() == [2, 2, 2, 0]
     assert m.weighted()["recall"] == pytest.approx(accuracy(labels, preds))
+    # class 3: no image and never predicted, so it has no recall to average in (scikit-learn's macro: its
+    # precision_recall_fscore_support(average="macro", zero_division=0) gives the same three numbers)
+    macro = m.macro()
+    assert macro["classes"] == 3 and macro["recall"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    assert macro["precision"] == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+    assert macro["f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    # predicted but absent (a false positive) still counts: its precision is 0
+    also = per_class_metrics(labels, np.array([0, 1, 1, 3, 0, 2]), 4).macro()
+    assert also["classes"] == 4
     with pytest.raises(ValueError):
         confusion_matrix(labels, preds, 2)
 

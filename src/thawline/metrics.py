@@ -54,13 +54,20 @@ class ClassMetrics:
     recall: np.ndarray
     f1: np.ndarray
     support: np.ndarray
+    predicted: np.ndarray | None = None  # how often each class was predicted
 
     def macro(self) -> dict[str, float]:
+        """Unweighted means over the classes that occur in the labels or the predictions (scikit-learn's default):
+        a class a folder has no image of, and that nothing was predicted as, has no recall to average in."""
+        seen = self.support > 0
+        if self.predicted is not None:
+            seen |= self.predicted > 0
         return {
-            "precision": float(self.precision.mean()) if self.precision.size else 0.0,
-            "recall": float(self.recall.mean()) if self.recall.size else 0.0,
-            "f1": float(self.f1.mean()) if self.f1.size else 0.0,
+            "precision": float(self.precision[seen].mean()) if seen.any() else 0.0,
+            "recall": float(self.recall[seen].mean()) if seen.any() else 0.0,
+            "f1": float(self.f1[seen].mean()) if seen.any() else 0.0,
             "support": int(self.support.sum()),
+            "classes": int(seen.sum()),
         }
 
     def weighted(self) -> dict[str, float]:
@@ -88,7 +95,7 @@ def per_class_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int) -
     precision = _safe_div(tp, predicted)
     recall = _safe_div(tp, support)
     f1 = _safe_div(2 * precision * recall, precision + recall)
-    return ClassMetrics(precision, recall, f1, support.astype(np.int64))
+    return ClassMetrics(precision, recall, f1, support.astype(np.int64), predicted.astype(np.int64))
 
 
 @dataclass

@@ -393,7 +393,7 @@ def _best_run_section(run: RunData, figdir: Path) -> dict[str, Any]:
         for i, c in enumerate(preds.classes)
     ]
     out["averages"] = [
-        {"name": name, **{k: fmt_pct(v) for k, v in avg.items() if k != "support"}, "support": avg["support"]}
+        {"name": name, **{k: fmt_pct(avg[k]) for k in ("precision", "recall", "f1")}, "support": avg["support"]}
         for name, avg in (("macro avg", cls.macro()), ("weighted avg", cls.weighted()))
     ]
     shown, skipped = plot_prediction_grid(preds, figdir / GRID_NAME)
