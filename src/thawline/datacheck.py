@@ -22,8 +22,9 @@ from typing import Any
 
 from PIL import Image
 
-from thawline.data import SPLITS, Discovered, Skipped, _shown, class_folders, no_train_error, walk_images
+from thawline.data import Discovered
 from thawline.errors import ThawlineError
+from thawline.files import SPLITS, Skipped, class_folders, no_train_error, printable, walk_images
 from thawline.images import BadImage, open_rgb
 
 IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
@@ -207,10 +208,10 @@ def scan(
     for p in top:
         if p.is_dir() and p.name not in SPLITS and not p.name.startswith("."):
             rename = " (rename it to val)" if p.name.lower() in ("valid", "validation", "dev") else ""
-            warnings.append(f"folder '{_shown(p.name)}' is not a split (train/val/test) and is ignored{rename}")
+            warnings.append(f"folder '{printable(p.name)}' is not a split (train/val/test) and is ignored{rename}")
 
     def rel(path: str) -> str:
-        return _shown(os.path.relpath(path, root))
+        return printable(os.path.relpath(path, root))
 
     files, class_dirs, ignored, unusable = _list_files(root, splits, rel)
     results = _run_inspect([p for _, _, p in files], workers, progress)

@@ -24,8 +24,9 @@ from torch import nn
 from thawline import runtime
 from thawline.checkpoint import load_checkpoint
 from thawline.config import atomic_write_text
-from thawline.data import Normalize, Skipped, class_folders, walk_images
+from thawline.data import Normalize
 from thawline.errors import ThawlineError
+from thawline.files import Skipped, class_folders, walk_images
 from thawline.images import BadImage, decode_resized
 from thawline.metrics import accuracy, calibration, confusion_matrix, per_class_metrics, write_predictions
 

@@ -22,9 +22,10 @@ from tqdm import tqdm
 from thawline import distributed
 from thawline.cache import ImageCache, build_image_cache, default_cache_dir
 from thawline.config import TrainConfig
-from thawline.data import Discovered, Normalize, Skipped, discover
+from thawline.data import Discovered, Normalize, discover
 from thawline.depthwise import use_fast_depthwise
 from thawline.errors import ThawlineError
+from thawline.files import Skipped
 from thawline.models import StageMap, stage_map
 from thawline.multidepth import install_multidepth_head
 from thawline.strategies import ResolvedPhase, Strategy, resolve

@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from thawline.atomic import atomic_folder
-from thawline.data import Skipped, class_folders, walk_images
 from thawline.errors import ThawlineError, close_matches
+from thawline.files import Skipped, class_folders, walk_images
 from thawline.images import BadImage, open_rgb
 
 MANIFEST = "manifest.json"
