@@ -113,6 +113,14 @@ def make_animated_gif(path: Path) -> None:
     frames[0].save(path, save_all=True, append_images=frames[1:])
 
 
+def make_avif(path: Path) -> None:
+    Image.fromarray(np.full((12, 10, 3), (30, 160, 90), np.uint8)).save(path, format="AVIF")
+
+
+def make_jpe(path: Path) -> None:  # .jpe: an old extension for JPEG files
+    Image.fromarray(np.full((12, 10, 3), (200, 40, 40), np.uint8)).save(path, format="JPEG")
+
+
 # name -> (file name, maker): each decodes to an (S, S, 3) uint8 array
 GOOD: dict[str, tuple[str, Callable[[Path], None]]] = {
     "rgba png": ("rgba.png", make_rgba),
@@ -126,6 +134,8 @@ GOOD: dict[str, tuple[str, Callable[[Path], None]]] = {
     "exif rotated jpeg": ("rotated.jpg", make_exif_rotated),
     "float tiff": ("float.tif", make_float_tiff),
     "animated gif": ("animated.gif", make_animated_gif),
+    "avif": ("photo.avif", make_avif),
+    "jpe": ("old.jpe", make_jpe),
 }
 
 

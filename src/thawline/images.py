@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
-)
+JPEG = {".jpg", ".jpeg", ".jpe", ".jfif"}
+IMAGE_EXTENSIONS = frozenset({*JPEG, ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".ppm", ".pgm", ".pbm"})
 # 89 MP, PIL's own default: above it a file is treated as a decompression bomb and skipped.
 MAX_PIXELS = 89_478_485
 
