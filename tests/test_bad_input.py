@@ -265,6 +265,14 @@ def test_fatal_options(capfd, tmp_path: Path, small_folder: Path) -> None:
     argv = train_argv(small_folder, out)
     argv[argv.index("head-only")] = "head_only"
     one_error_line(capfd, argv, "unknown strategy 'head_only'", "head-only")
+    # an epoch budget too short for a strategy's phases is said before any data is read (here: there is none)
+    argv = train_argv(tmp_path / "no such folder", out)
+    argv[argv.index("head-only")] = "two-phase"
+    one_error_line(capfd, argv, "strategy 'two-phase' has 2 phases; give it at least --epochs 2")
+    compare = ["compare", "--data", str(tmp_path / "no such folder"), "--strategies", "head-only,two-phase",
+               "--epochs", "1", "--out", str(tmp_path / "cmp")]  # fmt: skip
+    one_error_line(capfd, compare, "strategy 'two-phase' has 2 phases", "give it at least --epochs 2")
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_unwritable_out_is_one_line(capfd, tmp_path: Path, small_folder: Path) -> None:

@@ -48,7 +48,7 @@ from thawline.runfolder import (
     next_run_dir,
 )
 from thawline.shift import read_shift, shift_sets, shift_summary
-from thawline.strategies import STRATEGIES, get_strategy
+from thawline.strategies import STRATEGIES, check_budget, get_strategy
 from thawline.trainer import RunResult, train
 from thawline.uncertainty import Verdict, annotate, seed_spread, verdict_line
 
@@ -117,6 +117,8 @@ def compare(
     every strategy on every model; with `shift_test`, each run's accuracy on the shifted sets too. A fresh comparison
     into a folder that holds one is refused unless `overwrite`; the folder is locked while this process writes it."""
     names = parse_strategies(strategies, config.strategies_file)
+    for name in names:  # every strategy's budget before any is trained
+        check_budget(get_strategy(name, config.strategies_file), config.epochs)
     grid = parse_models(models)
     if len(grid) == 1:  # one model is no grid: the plain layout, as with --model
         config, grid = replace(config, model=grid[0]), []

@@ -403,12 +403,17 @@ def split_budget(shares: list[int], budget: int) -> list[int]:
     return out
 
 
+def check_budget(strategy: Strategy, budget: int | None) -> None:
+    """An epoch budget must give each declared phase one epoch; checked before any data is read."""
+    if budget is not None and budget < len(strategy.phases):
+        n = len(strategy.phases)
+        raise ThawlineError(f"strategy '{strategy.name}' has {n} phases; give it at least --epochs {n}")
+
+
 def resolve(strategy: Strategy, n_stages: int, budget: int | None) -> list[ResolvedPhase]:
     """Bind a strategy to a model with `n_stages` body stages and an epoch budget."""
     phases = list(strategy.phases)
-    n_phases = len(phases)
-    if budget is not None and budget < n_phases:
-        raise ThawlineError(f"strategy '{strategy.name}' has {n_phases} phases; give it at least --epochs {n_phases}")
+    check_budget(strategy, budget)
     epochs = split_budget([p.epochs for p in phases], budget) if budget is not None else [p.epochs for p in phases]
     out: list[ResolvedPhase] = []
     where = f"strategy '{strategy.name}'"

@@ -48,7 +48,7 @@ from thawline.runfolder import (
     write_skipped,
 )
 from thawline.sources import PhaseSource, eval_batches, passes_per_epoch, phase_source
-from thawline.strategies import ResolvedPhase, Strategy, get_strategy
+from thawline.strategies import ResolvedPhase, Strategy, check_budget, get_strategy
 from thawline.tracking import SCALARS, Tracker, wandb_module
 from thawline.uncertainty import bootstrap_interval
 
@@ -132,6 +132,7 @@ def train(
     distributed.init(config.device)
     quiet = quiet or not distributed.is_main()
     strategy = strategy or get_strategy(config.strategy, config.strategies_file)
+    check_budget(strategy, config.epochs)  # before the data is read: a wrong --epochs costs no decoding
     if config.wandb:
         wandb_module()  # fail before any work when --wandb cannot be honoured
     folder = run_dir or config.out
