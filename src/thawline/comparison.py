@@ -117,8 +117,6 @@ def compare(
     every strategy on every model; with `shift_test`, each run's accuracy on the shifted sets too. A fresh comparison
     into a folder that holds one is refused unless `overwrite`; the folder is locked while this process writes it."""
     names = parse_strategies(strategies, config.strategies_file)
-    for name in names:  # every strategy's budget before any is trained
-        check_budget(get_strategy(name, config.strategies_file), config.epochs)
     grid = parse_models(models)
     if len(grid) == 1:  # one model is no grid: the plain layout, as with --model
         config, grid = replace(config, model=grid[0]), []
@@ -136,6 +134,8 @@ def compare(
         from thawline.tracking import wandb_module
 
         wandb_module()  # fail before decoding any image when --wandb cannot be honoured
+    for name in names:  # every strategy's budget before any is trained
+        check_budget(get_strategy(name, config.strategies_file), config.epochs)
     distributed.init(config.device)
     main = distributed.is_main()  # under torchrun rank 0 writes and prints; every rank trains
     quiet = quiet or not main

@@ -132,9 +132,9 @@ def train(
     distributed.init(config.device)
     quiet = quiet or not distributed.is_main()
     strategy = strategy or get_strategy(config.strategy, config.strategies_file)
-    check_budget(strategy, config.epochs)  # before the data is read: a wrong --epochs costs no decoding
     if config.wandb:
         wandb_module()  # fail before any work when --wandb cannot be honoured
+    check_budget(strategy, config.epochs)  # before the data is read: a wrong --epochs costs no decoding
     folder = run_dir or config.out
     if resume and not folder:
         raise ThawlineError("resuming needs the run folder: pass run_dir (CLI: --resume RUN_DIR)")
