@@ -51,7 +51,7 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
     warnings: list[str] = []
     train_classes = class_folders(root / "train", skipped)
     warnings.extend(
-        f"class folder '{s.path}' is left out: {s.reason}" for s in skipped if s.reason.startswith("class folder name")
+        f"class folder '{s.path}' is left out: {s.reason}" for s in skipped if s.folder and s.lost
     )  # a whole class lost, not a file
     classes = []
     for name in train_classes:

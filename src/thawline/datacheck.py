@@ -283,8 +283,7 @@ def _list_files(
             if f.is_file():
                 skipped.append(Skipped(str(f), f"file directly in {split}/, not in a class folder; ignored"))
         for s in skipped:  # a name training cannot handle or a folder it cannot read loses images: a problem
-            lost = "not valid UTF-8" in s.reason or s.reason.startswith(("unreadable", "broken symbolic link"))
-            (unusable if lost else ignored).append(BadFile(split, rel(s.path), s.reason))
+            (unusable if s.lost else ignored).append(BadFile(split, rel(s.path), s.reason))
 
     return files, class_dirs, ignored, unusable
 

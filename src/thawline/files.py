@@ -20,6 +20,7 @@ class Skipped:
     path: str
     reason: str
     folder: bool = False  # a whole folder left out, not one file
+    lost: bool = False  # images left out that the user meant to use (a bad name, an unreadable folder, a broken link)
 
 
 def no_train_error(root: Path) -> ThawlineError:
@@ -66,9 +67,13 @@ def class_folders(d: Path, skipped: list[Skipped] | None = None) -> list[str]:
         elif p.is_dir() and p.name.startswith("."):
             skipped.append(Skipped(printable(str(p)), "hidden folder (name starts with '.'); ignored", folder=True))
         elif p.is_dir():
-            skipped.append(Skipped(printable(str(p)), "class folder name is not valid UTF-8; rename it", folder=True))
+            skipped.append(
+                Skipped(printable(str(p)), "class folder name is not valid UTF-8; rename it", folder=True, lost=True)
+            )
         elif p.is_symlink() and not p.exists():
-            skipped.append(Skipped(printable(str(p)), "broken symbolic link (its target is missing); fix or remove it"))
+            skipped.append(
+                Skipped(printable(str(p)), "broken symbolic link (its target is missing); fix or remove it", lost=True)
+            )
     return names
 
 
@@ -77,7 +82,7 @@ def walk_images(d: Path | str, skipped: list[Skipped]) -> Iterator[str]:
     other entry is recorded in `skipped` with the reason."""
 
     def unreadable(e: OSError) -> None:
-        skipped.append(Skipped(printable(str(e.filename)), f"unreadable folder ({e.strerror})", folder=True))
+        skipped.append(Skipped(printable(str(e.filename)), f"unreadable folder ({e.strerror})", folder=True, lost=True))
 
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(d, onerror=unreadable, followlinks=True):
@@ -94,7 +99,7 @@ def walk_images(d: Path | str, skipped: list[Skipped]) -> Iterator[str]:
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             if not _utf8(path):
-                skipped.append(Skipped(printable(path), "file or folder name is not valid UTF-8; rename it"))
+                skipped.append(Skipped(printable(path), "file or folder name is not valid UTF-8; rename it", lost=True))
             elif name.startswith("._"):
                 skipped.append(Skipped(path, "macOS metadata file ('._' prefix), not an image; ignored"))
             elif name.startswith("."):
