@@ -161,3 +161,14 @@ def test_find_leakage_hashes_only_files_whose_size_repeats(tmp_path: Path, monke
     assert "--allow-leakage" in message and "thawline data check" in message
     warning = check_leakage(found, allow=True)
     assert warning is not None and "allowed by --allow-leakage" in warning
+
+
+def test_sizes_are_the_upright_full_sizes_although_jpegs_are_decoded_scaled(clean: Path) -> None:
+    from PIL import Image
+    from test_images import make_exif_rotated
+
+    Image.new("RGB", (1600, 1200), (90, 120, 30)).save(clean / "train" / "a" / "big.jpg", quality=90)
+    make_exif_rotated(clean / "train" / "b" / "turned.jpg")  # stored 40 x 20, shown 20 x 40
+    r = scan(clean)
+    assert r.ok and r.counts["train"] == {"a": 5, "b": 5, "c": 4}
+    assert r.sizes["width"] == [20, 32, 1600] and r.sizes["height"] == [32, 32, 1200]  # min, median, max

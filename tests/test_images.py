@@ -316,3 +316,22 @@ def test_permission_error_reason_without_dropping_root(tmp_path: Path, monkeypat
     monkeypatch.setattr(thawline.images.Image, "open", denied)
     with pytest.raises(BadImage, match=r"permission denied\); make it readable"):
         decode_resized(path, S)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_close_to_full_decode(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:1500, 0:2000]
+    smooth = np.stack([xx * 255 // 2000, yy * 255 // 1500, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=92)
+    Image.fromarray(smooth).save(tmp_path / "big.png")
+    Image.fromarray(smooth[:200, :300]).save(tmp_path / "small.jpg", quality=92)
+
+    assert open_rgb(tmp_path / "big.jpg").size == (2000, 1500)  # no target: every pixel
+    # the smallest of 1/2, 1/4, 1/8 scale keeping both sides >= 448: 1/2 (1/4 would give 375 rows)
+    assert open_rgb(tmp_path / "big.jpg", at_least=448).size == (1000, 750)
+    assert open_rgb(tmp_path / "big.jpg", at_least=100).size == (250, 188)  # 1/8, the deepest libjpeg offers
+    assert open_rgb(tmp_path / "big.png", at_least=100).size == (2000, 1500)  # only JPEG has a scaled decode
+    assert open_rgb(tmp_path / "small.jpg", at_least=448).size == (300, 200)  # never below the target
+
+    full = np.asarray(open_rgb(tmp_path / "big.jpg").resize((224, 224), Image.Resampling.BICUBIC)).astype(int)
+    fast = decode_resized(tmp_path / "big.jpg", 224, "bicubic").astype(int)
+    assert np.abs(full - fast).mean() < 1.0 and np.abs(full - fast).max() <= 8

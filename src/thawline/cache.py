@@ -34,7 +34,7 @@ from thawline.images import BadImage, decode_resized
 if TYPE_CHECKING:  # torch is imported where features are hashed: `thawline cache ls` starts in a blink
     import torch
 
-CACHE_VERSION = 2  # 2: image keys cover the files' bytes, not only their size and mtime
+CACHE_VERSION = 3  # 2: image keys cover the files' bytes, not only their size and mtime; 3: large JPEGs decoded scaled
 MAX_GB_ENV = "THAWLINE_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 20.0
 # A file changed this recently may change again within its clock tick unseen by stat: its content hash is not memoised.

@@ -25,7 +25,7 @@ from PIL import Image
 from thawline.data import Discovered
 from thawline.errors import ThawlineError
 from thawline.files import SPLITS, Skipped, class_folders, no_train_error, printable, walk_images
-from thawline.images import BadImage, open_rgb
+from thawline.images import BadImage, open_rgb, upright_size
 
 IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
 SHOWN = 20  # items listed per section of the text report (--json lists all)
@@ -168,14 +168,14 @@ def check_leakage(discovered: Discovered, allow: bool = False, only: Collection[
 def _inspect(path: str) -> tuple[str | None, str | None, tuple[int, int] | None, str | None]:
     """(sha1 of the bytes, reason it is unusable or None, upright (w, h), mode as stored)."""
     try:
-        size = open_rgb(path).size
+        open_rgb(path, at_least=1)  # every byte is decoded (a truncated file fails), a JPEG at 1/8 scale
     except BadImage as e:
         return None, e.reason, None, None
     try:
         with open(path, "rb") as f:
             data = f.read()
         with Image.open(io.BytesIO(data)) as img:
-            mode = img.mode
+            mode, size = img.mode, upright_size(img)
     except Exception as e:  # decoded a moment ago; only a file changing under us gets here
         return None, f"cannot read ({e}); check the file", None, None
     return hashlib.sha1(data).hexdigest(), None, size, mode

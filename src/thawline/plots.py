@@ -348,7 +348,7 @@ def _load_tile(path: str, size: int = TILE) -> np.ndarray | None:
     from thawline.images import BadImage, open_rgb
 
     try:
-        img = open_rgb(path)
+        img = open_rgb(path, at_least=2 * size)  # a big JPEG decoded scaled, as thumbnail() would on its own
     except BadImage:
         return None
     img.thumbnail((size, size))
