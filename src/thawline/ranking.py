@@ -110,6 +110,17 @@ def _console_interval(ci: Any) -> str:
     return "-" if not ci else fmt_interval(ci, "-", "")
 
 
+def _console_params(per_phase: Any) -> str:
+    """'15372/1032972/.../3386380' (summary's per-phase counts) as '15.4k→3.39M (9 phases)': one short cell."""
+    counts = [int(n) for n in str(per_phase or "").split("/") if n]
+    if not counts:
+        return "-"
+    if len(set(counts)) == 1:
+        return fmt_count(counts[0])
+    more = f" ({len(counts)} phases)" if len(counts) > 2 else ""
+    return f"{fmt_count(counts[0])}→{fmt_count(counts[-1])}{more}"
+
+
 def fmt_seed_spread(v: Any, unit: str = "%") -> str:
     """[mean, std, n] as '91.2 ± 0.4% (3 seeds)'; '—' with one seed."""
     if not v:
@@ -257,7 +268,7 @@ COLUMNS: tuple[Column, ...] = (
     Column(
         "trainable_params", "trainable params per phase",
         value=lambda s: "/".join(str(n) for n in s.get("trainable_params") or []),
-        cli=("trainable params", 22, str), cell=_params_cell,
+        cli=("trainable params", 22, _console_params), cell=_params_cell,
     ),
     Column("peak_rss_mb", "peak memory", cell=_memory_cell),
     Column(
