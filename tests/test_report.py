@@ -25,7 +25,7 @@ from thawline.metrics import (
     read_predictions,
     row_normalize,
 )
-from thawline.report import build_report
+from thawline.report import _phase_plan, build_report
 
 STRATEGIES = ["head-only", "full"]
 
@@ -424,3 +424,35 @@ def test_confusion_matrix_keeps_long_class_names_short_enough_to_lay_out(tmp_pat
         warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
         plot_confusion(np.array([[8, 0, 0], [0, 8, 0], [1, 0, 7]]), names, tmp_path / "confusion.png")
     assert (tmp_path / "confusion.png").stat().st_size > 0 and _text_px(names[0]) > CLASS_NAME_PX
+
+
+def test_phase_plan_is_short_under_the_name_and_whole_on_hover() -> None:
+    gradual = {"phases": [{"train": f"last:{i}", "epochs": 1 + (i == 0), "lr": 1e-4, "bn": "eval"} for i in range(9)]}
+    assert _phase_plan(gradual) == "last:0 ×2 → last:1 ×1 → … → last:8 ×1 (9 phases), each @ 1e-04 (bn eval)"
+    whole = _phase_plan(gradual, full=True)
+    assert whole.count(" → ") == 8 and whole.count("@ 1e-04 (bn eval)") == 9
+    head = {"train": "head", "epochs": 5, "lr": 1e-4, "bn": "frozen"}
+    two_phase = {"phases": [head, {"train": "all", "epochs": 5, "lr": 1e-5}]}
+    assert _phase_plan(two_phase) == _phase_plan(two_phase, full=True) == "head ×5 @ 1e-04 → all ×5 @ 1e-05"
+    assert _phase_plan({"phases": [{"train": "head", "epochs": 10, "lr": 1e-3}]}) == "head ×10 @ 1e-03"
+    assert _phase_plan(None) == ""
+
+
+@pytest.mark.parametrize("n_phases", [2, 9])
+def test_curve_phase_labels_fit_above_their_spans(n_phases: int, tmp_path: Path, monkeypatch) -> None:
+    import thawline.plots as plots
+
+    figures = []
+    make = plots._figure
+    monkeypatch.setattr(plots, "_figure", lambda *a, **k: figures.append(make(*a, **k)) or figures[-1])
+    phase_of = [1, 1] + list(range(2, n_phases + 1)) if n_phases > 2 else [1] * 5 + [2] * 5
+    metrics = [
+        {"epoch": e, "phase": p, "phase_train": f"last:{p - 1}", "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.5}
+        for e, p in enumerate(phase_of, start=1)
+    ]
+    plots.plot_curves(metrics, tmp_path / "c.png")
+    labels = [t.get_text() for t in figures[0].axes[0].texts]
+    if n_phases == 2:
+        assert labels == ["P1: last:0", "P2: last:1"]  # few phases: what each trains, above it
+    else:
+        assert labels == [f"P{i}" for i in range(1, 10)]  # gradual: the numbers alone fit one-epoch spans

@@ -90,7 +90,9 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, best_epoch: int | Non
                 ax.text(
                     (lo + hi) / 2,
                     1.01,
-                    f"P{phase}: {train}",
+                    # more than 3 phases (gradual): the number alone fits above a one-epoch span; the plan
+                    # above the figure names what each trains
+                    f"P{phase}: {train}" if len(spans) <= 3 else f"P{phase}",
                     transform=ax.get_xaxis_transform(),
                     ha="center",
                     va="bottom",

@@ -110,15 +110,20 @@ def _console_interval(ci: Any) -> str:
     return "-" if not ci else fmt_interval(ci, "-", "")
 
 
-def _console_params(per_phase: Any) -> str:
-    """'15372/1032972/.../3386380' (summary's per-phase counts) as '15.4k→3.39M (9 phases)': one short cell."""
-    counts = [int(n) for n in str(per_phase or "").split("/") if n]
+def fmt_phase_counts(counts: list[int], arrow: str = " → ") -> str:
+    """Trainable parameters per phase, short: '15.4k → 3.39M', '15.4k → 3.39M (9 phases)' for a long plan."""
     if not counts:
-        return "-"
+        return "—"
     if len(set(counts)) == 1:
         return fmt_count(counts[0])
     more = f" ({len(counts)} phases)" if len(counts) > 2 else ""
-    return f"{fmt_count(counts[0])}→{fmt_count(counts[-1])}{more}"
+    return f"{fmt_count(counts[0])}{arrow}{fmt_count(counts[-1])}{more}"
+
+
+def _console_params(per_phase: Any) -> str:
+    """summary's '15372/1032972/.../3386380' as one short console cell."""
+    counts = [int(n) for n in str(per_phase or "").split("/") if n]
+    return fmt_phase_counts(counts, arrow="→") if counts else "-"
 
 
 def fmt_seed_spread(v: Any, unit: str = "%") -> str:
@@ -153,7 +158,7 @@ def _params_cell(row: Row, s: Summary) -> Cell:
     total = s.get("total_params")
     exact = " / ".join(f"{n:,}" for n in per_phase)
     return Cell(
-        " → ".join(fmt_count(n) for n in per_phase) or "—",
+        fmt_phase_counts(per_phase),
         f"{exact} of {total:,} parameters" if total else exact,
         note=f"({fmt_pct(max(per_phase) / total, 1)})" if per_phase and total else "",
     )

@@ -268,13 +268,24 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
 # ---- formatting ----------------------------------------------------------------------------------------------
 
 
-def _phase_plan(summary: dict[str, Any] | None) -> str:
+def _phase_step(p: dict[str, Any], with_lr: bool = True) -> str:
+    bn = f" (bn {p['bn']})" if p.get("bn") not in (None, "frozen") else ""
+    return f"{p.get('train')} ×{p.get('epochs')}" + (f" @ {float(p.get('lr') or 0):.0e}{bn}" if with_lr else "")
+
+
+def _phase_plan(summary: dict[str, Any] | None, full: bool = False) -> str:
+    """The phases in one line: 'head ×5 @ 1e-04 → all ×5 @ 1e-05'. Short form (`full=False`, under a strategy's
+    name): an LR shared by every phase said once, and a long plan (gradual: one phase per stage) elided in the middle.
+    """
     phases = (summary or {}).get("phases") or []
-    return " → ".join(
-        f"{p.get('train')} ×{p.get('epochs')} @ {float(p.get('lr') or 0):.0e}"
-        + (f" (bn {p['bn']})" if p.get("bn") not in (None, "frozen") else "")
-        for p in phases
-    )
+    if full or len(phases) < 2:
+        return " → ".join(_phase_step(p) for p in phases)
+    shared = len({(p.get("lr"), p.get("bn")) for p in phases}) == 1
+    steps = [_phase_step(p, with_lr=not shared) for p in phases]
+    if len(steps) > 4:
+        steps = [*steps[:2], "…", steps[-1]]
+    plan = " → ".join(steps) + (f" ({len(phases)} phases)" if len(phases) > 4 else "")
+    return plan + (f", each @ {_phase_step(phases[0]).split(' @ ', 1)[1]}" if shared else "")
 
 
 def _display_row(row: dict[str, Any], run: RunData | None, folder: Path, columns: list) -> dict[str, Any]:
@@ -288,6 +299,7 @@ def _display_row(row: dict[str, Any], run: RunData | None, folder: Path, columns
         "rank": row.get("rank"),
         "strategy": row["strategy"],
         "plan": _phase_plan(s),
+        "plan_full": _phase_plan(s, full=True),
         "winner": row.get("rank") == 1,
         "tied": row.get("tied") is True,
         "cells": report_cells(row, s, columns),
@@ -456,7 +468,10 @@ def render(folder: Path, figdir: Path) -> str:
         run = runs.get(name)
         if run is None:
             continue
-        item: dict[str, Any] = {"name": name, "plan": _phase_plan(run.summary), "notes": list(run.notes)}
+        item: dict[str, Any] = {
+            "name": name, "plan": _phase_plan(run.summary), "plan_full": _phase_plan(run.summary, full=True),
+            "notes": list(run.notes),
+        }  # fmt: skip
         if run.metrics:
             file = f"curves-{_slug(name, taken)}.png"
             best_epoch = (run.summary or {}).get("best_epoch")
