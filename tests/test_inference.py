@@ -148,13 +148,14 @@ def test_predict_reports_bad_files_and_predicts_the_rest(run: dict, mixed_folder
     assert main(["predict", str(run["dir"]), str(mixed_folder), "--top-k", "2", "--format", "json"]) == 0
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
-    assert (doc["predicted"], doc["failed"]) == (3, 3)
-    assert "predicted 3 image(s), 3 failed" in captured.err
+    assert (doc["predicted"], doc["failed"], doc["skipped"]) == (3, 2, 1)  # readme.txt is listed, not tried
+    assert "predicted 3 image(s), 2 failed, 1 skipped (not image files, listed above)" in captured.err
     by_name = {Path(r["path"]).name: r for r in doc["results"]}
     assert set(by_name) == {"a.png", "b.png", "c.png", "truncated.png", "notes.jpg", "readme.txt"}
     assert "truncated" in by_name["truncated.png"]["error"]
     assert "not an image" in by_name["notes.jpg"]["error"]
     assert "not an image file extension (.txt)" in by_name["readme.txt"]["error"]  # said, not silently dropped
+    assert by_name["readme.txt"]["skipped"] is True and "skipped" not in by_name["notes.jpg"]
     classes = set(run["summary"]["classes"])
     for name in ("a.png", "b.png", "c.png"):
         top = by_name[name]["top_k"]
@@ -175,6 +176,7 @@ def test_predict_reports_bad_files_and_predicts_the_rest(run: dict, mixed_folder
     assert main(["predict", str(run["dir"]), str(mixed_folder / "a.png"), str(missing)]) == 0
     table = capsys.readouterr().out
     assert f"{missing}" in table and "no such file or folder" in table and "1 failed" in table
+    assert "skipped" not in table  # a path named on the command line is never merely skipped
     pipe, moved = mixed_folder / "pipe.png", mixed_folder / "moved.png"
     os.mkfifo(pipe)
     moved.symlink_to(mixed_folder / "gone.png")

@@ -333,11 +333,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if text:
         print(text)
     ok = sum(r.ok for r in results)
-    failed = len(results) - ok
+    failed = sum(r.failed for r in results)
+    skipped = sum(r.skipped for r in results)
     if not ok:
-        print(f"thawline: error: none of the {failed} input(s) could be predicted (reasons above)", file=sys.stderr)
+        print(
+            f"thawline: error: none of the {len(results)} input(s) could be predicted (reasons above)", file=sys.stderr
+        )
         return 1
-    print(f"predicted {ok} image(s), {failed} failed", file=sys.stdout if args.format == "table" else sys.stderr)
+    also = f", {skipped} skipped (not image files, listed above)" if skipped else ""
+    print(f"predicted {ok} image(s), {failed} failed{also}", file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
 
 

@@ -426,41 +426,47 @@ class Prediction:
     labels: list[str] = field(default_factory=list)  # top-k, most probable first
     probs: list[float] = field(default_factory=list)
     error: str | None = None  # why the file could not be predicted
+    skipped: bool = False  # found in a folder but not an image file: listed with `error` as the reason, not tried
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def failed(self) -> bool:
+        return self.error is not None and not self.skipped
+
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
-            return {"path": self.path, "error": self.error}
+            return {"path": self.path, "error": self.error, **({"skipped": True} if self.skipped else {})}
         return {
             "path": self.path,
             "top_k": [{"label": c, "probability": p} for c, p in zip(self.labels, self.probs, strict=True)],
         }
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
-    """(path, error) per input file: folders expand to their image files; a missing path carries its error."""
-    out: list[tuple[str, str | None]] = []
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | None, bool]]:
+    """(path, error, skipped) per input file: folders expand to their image files, and list what else they hold
+    (skipped, with the reason); a path named that cannot be read carries its error."""
+    out: list[tuple[str, str | None, bool]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             skipped: list[Skipped] = []
             files = image_files(p, skipped)
-            out.extend((f, None) for f in files)
+            out.extend((f, None, False) for f in files)
             # what the folder holds besides images, each with why (hidden files left out: .DS_Store is noise)
-            out.extend((s.path, s.reason) for s in skipped if not os.path.basename(s.path).startswith("."))
+            out.extend((s.path, s.reason, True) for s in skipped if not os.path.basename(s.path).startswith("."))
             if not files:
-                out.append((str(p), "folder holds no image files"))
+                out.append((str(p), "folder holds no image files", False))
         elif p.is_file():
-            out.append((str(p), None))
+            out.append((str(p), None, False))
         elif p.is_symlink() and not p.exists():
-            out.append((str(p), "broken symbolic link (its target is missing)"))
+            out.append((str(p), "broken symbolic link (its target is missing)", False))
         elif p.exists():
-            out.append((str(p), "not a regular file or folder"))
+            out.append((str(p), "not a regular file or folder", False))
         else:
-            out.append((str(p), "no such file or folder"))
+            out.append((str(p), "no such file or folder", False))
     return out
 
 
@@ -482,7 +488,7 @@ def predict(
     classes = list(cfg["classes"])
     k = min(top_k, len(classes))
     prep = Preprocess.from_config(cfg)
-    results = [Prediction(path, error=err) for path, err in expand_inputs(inputs)]
+    results = [Prediction(path, error=err, skipped=skip) for path, err, skip in expand_inputs(inputs)]
     pending: list[tuple[Prediction, np.ndarray]] = []
 
     def flush() -> None:
@@ -514,7 +520,8 @@ def format_predictions(results: list[Prediction], fmt: str, top_k: int) -> str:
         return json.dumps(
             {
                 "predicted": sum(r.ok for r in results),
-                "failed": sum(not r.ok for r in results),
+                "failed": sum(r.failed for r in results),
+                "skipped": sum(r.skipped for r in results),
                 "results": [r.to_dict() for r in results],
             },
             indent=2,
@@ -537,5 +544,5 @@ def format_predictions(results: list[Prediction], fmt: str, top_k: int) -> str:
             preds = "  ".join(f"{c} {p:.3f}" for c, p in zip(r.labels, r.probs, strict=True))
             lines.append(f"{r.path:<{width}}  {preds}")
         else:
-            lines.append(f"{r.path:<{width}}  error: {r.error}")
+            lines.append(f"{r.path:<{width}}  {'skipped' if r.skipped else 'error'}: {r.error}")
     return "\n".join(lines)
