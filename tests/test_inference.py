@@ -127,6 +127,56 @@ def test_bad_run_folders_are_one_line_errors(run: dict, tmp_path: Path, capsys) 
     one_error_line(capsys, "does not fit")
 
 
+def test_tta_averages_the_probabilities_of_each_image_and_its_mirror(run: dict, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from thawline.inference import logits_of
+
+    model, _ = load_run(run["dir"])
+    x = torch.randn(3, 3, 32, 32)
+    mean = (torch.softmax(model(x), 1) + torch.softmax(model(x.flip(-1)), 1)) / 2
+    got = logits_of(model, x, torch.device("cpu"), tta=True)
+    assert torch.allclose(torch.softmax(got, 1), mean, atol=1e-6) and torch.allclose(got.exp().sum(1), torch.ones(3))
+
+    # predict --tta on an image = the mean of plain predictions on the image and on its mirrored copy
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    src = run["data"] / "test" / "stripes" / "stripes_0.png"
+    shutil.copy(src, folder / "a.png")
+    Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "b.png")
+    n = len(run["summary"]["classes"])
+    plain = {
+        Path(r.path).name: dict(zip(r.labels, r.probs, strict=True)) for r in predict(run["dir"], [folder], top_k=n)
+    }
+    tta = predict(run["dir"], [folder / "a.png"], top_k=n, tta=True)[0]
+    for label, p in zip(tta.labels, tta.probs, strict=True):
+        assert p == pytest.approx((plain["a.png"][label] + plain["b.png"][label]) / 2, abs=1e-5)
+
+    # evaluate --tta: its own files, marked, beside the plain evaluation (which it leaves alone)
+    assert main(["evaluate", str(run["dir"])]) == 0
+    plain_report = (run["dir"] / "evaluation_test.json").read_text()
+    assert main(["evaluate", str(run["dir"]), "--tta"]) == 0
+    assert "test (mirror-averaged): 24 images" in capsys.readouterr().out
+    report = json.loads((run["dir"] / "evaluation_test_tta.json").read_text())
+    assert report["tta"] is True and report["num_images"] == 24
+    assert (run["dir"] / "evaluation_test.json").read_text() == plain_report
+    assert json.loads((run["dir"] / "evaluation.json").read_text())["tta"] is True  # evaluation.json: the latest
+    assert (run["dir"] / "evaluation_test_tta.csv").is_file()
+
+    # a run trained without flips: mirrored images may be another class (text, digits); refused in one line
+    state = load_checkpoint(run["dir"] / "best.pt")
+    state["config"] = {**state["config"], "hflip": False}
+    state.pop("format")
+    (tmp_path / "noflip").mkdir()
+    save_checkpoint(tmp_path / "noflip" / "best.pt", state)
+    for argv in (
+        ["evaluate", str(tmp_path / "noflip"), "--tta"],
+        ["predict", str(tmp_path / "noflip"), str(src), "--tta"],
+    ):
+        assert main(argv) == 2
+        one_error_line(capsys, "trained without flips")
+
+
 # ---- predict -------------------------------------------------------------------------------------------------
 
 

@@ -316,7 +316,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from thawline.inference import evaluate_run, format_evaluation
 
-    ev = evaluate_run(args.run, args.split, which=args.checkpoint, batch_size=args.batch_size, device=args.device)
+    ev = evaluate_run(
+        args.run, args.split, which=args.checkpoint, batch_size=args.batch_size, device=args.device, tta=args.tta
+    )
     print(format_evaluation(ev))
     for path in ev.files:
         print(f"wrote {path}")
@@ -327,7 +329,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from thawline.inference import format_predictions, predict
 
     results = predict(
-        args.run, args.paths, top_k=args.top_k, batch_size=args.batch_size, which=args.checkpoint, device=args.device
+        args.run,
+        args.paths,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        which=args.checkpoint,
+        device=args.device,
+        tta=args.tta,
     )
     text = format_predictions(results, args.format, args.top_k)
     if text:
@@ -426,6 +434,11 @@ def _add_cache_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_cache_clear)
 
 
+def _add_tta(p: argparse.ArgumentParser) -> None:
+    help_ = "average each image's probabilities with its mirror image's (runs trained with flips)"
+    p.add_argument("--tta", action="store_true", help=help_)
+
+
 def _add_run_commands(sub: Any) -> None:
     """evaluate, predict and export: commands that read a finished run folder."""
     p = sub.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion of a run on a split or folder")
@@ -434,6 +447,7 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--batch-size", type=int, dest="batch_size", default=64)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    _add_tta(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k labels for image files and folders")
@@ -444,6 +458,7 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size", default=32)
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    _add_tta(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run to ONNX, checked against PyTorch in onnxruntime")

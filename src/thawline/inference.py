@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -160,8 +161,24 @@ class Preprocess:
 
 
 @torch.inference_mode()
-def logits_of(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return model(x.to(device)).float().cpu()
+def logits_of(model: nn.Module, x: torch.Tensor, device: torch.device, tta: bool = False) -> torch.Tensor:
+    """The model's logits; with `tta`, the log of the mean softmax of the image and its mirror image (so a
+    softmax of the result is the averaged probabilities, and every metric reads it as it reads logits)."""
+    x = x.to(device)
+    if not tta:
+        return model(x).float().cpu()
+    both = model(torch.cat([x, x.flip(-1)])).float().log_softmax(1)
+    return (torch.logsumexp(torch.stack(both.chunk(2)), 0) - math.log(2)).cpu()
+
+
+def check_tta(cfg: dict[str, Any], tta: bool) -> None:
+    """Mirror-image averaging only for a run that trained on mirrored images: elsewhere a mirror may change the
+    class (text, digits, left/right)."""
+    if tta and not cfg.get("hflip", True):
+        raise ThawlineError(
+            "--tta averages each image with its mirror image, but this run was trained without flips (--no-hflip: "
+            "a mirrored image may mean something else in this data); drop --tta"
+        )
 
 
 # ---- finding images ----------------------------------------------------------------------------------------
@@ -217,8 +234,9 @@ class Evaluation:
     classes: list[str]
     paths: list[str]  # images that decoded, in order
     labels: np.ndarray
-    logits: torch.Tensor
+    logits: torch.Tensor  # with tta: log of the mirror-averaged probabilities
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    tta: bool = False
     report: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
@@ -259,22 +277,24 @@ def evaluate_run(
     device: str | None = "cpu",
     workers: int | None = None,
     write: bool = True,
+    tta: bool = False,
 ) -> Evaluation:
     """Accuracy, per-class P/R/F1 and confusion matrix of a run's checkpoint on a split or a labelled folder.
 
     Writes evaluation.json (the latest evaluation), evaluation_<split>.json and its per-image rows
     evaluation_<split>.csv into the run folder when `write` (`split`: test/val/train, or folder-<name> for a
     folder). The training run's own predictions.csv and predictions_val.csv, which the report reads, stay as
-    training wrote them."""
+    training wrote them. `tta`: each image's probabilities averaged with its mirror image's (files tagged _tta)."""
     runtime.keep_freed_memory()
     dev = pick_device(device)
     model, cfg = load_run(run_dir, which, dev)
+    check_tta(cfg, tta)
     out = run_folder(run_dir)
     name, folder = resolve_split(cfg, split)
-    result = evaluate_loaded(model, cfg, dev, out, name, folder, batch_size=batch_size, workers=workers)
+    result = evaluate_loaded(model, cfg, dev, out, name, folder, batch_size=batch_size, workers=workers, tta=tta)
     if write:
         text = json.dumps(result.report, indent=2)
-        tag = evaluation_tag(name, split)
+        tag = evaluation_tag(name, split) + ("_tta" if tta else "")
         targets = [out / "evaluation.json", out / f"evaluation_{tag}.json"]
         for target in targets:
             atomic_write_text(target, text)
@@ -295,9 +315,10 @@ def evaluate_loaded(
     batch_size: int = 64,
     workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    tta: bool = False,
 ) -> Evaluation:
-    """A loaded run model (`load_run`) on one labelled folder: logits of every image that decodes, and the report;
-    nothing written."""
+    """A loaded run model (`load_run`) on one labelled folder: logits of every image that decodes (with `tta`,
+    averaged with its mirror image's), and the report; nothing written."""
     from thawline.cache import build_image_cache, default_cache_dir
 
     check_batch_size(batch_size)
@@ -317,7 +338,7 @@ def evaluate_loaded(
             f"fix or replace the files (`thawline data check` lists them all)"
         )
     chunks = [
-        logits_of(model, prep.to_tensor(cache.store.read(rows[i : i + batch_size])), dev)
+        logits_of(model, prep.to_tensor(cache.store.read(rows[i : i + batch_size])), dev, tta)
         for i in range(0, len(rows), batch_size)
     ]
     cache.store.close()
@@ -330,6 +351,7 @@ def evaluate_loaded(
         labels=np.asarray(labels, dtype=np.int64)[rows],
         logits=torch.cat(chunks),
         skipped=[(f.path, f.reason) for f in found] + list(cache.bad),
+        tta=tta,
     )
     result.report = evaluation_report(result, cfg)
     return result
@@ -383,6 +405,7 @@ def evaluation_report(ev: Evaluation, cfg: dict[str, Any]) -> dict[str, Any]:
         "model": cfg["model"],
         "classes": ev.classes,
         "num_images": len(ev.paths),
+        "tta": ev.tta,
         "accuracy": round(accuracy(ev.labels, preds), 6),
         "loss": round(float(torch.nn.functional.cross_entropy(ev.logits, labels)), 6),
         "ece": round(calibration(conf.numpy(), correct).ece, 6),
@@ -405,7 +428,8 @@ def evaluation_report(ev: Evaluation, cfg: dict[str, Any]) -> dict[str, Any]:
 def format_evaluation(ev: Evaluation) -> str:
     r = ev.report
     lines = [
-        f"{ev.split}: {r['num_images']} images, accuracy {r['accuracy']:.2%}, loss {r['loss']:.4f}, "
+        f"{ev.split}{' (mirror-averaged)' if ev.tta else ''}: {r['num_images']} images, "
+        f"accuracy {r['accuracy']:.2%}, loss {r['loss']:.4f}, "
         f"macro F1 {r['macro']['f1']:.3f}, ECE {r['ece']:.3f}"
     ]
     width = max(len(c) for c in ev.classes)
@@ -478,13 +502,16 @@ def predict(
     batch_size: int = 32,
     which: str = "best",
     device: str | None = "cpu",
+    tta: bool = False,
 ) -> list[Prediction]:
-    """Top-k labels and probabilities for image files and folders; unreadable files come back with `error` set."""
+    """Top-k labels and probabilities for image files and folders; unreadable files come back with `error` set.
+    `tta`: probabilities averaged over each image and its mirror image."""
     if top_k < 1:
         raise ThawlineError(f"--top-k {top_k}: must be at least 1")
     check_batch_size(batch_size)
     dev = pick_device(device)
     model, cfg = load_run(run_dir, which, dev)
+    check_tta(cfg, tta)
     classes = list(cfg["classes"])
     k = min(top_k, len(classes))
     prep = Preprocess.from_config(cfg)
@@ -494,7 +521,7 @@ def predict(
     def flush() -> None:
         if not pending:
             return
-        probs = torch.softmax(logits_of(model, prep.to_tensor(np.stack([a for _, a in pending])), dev), 1)
+        probs = torch.softmax(logits_of(model, prep.to_tensor(np.stack([a for _, a in pending])), dev, tta), 1)
         top = probs.topk(k, dim=1)
         for (res, _), values, indices in zip(pending, top.values, top.indices, strict=True):
             res.labels = [classes[int(i)] for i in indices]
