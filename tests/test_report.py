@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -199,6 +200,24 @@ def test_per_class_metrics_match_predictions_csv(compare_dir: Path):
     assert 0.0 <= cal.ece <= 1.0
     assert cal.count.sum() == len(rows)
     assert f"{cal.ece:.1%}" in page.all_text
+
+    # the most confused pairs, counted by hand from the same rows, largest first
+    from collections import Counter
+
+    mistakes = Counter((r["label"], r["pred"]) for r in rows if r["label"] != r["pred"])
+    html = (compare_dir / "report.html").read_text()
+    if not mistakes:
+        assert 'id="most-confused"' not in html
+        return
+    section = html[html.index('id="most-confused"') :]
+    section = section[: section.index("</table>")]
+    cells = re.findall(r"<tr><td>(.*?)</td><td[^>]*>(.*?)</td><td>(\d+)</td><td>(.*?)</td></tr>", section)
+    assert 0 < len(cells) <= 10 and len(cells) == min(10, len(mistakes))
+    counts = [int(n) for _, _, n, _ in cells]
+    assert counts == sorted(counts, reverse=True) and counts[0] == max(mistakes.values())
+    for true, pred, n, share in cells:
+        assert mistakes[(true, pred)] == int(n)
+        assert share == f"{int(n) / sum(r['label'] == true for r in rows):.1%}"
 
 
 def test_single_run_folder_gets_a_one_row_table(compare_dir: Path, tmp_path: Path):
@@ -456,3 +475,27 @@ def test_curve_phase_labels_fit_above_their_spans(n_phases: int, tmp_path: Path,
         assert labels == ["P1: last:0", "P2: last:1"]  # few phases: what each trains, above it
     else:
         assert labels == [f"P{i}" for i in range(1, 10)]  # gradual: the numbers alone fit one-epoch spans
+
+
+def test_most_confused_pairs_largest_first_with_the_true_class_share() -> None:
+    from thawline.metrics import confusion_matrix, most_confused
+
+    labels = np.array([0] * 10 + [1] * 4 + [2] * 6)
+    preds = np.array([0] * 6 + [2] * 3 + [1] + [1, 1, 0, 0] + [2] * 3 + [0] * 3)
+    cm = confusion_matrix(labels, preds, 3)
+    assert most_confused(cm) == [(0, 2, 3, 0.3), (2, 0, 3, 0.5), (1, 0, 2, 0.5), (0, 1, 1, 0.1)]  # ties by index
+    assert most_confused(cm, limit=2) == [(0, 2, 3, 0.3), (2, 0, 3, 0.5)]
+    assert most_confused(np.diag([5, 5])) == []  # no mistakes: no rows
+
+
+def test_confusion_matrix_names_at_most_40_classes_per_axis(tmp_path: Path, monkeypatch) -> None:
+    import thawline.plots as plots
+
+    figures = []
+    make = plots._figure
+    monkeypatch.setattr(plots, "_figure", lambda *a, **k: figures.append(make(*a, **k)) or figures[-1])
+    for k in (12, 200):
+        classes = [f"class_{i:03d}" for i in range(k)]
+        plots.plot_confusion(np.eye(k, dtype=np.int64) * 3, classes, tmp_path / f"cm{k}.png")
+        names = [t.get_text() for t in figures[-1].axes[0].get_yticklabels()]
+        assert names == (classes if k == 12 else classes[::5])  # 200 classes: every 5th named

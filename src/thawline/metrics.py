@@ -46,6 +46,18 @@ def row_normalize(cm: np.ndarray) -> np.ndarray:
     return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
 
 
+def most_confused(cm: np.ndarray, limit: int = 10) -> list[tuple[int, int, int, float]]:
+    """The largest off-diagonal cells, (true, predicted, count, share of the true class's images), most first;
+    ties by class index. fastai's `most_confused`: readable whatever the number of classes."""
+    cm = np.asarray(cm, dtype=np.int64)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    true, pred = np.nonzero(off)
+    order = sorted(zip(true.tolist(), pred.tolist(), strict=True), key=lambda tp: (-off[tp], tp))[:limit]
+    sums = cm.sum(axis=1)
+    return [(t, p, int(off[t, p]), float(off[t, p] / sums[t])) for t, p in order]
+
+
 @dataclass
 class ClassMetrics:
     """Per-class precision, recall, F1 and support (arrays of length num_classes) plus their averages."""

@@ -25,6 +25,7 @@ BAD_COLOR = "#d62728"
 WINNER_COLOR = "#e6a100"
 SMALL_FONT = 8  # pt: tile titles, row labels, class names on axes
 CLASS_NAME_PX = 160  # the widest class name on a confusion matrix's axes; longer ones lose their middle
+MAX_TICK_LABELS = 40  # class names on a confusion matrix's axis at most (6 pt on 11 inches)
 
 
 # ---- figures: one plain function each, all on matplotlib's Agg canvas (no pyplot, no global state) --------
@@ -257,12 +258,16 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
     norm = row_normalize(cm)
     annotate = k <= 20
     fontsize = SMALL_FONT if k <= 12 else 6
-    names = [_shorten(c, CLASS_NAME_PX, fontsize) for c in classes]
+    # past ~40 classes the names overlap on an 11-inch axis: every step-th is named (the report's "most
+    # confused" table names the cells that matter)
+    step = math.ceil(k / MAX_TICK_LABELS)
+    ticks = list(range(0, k, step))
+    names = [_shorten(classes[i], CLASS_NAME_PX, fontsize) for i in ticks]
     for ax, data, name in ((axes[0], cm, "counts"), (axes[1], norm, "row-normalised (recall)")):
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(float(data.max()), 1e-9))
         ax.set_title(name, fontsize=10)
-        ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=fontsize)
-        ax.set_yticks(range(k), names, fontsize=fontsize)
+        ax.set_xticks(ticks, names, rotation=45, ha="right", fontsize=fontsize)
+        ax.set_yticks(ticks, names, fontsize=fontsize)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         fig.colorbar(im, ax=ax, shrink=0.8)

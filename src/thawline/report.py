@@ -32,6 +32,7 @@ from thawline.metrics import (
     accuracy,
     calibration,
     confusion_matrix,
+    most_confused,
     per_class_metrics,
     read_predictions,
 )
@@ -62,6 +63,7 @@ from thawline.uncertainty import ALPHA, RESAMPLES, Verdict, annotate, fmt_p, see
 
 FIG_DIR = "report_files"
 REPORT_NAME = "report.html"
+MOST_CONFUSED = 10  # rows of the best run's most confused pairs
 
 
 # ---- reading run files -------------------------------------------------------------------------------------
@@ -392,6 +394,10 @@ def _best_run_section(run: RunData, figdir: Path) -> dict[str, Any]:
     cm = confusion_matrix(preds.labels, preds.preds, preds.num_classes)
     plot_confusion(cm, preds.classes, figdir / "confusion.png", f"{run.name} — {split} split")
     out["confusion"] = f"{FIG_DIR}/confusion.png"
+    out["confused"] = [
+        {"true": preds.classes[t], "predicted": preds.classes[p], "count": n, "share": fmt_pct(share)}
+        for t, p, n, share in most_confused(cm, MOST_CONFUSED)
+    ]
     cls: ClassMetrics = per_class_metrics(preds.labels, preds.preds, preds.num_classes)
     out["per_class"] = [
         {
