@@ -318,3 +318,64 @@ def test_same_seed_gives_identical_metrics(tmp_path: Path, no_extras: None) -> N
     assert [r["feature_cache"] for r in runs[0]] == [True, False]
     strip = [[{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows] for rows in runs]
     assert strip[0] == strip[1]
+
+
+# ---- --min-scale (random resized crops) -------------------------------------------------------------------------
+
+
+def test_crop_boxes_stay_inside_with_the_asked_area_and_aspect() -> None:
+    from thawline.data import crop_boxes, resized_crops
+
+    boxes = crop_boxes(5000, 0.35, torch.Generator().manual_seed(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes >= 0).all() and (boxes <= 1 + 1e-12).all()
+    assert (w * h >= 0.35 - 1e-9).all() and (w * h).max() > 0.95 and abs(float((w * h).mean()) - 0.675) < 0.02
+    assert ((w / h >= 0.75 - 1e-9) & (w / h <= 4 / 3 + 1e-9)).all()
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(resized_crops(x, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4, dtype=torch.float64)), x)
+    ramp = torch.arange(16.0).repeat(1, 3, 16, 1)  # value = column
+    left = resized_crops(ramp, torch.tensor([[0.0, 0.0, 0.5, 1.0]], dtype=torch.float64))
+    assert left[0, 0, 0, 0] == 0 and left[0, 0, 0, -1] <= 7.25 and (left.diff(dim=3) >= 0).all()  # the left half
+
+
+def test_min_scale_crops_train_images_after_the_same_order_and_flips() -> None:
+    from thawline.data import Normalize
+
+    n, side = 40, 16
+    rows = np.zeros((n, side, side, 3), np.uint8)
+    rows[:20] = np.arange(20, dtype=np.uint8)[:, None, None, None] * 10  # constant images: a crop keeps the value
+    rows[20:] = (np.arange(side, dtype=np.uint8) * 15)[None, None, :, None]  # horizontal ramps
+    identity = Normalize((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
+
+    def batches(min_scale: float, seed: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(Batches(lambda idx: rows[idx].copy(), np.arange(n), np.arange(n), 8, shuffle=True, hflip=True,
+                            seed=seed, transform=identity, min_scale=min_scale))  # fmt: skip
+
+    plain, cropped = batches(1.0), batches(0.3)
+    assert [y.tolist() for _, y in plain] == [y.tolist() for _, y in cropped]  # same order (and flips, drawn first)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(cropped, batches(0.3), strict=True))  # seeded
+    assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(cropped, batches(0.3, seed=4), strict=True))
+    changed = 0
+    for (xp, y), (xc, _) in zip(plain, cropped, strict=True):
+        assert xc.shape == xp.shape
+        for i, label in enumerate(y.tolist()):
+            if label < 20:
+                assert torch.allclose(xc[i], xp[i], atol=1e-4)  # a constant image stays itself
+            else:
+                changed += not torch.allclose(xc[i], xp[i], atol=1e-3)
+                assert xc[i].min() >= -1e-4 and xc[i].max() <= 225 + 1e-4  # pixels of the image, resampled
+    assert changed >= 15  # of the 20 ramps
+
+
+@pytest.mark.parametrize("min_scale", [1.0, 0.5])
+def test_min_scale_runs_the_frozen_prefix_on_every_batch(min_scale: float, tmp_path: Path, no_extras: None) -> None:
+    data = make_image_folder(tmp_path / "data", {"train": 6, "val": 3})
+    cfg = tiny_config(data, strategy="head-only", epochs=1, min_scale=min_scale, cache_dir=str(tmp_path / "c"))
+    thawline.train(cfg, run_dir=tmp_path / "run", quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["feature_cache"] for r in rows] == [min_scale == 1.0]  # cached features would hold one crop
+
+
+def test_min_scale_out_of_range_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--data", str(tmp_path), "--min-scale", "1.5"]) == 2
+    assert "--min-scale 1.5: must be in (0, 1]" in one_error_line(capsys.readouterr().err)

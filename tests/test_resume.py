@@ -22,9 +22,30 @@ COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
 def command(data: Path, out: Path, *extra: str, sub: str = "train") -> list[str]:
-    args = [sys.executable, "-m", "thawline", sub, "--data", str(data), "--model", "test_efficientnet",
-            "--weights", "none", "--img-size", "32", "--batch-size", "8", "--epochs", "4", "--workers", "1",
-            "--out", str(out), "--quiet", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "thawline",
+        sub,
+        "--data",
+        str(data),
+        "--model",
+        "test_efficientnet",
+        "--weights",
+        "none",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "4",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     return args + (["--strategy", "layer-wise"] if sub == "train" else [])
 
 
@@ -34,8 +55,9 @@ def metric_lines(path: Path) -> int:
 
 def run_until(cmd: list[str], ready, timeout: float = 120) -> None:
     """Start `cmd`, SIGKILL it as soon as ready() is true (or let it finish)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
-                            "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if ready():
@@ -47,8 +69,9 @@ def run_until(cmd: list[str], ready, timeout: float = 120) -> None:
 
 
 def finish(cmd: list[str]) -> None:
-    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [*cmd, "--resume"], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -65,8 +88,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
-    proc = subprocess.run(command(data, out), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        command(data, out), capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -127,8 +151,9 @@ def test_compare_resume_skips_finished_strategies(data: Path, tmp_path: Path) ->
 
 def test_same_seed_same_metrics(data: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
-    proc = subprocess.run(command(data, out), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        command(data, out), capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr
     assert_same_run(reference, out)
 
@@ -186,3 +211,18 @@ def test_best_checkpoint_is_linked_as_last_and_parts_when_last_is_saved_again(tm
     assert not last.samefile(best)
     assert torch.equal(load_checkpoint(best)["w"], torch.ones(3)), "saving last.pt changed best.pt"
     assert not list(tmp_path.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_random_crops_resume_exactly(data: Path, reference: Path, tmp_path: Path) -> None:
+    """--min-scale: the crops come from the epoch's seed, so a run killed mid-epoch resumes to the same weights."""
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = command(data, straight, "--min-scale", "0.4")
+    assert subprocess.run(cmd, capture_output=True, timeout=300, env=env).returncode == 0
+    killed_cmd = [c if c != str(straight) else str(out) for c in cmd]
+    killed = subprocess.run(killed_cmd, capture_output=True, timeout=300, env={**env, "THAWLINE_KILL_AFTER": "batch:4"})
+    assert killed.returncode == -9
+    finish(killed_cmd)
+    assert_same_run(straight, out)
+    # the crops are real: the same command without them trains on other pixels from the first batch
+    assert read(straight / "metrics.jsonl")[0]["train_loss"] != read(reference / "metrics.jsonl")[0]["train_loss"]

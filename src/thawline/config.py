@@ -79,6 +79,13 @@ class TrainConfig:
         "validates at least as well",
     )
     hflip: bool = option(True, "random horizontal flip on train images (the seeds' only augmentation)")
+    # fastai's aug_transforms(min_scale=...), timm's --scale: crops drawn per image and pass from the epoch's seed
+    # (exact resume); a frozen prefix then runs on every batch (cached features would hold one crop), as in fastai
+    min_scale: float = option(
+        1.0,
+        "random resized crop of each train image, each pass: at least this share of its area, aspect 3/4 to 4/3, "
+        "resized back (e.g. 0.35; 1: the whole image, and frozen prefixes train on cached features)",
+    )
     drop_rate: float = option(0.0, "dropout before the classifier")
     # TF-ported models (tf_efficientnet_*) carry TF's 0.01, which lets running stats lag far behind the batch stats
     # on a new domain for hundreds of steps, so validation (which uses running stats) collapses after a thaw.
@@ -126,6 +133,8 @@ class TrainConfig:
             raise ThawlineError(f"--lr {self.lr}: must be a positive learning rate such as 1e-4")
         if not 0 <= self.label_smoothing < 1:
             raise ThawlineError(f"label_smoothing {self.label_smoothing}: must be in [0, 1)")
+        if not 0 < self.min_scale <= 1:
+            raise ThawlineError(f"--min-scale {self.min_scale}: must be in (0, 1], e.g. 0.35 (1: no crops)")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.drop_rate < 1:
             raise ThawlineError("weight_decay and warmup_epochs must be >= 0, drop_rate in [0, 1)")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:

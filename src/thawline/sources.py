@@ -83,6 +83,7 @@ def image_batches(
     seed: int,
     balanced: bool = False,
     positions: np.ndarray | None = None,
+    min_scale: float = 1.0,
 ) -> Batches:
     store = split.cache.store
     # Batches index positions 0..N-1; translate to cache rows (files that failed to decode are absent).
@@ -97,6 +98,7 @@ def image_batches(
         transform=normalize,
         balanced=balanced,
         shard=(distributed.rank(), distributed.world_size()) if shuffle else (0, 1),
+        min_scale=min_scale,
     )
 
 
@@ -121,7 +123,9 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
     train, val = setup.data.splits["train"], setup.data.splits["val"]
     bs = config.batch_size
     split = None
-    if config.feature_cache and phase.bn in ("frozen", "eval") and is_suffix(phase.trainable, smap.head + 1):
+    # cached features hold one view of each image: random crops (min_scale < 1) need the prefix on every batch
+    cacheable = config.feature_cache and config.min_scale >= 1
+    if cacheable and phase.bn in ("frozen", "eval") and is_suffix(phase.trainable, smap.head + 1):
         split = split_at(model, smap, min(phase.trainable))
     if split is None:
         return PhaseSource(
@@ -135,6 +139,7 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
                 hflip=config.hflip,
                 seed=epoch_seed(config.seed, epoch, p),
                 balanced=config.balanced_sampler,
+                min_scale=config.min_scale,
             ),
             lambda: eval_batches(val, setup.eval_batch_size, setup.normalize),
             len(train),
