@@ -81,6 +81,9 @@ def test_cli_train_prints_epoch_lines_and_summary(image_folder: Path, tmp_path: 
     epoch_lines = [line for line in proc.stdout.splitlines() if "val loss" in line]
     assert len(epoch_lines) == 2 and "[two-phase] phase 1/2" in epoch_lines[0]
     assert (tmp_path / "run" / "summary.json").is_file()
+    # what was read comes first: the folder, its classes and each split's images
+    first = proc.stdout.splitlines()[0]
+    assert first == f"data: {image_folder}: 3 classes; 48 train, 24 val, 24 test images at 32 px"
 
 
 def test_python_api_mirrors_the_cli() -> None:

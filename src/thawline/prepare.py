@@ -134,6 +134,9 @@ def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
     if leak_warning:
         warn(leak_warning)
     warn_skipped(found.skipped, len(skipped) - len(found.skipped), "skipped.csv of the run")
+    if not quiet and distributed.rank() == 0:
+        counts = ", ".join(f"{len(split)} {name}" for name, split in splits.items())
+        print(f"data: {found.root}: {len(found.classes)} classes; {counts} images at {img_size} px", flush=True)
     return PreparedData(found, img_size, interpolation, splits, skipped)
 
 
