@@ -64,6 +64,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # set for (the two processes' float sums differ in their last bits, and a larger LR grows the difference)
         ("test_vit", "full", ("--lr", "1e-4", "--min-steps", "100")),
         ("test_efficientnet", "head-only", ()),  # the head trains on cached frozen-prefix features
+        # random resized crops are drawn for the global batch and shared out like the flips
+        ("test_vit", "full", ("--lr", "1e-4", "--min-steps", "100", "--min-scale", "0.5")),
     ],
 )
 def test_two_ranks_equal_one_process(
