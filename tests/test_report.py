@@ -124,6 +124,7 @@ def test_compare_report_has_table_winner_and_figures(compare_dir: Path):
     assert winners[0]["strategy"] == table[0]["strategy"]
     assert "baseline" in next(r for r in rows if r["strategy"] == "full")["cells"]
     assert all("%" in r["cells"][2] for r in rows)  # accuracies formatted as percent
+    assert "augmentation" in page.all_text and "flips" in page.all_text  # what the train images went through
     assert page.images, "the report shows no figures"
     for src in page.images:
         assert (compare_dir / src).is_file(), src
@@ -443,6 +444,15 @@ def test_confusion_matrix_keeps_long_class_names_short_enough_to_lay_out(tmp_pat
         warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
         plot_confusion(np.array([[8, 0, 0], [0, 8, 0], [1, 0, 7]]), names, tmp_path / "confusion.png")
     assert (tmp_path / "confusion.png").stat().st_size > 0 and _text_px(names[0]) > CLASS_NAME_PX
+
+
+def test_augmentation_line_of_the_report_header() -> None:
+    from thawline.report import _augmentation
+
+    assert _augmentation({"hflip": True, "min_scale": 1.0}) == "flips"
+    assert _augmentation({"hflip": True, "min_scale": 0.35}) == "flips, crops ≥ 35% of the area"
+    assert _augmentation({"hflip": False}) == "none"  # a run from before --min-scale: no crops
+    assert _augmentation({}) is None  # nothing recorded: nothing said
 
 
 def test_phase_plan_is_short_under_the_name_and_whole_on_hover() -> None:

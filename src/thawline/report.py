@@ -363,9 +363,20 @@ def _run_info(run: RunData, spec_config: dict[str, Any] | None) -> list[tuple[st
             " / ".join(str(s.get(k, "—")) for k in ("num_train", "num_val", "num_test")) if s else None,
         ),
         ("skipped files", s.get("skipped_files")),
+        ("augmentation", _augmentation(cfg)),
         ("seed", cfg.get("seed")),
     ]
     return [(k, str(v)) for k, v in items if v is not None and v != ""]
+
+
+def _augmentation(cfg: dict[str, Any]) -> str | None:
+    """What the train images went through ('flips, crops ≥ 35% of the area'); None for a config without it."""
+    if "hflip" not in cfg:
+        return None
+    parts = ["flips"] if cfg["hflip"] else []
+    if float(cfg.get("min_scale") or 1.0) < 1:
+        parts.append(f"crops ≥ {float(cfg['min_scale']):.0%} of the area")
+    return ", ".join(parts) or "none"
 
 
 # ---- the page ----------------------------------------------------------------------------------------------
