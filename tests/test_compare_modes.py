@@ -15,7 +15,14 @@ from conftest import tiny_config
 import thawline
 from thawline.advise import ADVICE_DIR, ADVICE_JSON, SKIPPED_JSON
 from thawline.checkpoint import load_checkpoint
-from thawline.comparison import compare, halving_carried, halving_keep, halving_rungs, halving_survivors
+from thawline.comparison import (
+    compare,
+    halving_carried,
+    halving_keep,
+    halving_rungs,
+    halving_stopped_line,
+    halving_survivors,
+)
 from thawline.ranking import format_table
 from thawline.report import build_report
 
@@ -80,6 +87,13 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
         assert not (tmp_path / "halved" / loser / "summary.json").exists()
         assert len(read_jsonl(tmp_path / "halved" / loser / "metrics.jsonl")) == 1
     assert sorted(r["strategy"] for r in result.rows) == sorted(state["alive"])
+    # the console names the strategies the ranked table leaves out
+    line = halving_stopped_line(tmp_path / "halved")
+    losers = sorted(state["stopped"], key=lambda n: -at_rung[n])  # all stopped at epoch 1: the better first
+    assert line == "stopped early by --halving (not ranked): " + ", ".join(
+        f"{n} after epoch 1 (val {at_rung[n]:.1%})" for n in losers
+    )
+    assert halving_stopped_line(tmp_path / "plain") is None  # no halving.json: nothing to say
     for name in state["alive"]:  # paused at the rung and continued: the same as never stopping
         plain = thawline.train(
             thawline.config.replace(cfg, strategy=name), run_dir=tmp_path / "plain" / name, quiet=True

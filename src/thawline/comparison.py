@@ -165,7 +165,24 @@ def compare(
         print(format_table(rows), flush=True)
         if lines := uncertainty_lines(verdict, notes):
             print(lines, flush=True)
+        for folder in [out_dir, *(out_dir / model_folder(m) for m in grid)] if halving else []:
+            if line := halving_stopped_line(folder):
+                print(line, flush=True)
     return CompareResult(out_dir, runs, rows)
+
+
+def halving_stopped_line(folder: Path) -> str | None:
+    """The strategies `--halving` stopped early, which the ranked table leaves out: 'stopped early by --halving
+    (not ranked): two-phase after epoch 1 (val 74.0%), ...', from the folder's halving.json."""
+    try:
+        stopped = json.loads((folder / "halving.json").read_text()).get("stopped") or {}
+    except (OSError, ValueError):
+        return None
+    if not stopped:
+        return None
+    by_epoch = sorted(stopped.items(), key=lambda kv: (kv[1]["epoch"], -kv[1]["val_acc"]))
+    parts = [f"{name} after epoch {s['epoch']} (val {s['val_acc']:.1%})" for name, s in by_epoch]
+    return "stopped early by --halving (not ranked): " + ", ".join(parts)
 
 
 def train_grid(
