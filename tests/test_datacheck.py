@@ -172,3 +172,36 @@ def test_sizes_are_the_upright_full_sizes_although_jpegs_are_decoded_scaled(clea
     r = scan(clean)
     assert r.ok and r.counts["train"] == {"a": 5, "b": 5, "c": 4}
     assert r.sizes["width"] == [20, 32, 1600] and r.sizes["height"] == [32, 32, 1200]  # min, median, max
+
+
+def test_resized_and_reencoded_copies_across_splits_are_listed_as_near_copies(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:120, 0:160]
+
+    def picture(k: int) -> Image.Image:  # distinct scenes: a blob somewhere else on another background
+        blob = np.exp(-((xx - 20 - 15 * k) ** 2 + (yy - 30 - 7 * k) ** 2) / (2 * 25.0**2))
+        rgb = [255 * blob, (xx * 255 / 160) * (k % 2), 255 * (1 - blob) * (k / 8)]
+        return Image.fromarray(np.stack(rgb, -1).astype(np.uint8))
+
+    root = tmp_path / "d"
+    for split, cls, k in (("train", "a", 1), ("train", "a", 2), ("train", "b", 3), ("train", "b", 4), ("val", "a", 5),
+                          ("val", "b", 6), ("test", "a", 7), ("test", "b", 8)):  # fmt: skip
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        picture(k).save(root / split / cls / f"p{k}.png")
+    picture(7).resize((80, 60)).save(root / "train" / "a" / "copy_half.jpg", quality=70)  # test's p7, resized
+    picture(6).save(root / "train" / "b" / "copy.jpg", quality=50)  # val's p6, re-encoded
+    shutil.copy(root / "val" / "a" / "p5.png", root / "test" / "a" / "same_bytes.png")  # leakage, not a near copy
+
+    r = scan(root)
+    pairs = {(a, b) for a, b, _ in r.near_copies}
+    assert pairs == {("train/a/copy_half.jpg", "test/a/p7.png"), ("train/b/copy.jpg", "val/b/p6.png")}
+    assert all(0 < rms <= datacheck.NEAR_RMS for _, _, rms in r.near_copies)
+    assert r.leaked_files == 1 and not r.ok  # byte-identical copies stay a problem, listed once, as leakage
+    assert any("2 image(s) in val/test look like resized or re-encoded copies" in w for w in r.warnings)
+    assert "near copies across splits (2)" in format_result(r)
+    assert datacheck.near_copies({"train": [("x", "h1", bytes(256))], "val": [("y", "h2", bytes([4]) * 256)]}) == []
+    assert datacheck.near_copies({"train": [("x", "h1", bytes(256))], "val": [("y", "h2", bytes([3]) * 256)]}) == [
+        ("x", "y", 3.0)
+    ]  # the bound is inclusive; 4 levels apart is another picture
