@@ -467,13 +467,26 @@ def test_phase_plan_is_short_under_the_name_and_whole_on_hover() -> None:
     assert _phase_plan(None) == ""
 
 
-@pytest.mark.parametrize("n_phases", [2, 9])
-def test_curve_phase_labels_fit_above_their_spans(n_phases: int, tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every matplotlib figure thawline.plots makes during the test, to read its texts and tick labels."""
     import thawline.plots as plots
 
-    figures = []
+    made: list = []
     make = plots._figure
-    monkeypatch.setattr(plots, "_figure", lambda *a, **k: figures.append(make(*a, **k)) or figures[-1])
+
+    def keep(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(plots, "_figure", keep)
+    return made
+
+
+@pytest.mark.parametrize("n_phases", [2, 9])
+def test_curve_phase_labels_fit_above_their_spans(n_phases: int, tmp_path: Path, figures: list) -> None:
+    import thawline.plots as plots
+
     phase_of = [1, 1] + list(range(2, n_phases + 1)) if n_phases > 2 else [1] * 5 + [2] * 5
     metrics = [
         {"epoch": e, "phase": p, "phase_train": f"last:{p - 1}", "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.5}
@@ -498,12 +511,9 @@ def test_most_confused_pairs_largest_first_with_the_true_class_share() -> None:
     assert most_confused(np.diag([5, 5])) == []  # no mistakes: no rows
 
 
-def test_confusion_matrix_names_at_most_40_classes_per_axis(tmp_path: Path, monkeypatch) -> None:
+def test_confusion_matrix_names_at_most_40_classes_per_axis(tmp_path: Path, figures: list) -> None:
     import thawline.plots as plots
 
-    figures = []
-    make = plots._figure
-    monkeypatch.setattr(plots, "_figure", lambda *a, **k: figures.append(make(*a, **k)) or figures[-1])
     for k in (12, 200):
         classes = [f"class_{i:03d}" for i in range(k)]
         plots.plot_confusion(np.eye(k, dtype=np.int64) * 3, classes, tmp_path / f"cm{k}.png")

@@ -245,15 +245,7 @@ def scan(
         raise no_train_error(root)
 
     splits = [s for s in SPLITS if (root / s).is_dir()]
-    warnings: list[str] = []
-    try:
-        top = sorted(root.iterdir())
-    except OSError as e:
-        raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
-    for p in top:
-        if p.is_dir() and p.name not in SPLITS and not p.name.startswith("."):
-            rename = " (rename it to val)" if p.name.lower() in ("valid", "validation", "dev") else ""
-            warnings.append(f"folder '{printable(p.name)}' is not a split (train/val/test) and is ignored{rename}")
+    warnings = _stray_folders(root)
 
     def rel(path: str) -> str:
         return printable(os.path.relpath(path, root))
@@ -301,16 +293,39 @@ def scan(
                 result.missing[split] = missing
             if extra:
                 result.not_in_train[split] = extra
-    for group in (DuplicateGroup(h, sorted(f, key=lambda t: (SPLITS.index(t[0]), t[2]))) for h, f in by_hash.items()):
-        if len(group.files) > 1:
-            (result.leakage if len(group.splits) > 1 else result.duplicates).append(group)
-    result.leakage.sort(key=lambda g: g.files[0][2])
-    result.duplicates.sort(key=lambda g: g.files[0][2])
+    result.leakage, result.duplicates = _byte_copies(by_hash)
     result.near_copies = near_copies(thumbs)
 
     result.problems = _problems(result, root, train_classes)
     result.warnings = warnings + _warnings(result, train_classes, ignored)
     return result
+
+
+def _stray_folders(root: Path) -> list[str]:
+    """A warning for each folder beside train/val/test that is not a split (a 'valid' one is told to rename)."""
+    try:
+        top = sorted(root.iterdir())
+    except OSError as e:
+        raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
+    warnings = []
+    for p in top:
+        if p.is_dir() and p.name not in SPLITS and not p.name.startswith("."):
+            rename = " (rename it to val)" if p.name.lower() in ("valid", "validation", "dev") else ""
+            warnings.append(f"folder '{printable(p.name)}' is not a split (train/val/test) and is ignored{rename}")
+    return warnings
+
+
+def _byte_copies(
+    by_hash: dict[str, list[tuple[str, str, str]]],
+) -> tuple[list[DuplicateGroup], list[DuplicateGroup]]:
+    """(leakage, duplicates): files with the same bytes across splits, and within one split."""
+    leakage: list[DuplicateGroup] = []
+    duplicates: list[DuplicateGroup] = []
+    for digest, files in by_hash.items():
+        if len(files) > 1:
+            group = DuplicateGroup(digest, sorted(files, key=lambda t: (SPLITS.index(t[0]), t[2])))
+            (leakage if len(group.splits) > 1 else duplicates).append(group)
+    return sorted(leakage, key=lambda g: g.files[0][2]), sorted(duplicates, key=lambda g: g.files[0][2])
 
 
 def _list_files(

@@ -270,9 +270,9 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
 # ---- formatting ----------------------------------------------------------------------------------------------
 
 
-def _phase_step(p: dict[str, Any], with_lr: bool = True) -> str:
+def _phase_lr(p: dict[str, Any]) -> str:
     bn = f" (bn {p['bn']})" if p.get("bn") not in (None, "frozen") else ""
-    return f"{p.get('train')} ×{p.get('epochs')}" + (f" @ {float(p.get('lr') or 0):.0e}{bn}" if with_lr else "")
+    return f"{float(p.get('lr') or 0):.0e}{bn}"
 
 
 def _phase_plan(summary: dict[str, Any] | None, full: bool = False) -> str:
@@ -280,14 +280,14 @@ def _phase_plan(summary: dict[str, Any] | None, full: bool = False) -> str:
     name): an LR shared by every phase said once, and a long plan (gradual: one phase per stage) elided in the middle.
     """
     phases = (summary or {}).get("phases") or []
-    if full or len(phases) < 2:
-        return " → ".join(_phase_step(p) for p in phases)
-    shared = len({(p.get("lr"), p.get("bn")) for p in phases}) == 1
-    steps = [_phase_step(p, with_lr=not shared) for p in phases]
+    shared = not full and len(phases) > 1 and len({(p.get("lr"), p.get("bn")) for p in phases}) == 1
+    steps = [f"{p.get('train')} ×{p.get('epochs')}" + ("" if shared else f" @ {_phase_lr(p)}") for p in phases]
+    if full:
+        return " → ".join(steps)
     if len(steps) > 4:
         steps = [*steps[:2], "…", steps[-1]]
     plan = " → ".join(steps) + (f" ({len(phases)} phases)" if len(phases) > 4 else "")
-    return plan + (f", each @ {_phase_step(phases[0]).split(' @ ', 1)[1]}" if shared else "")
+    return plan + (f", each @ {_phase_lr(phases[0])}" if shared else "")
 
 
 def _display_row(row: dict[str, Any], run: RunData | None, folder: Path, columns: list) -> dict[str, Any]:
