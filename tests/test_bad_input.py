@@ -246,12 +246,15 @@ def test_fatal_data_folders(capfd, tmp_path: Path, small_folder: Path) -> None:
     shutil.rmtree(small_folder / "train" / "b")
     shutil.rmtree(small_folder / "val" / "b")
     one_error_line(capfd, train_argv(small_folder, out), "1 class folder(s)", "at least 2")
+    (small_folder / "val").rename(small_folder / "valid")
+    shutil.copytree(small_folder / "valid", small_folder / "val")
+    one_error_line(capfd, train_argv(small_folder, out), "'val/' and 'valid/'", "two val folders", "merge")
     shutil.rmtree(small_folder / "val")
-    one_error_line(capfd, train_argv(small_folder, out), "no val/ folder")
-    # class folders with no split folders: the same hint as `thawline data check`
-    flat = tmp_path / "flat"
-    shutil.copytree(small_folder / "train", flat)
-    one_error_line(capfd, train_argv(flat, out), "no train/ folder", "found folders a: if these are classes")
+    shutil.rmtree(small_folder / "valid")
+    one_error_line(capfd, [*train_argv(small_folder, out), "--val-split", "0"], "no val/ folder", "--val-split 0.2")
+    one_error_line(capfd, [*train_argv(small_folder, out), "--val-split", "0.7", "--test-split", "0.3"], "sum")
+    (small_folder / "train").rename(small_folder / "test")
+    one_error_line(capfd, train_argv(small_folder, out), "has test/ but no train/ folder")
 
 
 def test_fatal_options(capfd, tmp_path: Path, small_folder: Path) -> None:

@@ -37,7 +37,9 @@ class TrainConfig:
     """One training run. Each field is one option: a CLI flag (`--img-size`), a YAML key (`img_size`) and a
     `config.yaml` entry. `None` means "derived" (see the help)."""
 
-    data: str | None = option(None, "ImageFolder root with train/ and val/ (test/ optional)")
+    data: str | None = option(
+        None, "ImageFolder root with train/, val/ and test/ (val and test may be held out of train: --val-split)"
+    )
     model: str = option(DEFAULT_MODEL, "timm model name (default tf_efficientnet_lite0)")
     weights: str = option("default", "default (embedded EfficientNet-Lite0) | hub | none | PATH")
     strategy: str = option(
@@ -102,6 +104,14 @@ class TrainConfig:
     workers: int | None = option(None, "processes that decode images (default: CPU count)")
     test_each_phase: bool = option(False, "also measure test accuracy at the end of every phase")
     max_per_class: int | None = option(None, "cap train images per class")
+    # fastai's valid_pct, Keras' validation_split: a folder of class folders alone, or train/ without val/, still
+    # trains; held out by file content, so every run and every strategy of a compare sees the same split.
+    val_split: float = option(
+        0.2, "when the data has no val/ folder: the share of each class's train images held out as val"
+    )
+    test_split: float = option(
+        0.0, "when the data has no test/ folder: the share of each class's train images held out as test (0: none)"
+    )
     allow_leakage: bool = option(
         False, "train even when identical images are in train and val/test (a warning instead of an error)"
     )
@@ -135,6 +145,11 @@ class TrainConfig:
             raise ThawlineError(f"label_smoothing {self.label_smoothing}: must be in [0, 1)")
         if not 0 < self.min_scale <= 1:
             raise ThawlineError(f"--min-scale {self.min_scale}: must be in (0, 1], e.g. 0.35 (1: no crops)")
+        if not 0 <= self.val_split < 1 or not 0 <= self.test_split < 1 or self.val_split + self.test_split >= 1:
+            raise ThawlineError(
+                f"--val-split {self.val_split}, --test-split {self.test_split}: each must be in [0, 1) and their sum "
+                "below 1, e.g. 0.2 and 0.2"
+            )
         if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.drop_rate < 1:
             raise ThawlineError("weight_decay and warmup_epochs must be >= 0, drop_rate in [0, 1)")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,8 @@ import numpy as np
 import torch
 
 from thawline.errors import ThawlineError
-from thawline.files import SPLITS, Skipped, class_folders, no_train_error, printable, walk_images
+from thawline.files import SPLITS, Skipped, class_folders, printable, walk_images
+from thawline.splits import Layout, held_out_shares, hold_out, training_layout
 
 
 @dataclass
@@ -29,10 +31,30 @@ class Discovered:
     splits: dict[str, SplitFiles]
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    layout: Layout | None = None
+    held_out: dict[str, float] = field(default_factory=dict)  # splits held out of train, and their shares
+
+    def split_dir(self, split: str) -> Path:
+        """The folder a split's images come from (train's for a split held out of it)."""
+        return self.layout.split_dir(split) if self.layout else self.root / split
+
+    def held_out_line(self) -> str | None:
+        """'val: 20% of each class held out of train/, by file content (--val-split)', or None when every split has
+        its folder."""
+        if not self.held_out or self.layout is None:
+            return None
+        where = "" if self.layout.flat else f" of {self.layout.train_dir.name}/"
+        parts = " and ".join(f"{s} {share:.0%}" for s, share in self.held_out.items())
+        flags = ", ".join(f"--{s}-split" for s in self.held_out)
+        return f"{parts} of each class held out{where}, by file content ({flags})"
 
 
-def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Discovered:
-    """Find root/{train,val[,test]}/<class>/**/<image>. Classes come from train/; nothing is dropped silently."""
+def discover(
+    root: str | os.PathLike, max_per_class: int | None = None, val_split: float = 0.2, test_split: float = 0.0
+) -> Discovered:
+    """Find the images of root/{train,val[,test]}/<class>/** (splits under their usual names, see `splits.py`),
+    holding val (and test, with `test_split`) out of train when it has no folder; root/<class>/** alone is all
+    train. Classes come from train; nothing is dropped silently."""
     root = Path(root)
     if not root.exists():
         raise ThawlineError(
@@ -41,73 +63,107 @@ def discover(root: str | os.PathLike, max_per_class: int | None = None) -> Disco
         )
     if not root.is_dir():
         raise ThawlineError(f"--data '{root}' is a file; pass the folder holding train/ and val/")
-    if not (root / "train").is_dir():
-        raise no_train_error(root)
-    for required in ("train", "val"):
-        if not (root / required).is_dir():
-            raise ThawlineError(
-                f"data folder '{root}' has no {required}/ folder; expected {root}/{required}/<class name>/<images>"
-            )
+    layout = training_layout(root)
+    shares = held_out_shares(layout, val_split, test_split)
     skipped: list[Skipped] = []
     warnings: list[str] = []
-    train_classes = class_folders(root / "train", skipped)
+    if test_split > 0 and "test" in layout.dirs:
+        warnings.append(f"--test-split {test_split} is not used: {layout.dirs['test']} is the test split")
+    classes = _train_classes(layout, skipped, warnings)
+    index = {c: i for i, c in enumerate(classes)}
+    splits: dict[str, SplitFiles] = {}
+    for split in SPLITS:
+        if split in layout.dirs or (split == "train" and layout.flat):
+            paths, labels = _split_files(layout, split, index, skipped, warnings)
+            splits[split] = SplitFiles(split, paths, labels)
+    if shares:
+        parts = hold_out(splits["train"].paths, splits["train"].labels, shares)
+        splits.update({s: SplitFiles(s, *parts[s]) for s in parts})
+        for split in shares:
+            _warn_missing(split, classes, splits[split].labels, warnings)
+    if max_per_class is not None:
+        kept = [i for i, n in enumerate(_running_counts(splits["train"].labels)) if n < max_per_class]
+        train = splits["train"]
+        splits["train"] = SplitFiles("train", [train.paths[i] for i in kept], [train.labels[i] for i in kept])
+    splits = {s: splits[s] for s in SPLITS if s in splits}
+    return Discovered(root, classes, splits, skipped, warnings, layout, shares)
+
+
+def _train_classes(layout: Layout, skipped: list[Skipped], warnings: list[str]) -> list[str]:
+    """The class folders of train that hold images (at least 2); the others are warned about and listed."""
+    train_dir = layout.train_dir
+    train_classes = class_folders(train_dir, skipped)
     warnings.extend(
         f"class folder '{s.path}' is left out: {s.reason}" for s in skipped if s.folder and s.lost
     )  # a whole class lost, not a file
     classes = []
     for name in train_classes:
         errors: list[Skipped] = []
-        if any(True for _ in walk_images(root / "train" / name, errors)):
+        if any(True for _ in walk_images(train_dir / name, errors)):
             classes.append(name)
         else:
-            warnings.append(f"class '{name}' in {root / 'train'} has no images and is left out")
+            warnings.append(f"class '{name}' in {train_dir} has no images and is left out")
             unreadable = [e.reason for e in errors if e.reason.startswith("unreadable")]
             why = f"{unreadable[0]}; make it readable (chmod +rx)" if unreadable else "class folder with no images"
-            skipped.append(Skipped(str(root / "train" / name), why, folder=True))
+            skipped.append(Skipped(str(train_dir / name), why, folder=True))
     if len(classes) < 2:
-        raise ThawlineError(
-            f"'{root / 'train'}' has {len(classes)} class folder(s) with images; a classifier needs at least 2"
-        )
-    index = {c: i for i, c in enumerate(classes)}
-    splits: dict[str, SplitFiles] = {}
-    for split in SPLITS:
-        d = root / split
-        if not d.is_dir():
+        hint = ""
+        if layout.flat:
+            hint = f" (a folder with no train/ is read as class folders: {layout.root}/<class name>/<images>)"
+        raise ThawlineError(f"'{train_dir}' has {len(classes)} class folder(s) with images; a classifier needs at "
+                            f"least 2{hint}")  # fmt: skip
+    return classes
+
+
+def _split_files(
+    layout: Layout, split: str, index: dict[str, int], skipped: list[Skipped], warnings: list[str]
+) -> tuple[list[str], list[int]]:
+    """(paths, labels) of one split folder; a class that train lacks is refused, files outside class folders listed."""
+    d = layout.split_dir(split)
+    paths: list[str] = []
+    labels: list[int] = []
+    for name in class_folders(d, skipped if split != "train" else []):
+        if name not in index:
+            if split != "train":
+                if not any(True for _ in walk_images(d / name, [])):
+                    skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
+                    continue
+                raise ThawlineError(
+                    f"class '{name}' is in {d} but not in {layout.train_dir}; add training images for it "
+                    "or remove/rename the folder"
+                )
             continue
-        paths: list[str] = []
-        labels: list[int] = []
-        present: set[str] = set()
-        for name in class_folders(d, skipped if split != "train" else []):
-            if name not in index:
-                if split != "train":
-                    if not any(True for _ in walk_images(d / name, [])):
-                        skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
-                        continue
-                    raise ThawlineError(
-                        f"class '{name}' is in {d} but not in {root / 'train'}; add training images for it "
-                        "or remove/rename the folder"
-                    )
-                continue
-            files = sorted(walk_images(d / name, skipped))
-            if max_per_class is not None and split == "train":
-                files = files[:max_per_class]
-            if files:
-                present.add(name)
-            elif split != "train":
-                skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
-            paths.extend(files)
-            labels.extend([index[name]] * len(files))
-        for f in sorted(d.iterdir()):
-            if f.is_file():
-                skipped.append(Skipped(printable(str(f)), f"file directly in {split}/ (not in a class folder)"))
-        missing = [c for c in classes if c not in present]
-        if missing and split != "train":
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            warnings.append(f"{split}/ has no images of class(es) {', '.join(missing[:5])}{more}")
-        if not paths:
-            raise ThawlineError(f"'{d}' holds no images in class folders; add images under {d}/<class name>/")
-        splits[split] = SplitFiles(split, paths, labels)
-    return Discovered(root, classes, splits, skipped, warnings)
+        files = sorted(walk_images(d / name, skipped))
+        if not files and split != "train":
+            skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
+        paths.extend(files)
+        labels.extend([index[name]] * len(files))
+    for f in sorted(d.iterdir()):
+        if f.is_file():
+            skipped.append(Skipped(printable(str(f)), f"file directly in {d.name}/ (not in a class folder)"))
+    if split != "train":
+        _warn_missing(split, list(index), labels, warnings)
+    if not paths:
+        raise ThawlineError(f"'{d}' holds no images in class folders; add images under {d}/<class name>/")
+    return paths, labels
+
+
+def _warn_missing(split: str, classes: list[str], labels: list[int], warnings: list[str]) -> None:
+    present = set(labels)
+    missing = [c for i, c in enumerate(classes) if i not in present]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        warnings.append(f"{split}/ has no images of class(es) {', '.join(missing[:5])}{more}")
+
+
+def _running_counts(labels: list[int]) -> list[int]:
+    """For each position, how many earlier entries share its label (the cap keeps a class's first files)."""
+    seen: dict[int, int] = defaultdict(int)
+    out = []
+    for label in labels:
+        out.append(seen[label])
+        seen[label] += 1
+    return out
 
 
 def crop_boxes(n: int, min_scale: float, gen: torch.Generator) -> torch.Tensor:

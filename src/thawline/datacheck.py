@@ -22,10 +22,12 @@ from typing import Any
 
 from PIL import Image
 
+from thawline.config import TrainConfig
 from thawline.data import Discovered
 from thawline.errors import ThawlineError
-from thawline.files import SPLITS, Skipped, class_folders, no_train_error, printable, walk_images
+from thawline.files import SPLITS, Skipped, class_folders, printable, walk_images
 from thawline.images import BadImage, open_rgb, upright_size
+from thawline.splits import Layout, training_layout
 
 IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
 SHOWN = 20  # items listed per section of the text report (--json lists all)
@@ -241,16 +243,18 @@ def scan(
         raise ThawlineError(f"data folder '{root}' not found; pass a folder holding train/<class>/ and val/<class>/")
     if not root.is_dir():
         raise ThawlineError(f"'{root}' is a file; pass the folder holding train/ and val/")
-    if not (root / "train").is_dir():
-        raise no_train_error(root)
-
-    splits = [s for s in SPLITS if (root / s).is_dir()]
-    warnings = _stray_folders(root)
+    layout = training_layout(root)
+    splits = [s for s in SPLITS if s in layout.dirs or s == "train"]
+    warnings = _stray_folders(layout)
+    if "val" not in layout.dirs:
+        where = "" if layout.flat else f" of {layout.train_dir.name}/"
+        warnings.append(f"no val/ folder: train and compare hold out {TrainConfig.val_split:.0%} of each class{where} "
+                        "as val (by file content, the same files every run; --val-split)")  # fmt: skip
 
     def rel(path: str) -> str:
         return printable(os.path.relpath(path, root))
 
-    files, class_dirs, ignored, unusable = _list_files(root, splits, rel)
+    files, class_dirs, ignored, unusable = _list_files(layout, splits, rel)
     results = _run_inspect([p for _, _, p in files], workers, progress)
 
     counts: dict[str, dict[str, int]] = {s: dict.fromkeys(class_dirs[s], 0) for s in splits}
@@ -301,18 +305,16 @@ def scan(
     return result
 
 
-def _stray_folders(root: Path) -> list[str]:
-    """A warning for each folder beside train/val/test that is not a split (a 'valid' one is told to rename)."""
-    try:
-        top = sorted(root.iterdir())
-    except OSError as e:
-        raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
-    warnings = []
-    for p in top:
-        if p.is_dir() and p.name not in SPLITS and not p.name.startswith("."):
-            rename = " (rename it to val)" if p.name.lower() in ("valid", "validation", "dev") else ""
-            warnings.append(f"folder '{printable(p.name)}' is not a split (train/val/test) and is ignored{rename}")
-    return warnings
+def _stray_folders(layout: Layout) -> list[str]:
+    """A warning for each folder beside the split folders that is not a split (none when root holds the classes)."""
+    if layout.flat:
+        return []
+    splits = set(layout.dirs.values())
+    return [
+        f"folder '{printable(p.name)}' is not a split (train/val/test) and is ignored"
+        for p in sorted(layout.root.iterdir())
+        if p.is_dir() and p not in splits and not p.name.startswith(".")
+    ]
 
 
 def _byte_copies(
@@ -329,7 +331,7 @@ def _byte_copies(
 
 
 def _list_files(
-    root: Path, splits: list[str], rel: Callable[[str], str]
+    layout: Layout, splits: list[str], rel: Callable[[str], str]
 ) -> tuple[list[tuple[str, str, str]], dict[str, list[str]], list[BadFile], list[BadFile]]:
     """(split, class, path) of every image file, the class folders per split, what is ignored, what is unusable."""
     files: list[tuple[str, str, str]] = []  # (split, class, absolute path)
@@ -337,14 +339,14 @@ def _list_files(
     unusable: list[BadFile] = []
     class_dirs: dict[str, list[str]] = {}
     for split in splits:
-        d = root / split
+        d = layout.split_dir(split)
         skipped: list[Skipped] = []
         class_dirs[split] = class_folders(d, skipped)
         for cls in class_dirs[split]:
             files.extend((split, cls, p) for p in walk_images(d / cls, skipped))
         for f in sorted(d.iterdir()):
             if f.is_file():
-                skipped.append(Skipped(str(f), f"file directly in {split}/, not in a class folder; ignored"))
+                skipped.append(Skipped(str(f), f"file directly in {d.name}/, not in a class folder; ignored"))
         for s in skipped:  # a name training cannot handle or a folder it cannot read loses images: a problem
             (unusable if s.lost else ignored).append(BadFile(split, rel(s.path), s.reason))
 
@@ -354,8 +356,6 @@ def _list_files(
 def _problems(result: CheckResult, root: Path, train_classes: list[str]) -> list[str]:
     """What needs fixing before training (`thawline data check` exits 1)."""
     problems: list[str] = []
-    if "val" not in result.splits:
-        problems.append(f"no val/ folder: training needs {root}/val/<class name>/<images> to pick the best epoch")
     if len(train_classes) < 2:
         problems.append(f"train/ has {len(train_classes)} class(es) with images; a classifier needs at least 2")
     if result.bad_files:

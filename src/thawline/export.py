@@ -22,6 +22,7 @@ from thawline.config import atomic_write_text
 from thawline.errors import ThawlineError
 from thawline.images import BadImage
 from thawline.inference import Preprocess, image_files, load_run, run_folder
+from thawline.splits import find_layout
 
 TOLERANCE = 1e-4
 INPUT_NAME = "input"
@@ -43,12 +44,9 @@ class ExportResult:
 
 
 def check_inputs(cfg: dict[str, Any], prep: Preprocess, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, str]:
-    """`n` preprocessed images from the run's test (else val) split, spread over its classes; random if none."""
-    data = cfg.get("data")
-    for split in ("test", "val"):
-        folder = Path(data) / split if data else None
-        if folder is None or not folder.is_dir():
-            continue
+    """`n` preprocessed images from the run's test (else val, else train) folder, spread over its classes; random
+    if none."""
+    for folder in _data_folders(cfg.get("data")):
         files = list(image_files(folder))
         picked = [files[i] for i in np.linspace(0, len(files) - 1, min(n * 2, len(files))).astype(int)]
         rows = []
@@ -63,6 +61,17 @@ def check_inputs(cfg: dict[str, Any], prep: Preprocess, n: int = 8, seed: int = 
             return prep.to_tensor(np.stack(rows)), f"{len(rows)} images from {folder}"
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, prep.img_size, prep.img_size, generator=gen), f"{n} random inputs (no run data found)"
+
+
+def _data_folders(data: str | None) -> list[Path]:
+    """The run's split folders to draw check images from, test first (train's when val is held out of it)."""
+    if not data or not Path(data).is_dir():
+        return []
+    try:
+        layout = find_layout(Path(data))
+    except ThawlineError:
+        return []
+    return [layout.dirs[s] for s in ("test", "val") if s in layout.dirs] or [layout.train_dir]
 
 
 def export_onnx(

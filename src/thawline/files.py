@@ -23,21 +23,6 @@ class Skipped:
     lost: bool = False  # images left out that the user meant to use (a bad name, an unreadable folder, a broken link)
 
 
-def no_train_error(root: Path) -> ThawlineError:
-    """The folder has no train/: say so, and when its sub-folders look like classes, where to move them."""
-    try:
-        others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        others = []
-    hint = ""
-    if others and not set(others) & set(SPLITS):
-        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-        hint = f"; found folders {shown}: if these are classes, move them into {root}/train/ (and some into val/)"
-    return ThawlineError(
-        f"data folder '{root}' has no train/ folder; expected {root}/train/<class name>/<images>{hint}"
-    )
-
-
 def printable(path: str) -> str:
     """`path` as printable UTF-8 text (bytes that are not UTF-8 become U+FFFD)."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

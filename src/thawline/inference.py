@@ -24,12 +24,13 @@ from torch import nn
 
 from thawline import runtime
 from thawline.checkpoint import load_checkpoint
-from thawline.config import atomic_write_text
-from thawline.data import Normalize
+from thawline.config import TrainConfig, atomic_write_text
+from thawline.data import Normalize, discover
 from thawline.errors import ThawlineError
 from thawline.files import Skipped, class_folders, walk_images
 from thawline.images import BadImage, decode_resized
 from thawline.metrics import accuracy, calibration, confusion_matrix, per_class_metrics, write_predictions
+from thawline.splits import held_out_shares, training_layout
 
 CHECKPOINTS = ("best", "last")
 REQUIRED_KEYS = ("model", "classes", "img_size", "interpolation", "mean", "std")
@@ -245,13 +246,18 @@ class Evaluation:
         return float(self.report["accuracy"])
 
 
-def resolve_split(cfg: dict[str, Any], split: str | None) -> tuple[str, Path]:
-    """('test' | 'val' | 'train' | folder name, folder) for --split; default: test when the data has it, else val."""
+SplitFileList = tuple[list[str], list[int]]
+
+
+def resolve_split(cfg: dict[str, Any], split: str | None) -> tuple[str, Path, SplitFileList | None]:
+    """('test' | 'val' | 'train' | folder name, folder, files) for --split; default: test when the data has it, else
+    val. `files` (paths, labels of the run's classes) when the split is held out of train (--val-split,
+    --test-split) or is the train left after that: the same files training used; None for a whole folder."""
     if split is not None and split not in ("test", "val", "train"):
         folder = Path(split)
         if not folder.is_dir():
             raise ThawlineError(f"--split '{split}' is neither test, val, train nor an existing folder")
-        return folder.resolve().name, folder
+        return folder.resolve().name, folder, None
     data = cfg.get("data")
     if not data:
         raise ThawlineError("the run records no data folder; pass --split DIR (a folder of class sub-folders)")
@@ -261,11 +267,27 @@ def resolve_split(cfg: dict[str, Any], split: str | None) -> tuple[str, Path]:
             f"the run's data folder '{root}' is not there (moved, or a relative path from another folder?); "
             "pass --split DIR"
         )
+    layout = training_layout(root)
+    shares = held_out_shares(layout, *_held_out_options(cfg))
     names = [split] if split else ["test", "val"]
     for name in names:
-        if (root / name).is_dir():
-            return name, root / name
+        if name in shares or (name == "train" and shares):
+            found = discover(root, None, *_held_out_options(cfg))
+            index = {c: i for i, c in enumerate(cfg["classes"])}
+            files = found.splits[name]
+            unknown = sorted({found.classes[k] for k in files.labels} - set(index))
+            if unknown:
+                raise ThawlineError(f"class '{unknown[0]}' in {found.split_dir(name)} is not one of the run's "
+                                    "classes; pass --split DIR with the run's classes")  # fmt: skip
+            return name, found.split_dir(name), (files.paths, [index[found.classes[k]] for k in files.labels])
+        if name in layout.dirs:
+            return name, layout.dirs[name], None
     raise ThawlineError(f"the run's data folder '{root}' has no {names[0]}/ split; pass --split val or --split DIR")
+
+
+def _held_out_options(cfg: dict[str, Any]) -> tuple[float, float]:
+    """The run's --val-split and --test-split (a run saved before they existed: the defaults)."""
+    return float(cfg.get("val_split", TrainConfig.val_split)), float(cfg.get("test_split", TrainConfig.test_split))
 
 
 def evaluate_run(
@@ -290,8 +312,10 @@ def evaluate_run(
     model, cfg = load_run(run_dir, which, dev)
     check_tta(cfg, tta)
     out = run_folder(run_dir)
-    name, folder = resolve_split(cfg, split)
-    result = evaluate_loaded(model, cfg, dev, out, name, folder, batch_size=batch_size, workers=workers, tta=tta)
+    name, folder, files = resolve_split(cfg, split)
+    result = evaluate_loaded(
+        model, cfg, dev, out, name, folder, batch_size=batch_size, workers=workers, tta=tta, files=files
+    )
     if write:
         text = json.dumps(result.report, indent=2)
         tag = evaluation_tag(name, split) + ("_tta" if tta else "")
@@ -316,15 +340,16 @@ def evaluate_loaded(
     workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     tta: bool = False,
+    files: SplitFileList | None = None,
 ) -> Evaluation:
-    """A loaded run model (`load_run`) on one labelled folder: logits of every image that decodes (with `tta`,
-    averaged with its mirror image's), and the report; nothing written."""
+    """A loaded run model (`load_run`) on one labelled folder, or on `files` (paths, labels) from it: logits of
+    every image that decodes (with `tta`, averaged with its mirror image's), and the report; nothing written."""
     from thawline.cache import build_image_cache, default_cache_dir
 
     check_batch_size(batch_size)
     classes = list(cfg["classes"])
     found: list[Skipped] = []
-    paths, labels = labelled_files(folder, classes, found)
+    paths, labels = files if files is not None else labelled_files(folder, classes, found)
     prep = Preprocess.from_config(cfg)
     # The decode-once cache: the same pixels training saw, and no second decode of a split it already decoded.
     # the run's own cache (config.yaml's cache_dir) unless told otherwise: the split training decoded is not decoded

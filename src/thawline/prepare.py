@@ -25,7 +25,7 @@ from thawline.config import TrainConfig
 from thawline.data import Discovered, Normalize, discover
 from thawline.depthwise import use_fast_depthwise
 from thawline.errors import ThawlineError
-from thawline.files import Skipped
+from thawline.files import SPLITS, Skipped
 from thawline.models import StageMap, stage_map
 from thawline.multidepth import install_multidepth_head
 from thawline.strategies import ResolvedPhase, Strategy, resolve
@@ -81,9 +81,11 @@ class PreparedData:
     def classes(self) -> list[str]:
         return self.discovered.classes
 
-    def counts(self) -> dict[str, int]:
-        """num_train / num_val / num_test, as config.yaml and summary.json record them."""
-        return {f"num_{s}": len(self.splits[s]) if s in self.splits else 0 for s in ("train", "val", "test")}
+    def counts(self) -> dict[str, Any]:
+        """num_train / num_val / num_test and the shares held out of train (`held_out`: {"val": 0.2}, empty when
+        every split has its folder), as config.yaml and summary.json record them."""
+        counts: dict[str, Any] = {f"num_{s}": len(self.splits[s]) if s in self.splits else 0 for s in SPLITS}
+        return {**counts, "held_out": dict(self.discovered.held_out)}
 
 
 def data_settings(model: nn.Module, config: TrainConfig) -> tuple[int, str, tuple, tuple]:
@@ -110,9 +112,9 @@ def cache_dir(config: TrainConfig) -> Path:
 def discover_data(config: TrainConfig) -> tuple[Discovered, int, str]:
     """The folder's splits and files (its warnings printed), and the input size and interpolation to decode at."""
     if not config.data:
-        raise ThawlineError("no data given; pass --data DIR (an ImageFolder tree with train/ and val/)")
+        raise ThawlineError("no data given; pass --data DIR (an ImageFolder tree: train/ and val/, or class folders)")
     img_size, interpolation = input_settings(config)
-    found = discover(config.data, config.max_per_class)
+    found = discover(config.data, config.max_per_class, config.val_split, config.test_split)
     for w in found.warnings:
         warn(w)
     return found, img_size, interpolation
@@ -136,7 +138,9 @@ def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
     warn_skipped(found.skipped, len(skipped) - len(found.skipped), "skipped.csv of the run")
     if not quiet and distributed.rank() == 0:
         counts = ", ".join(f"{len(split)} {name}" for name, split in splits.items())
-        print(f"data: {found.root}: {len(found.classes)} classes; {counts} images at {img_size} px", flush=True)
+        held_out = found.held_out_line()
+        print(f"data: {found.root}: {len(found.classes)} classes; {counts} images at {img_size} px"
+              + (f"; {held_out}" if held_out else ""), flush=True)  # fmt: skip
     return PreparedData(found, img_size, interpolation, splits, skipped)
 
 
@@ -161,7 +165,8 @@ def decode_split(
     if len(rows) == 0:
         path, why = cache.bad[0]
         raise ThawlineError(
-            f"none of the {len(paths)} image file(s) in {found.root / name} could be decoded (e.g. '{path}': {why}); "
+            f"none of the {len(paths)} image file(s) of {name} in {found.split_dir(name)} could be decoded "
+            f"(e.g. '{path}': {why}); "
             f"fix or replace them (`thawline data check {found.root}` lists them all)"
         )
     labels = np.asarray(labels, dtype=np.int64)
@@ -178,7 +183,7 @@ def check_classes_decoded(found: Discovered, splits: dict[str, SplitData], skipp
         if not lost:
             continue
         if name == "train":
-            folder = found.root / "train" / lost[0]
+            folder = found.split_dir("train") / lost[0]
             example = next((f" (e.g. '{p}': {why})" for p, why in skipped if p.startswith(f"{folder}{os.sep}")), "")
             raise ThawlineError(
                 f"class '{lost[0]}' has no image in {folder} that decodes{example}; fix the files or remove "

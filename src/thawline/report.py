@@ -362,6 +362,7 @@ def _run_info(run: RunData, spec_config: dict[str, Any] | None) -> list[tuple[st
             "images train / val / test",
             " / ".join(str(s.get(k, "—")) for k in ("num_train", "num_val", "num_test")) if s else None,
         ),
+        ("held out of train", ", ".join(f"{k} {v:.0%}" for k, v in (s.get("held_out") or {}).items())),
         ("skipped files", s.get("skipped_files")),
         ("augmentation", _augmentation(cfg)),
         ("seed", cfg.get("seed")),

@@ -33,6 +33,7 @@ from thawline.atomic import atomic_folder
 from thawline.errors import ThawlineError, close_matches
 from thawline.files import Skipped, class_folders, walk_images
 from thawline.images import BadImage, open_rgb
+from thawline.splits import find_layout
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -249,9 +250,10 @@ def write_shifted(
     if not root.is_dir():
         what = "is a file" if root.exists() else "not found"
         raise ThawlineError(f"data folder '{root}' {what}; pass the folder holding {split}/<class>/<images>")
-    split_dir = root / split
-    if not split_dir.is_dir():
-        present = [s for s in ("test", "val", "train") if (root / s).is_dir()]
+    dirs = find_layout(root).dirs  # split folders under their usual names (valid/ for val, ...)
+    split_dir = dirs.get(split, root / split)
+    if split not in dirs:
+        present = [s for s in ("test", "val", "train") if s in dirs]
         hint = f"pass --split {present[0]}" if present else f"expected {split_dir}/<class name>/<images>"
         raise ThawlineError(f"data folder '{root}' has no {split}/ folder; {hint}")
     _check_out(out, split_dir)

@@ -1,0 +1,149 @@
+"""Where a data folder's train, val and test images come from: split folders under their usual names, or a share of
+each class held out of train when a split has no folder (a folder of class folders alone is all train).
+
+No torch here: `data check` and `data shift` use it too."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thawline.errors import ThawlineError
+from thawline.files import SPLITS, printable
+
+# Exports name the splits differently (Roboflow: valid/, Keras examples: validation/); each is accepted as is.
+SPLIT_NAMES: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+SAMPLE = 16 << 10  # bytes read from each end of a file for its place in a held-out split
+
+
+@dataclass
+class Layout:
+    """The folders of a data tree: `dirs[split]` for each split that has one (under any of its names), `train_dir`
+    where the training classes are (root itself for a folder of class folders: `flat`)."""
+
+    root: Path
+    dirs: dict[str, Path] = field(default_factory=dict)
+    flat: bool = False
+
+    @property
+    def train_dir(self) -> Path:
+        return self.dirs.get("train", self.root)
+
+    def split_dir(self, split: str) -> Path:
+        """The folder a split's images are read from: its own, or train's when it is held out of train."""
+        return self.dirs.get(split, self.train_dir)
+
+
+def find_layout(root: Path) -> Layout:
+    """The split folders of `root` under any of their names; two folders for one split are refused. With no split
+    folder at all, root's sub-folders are the classes and everything is train (`flat`)."""
+    try:
+        names = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    except OSError as e:
+        raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
+    dirs: dict[str, Path] = {}
+    for split, aliases in SPLIT_NAMES.items():
+        found = [names[a] for a in aliases if a in names]
+        if len(found) > 1:
+            both = " and ".join(f"'{printable(p.name)}/'" for p in found)
+            raise ThawlineError(f"data folder '{root}' has {both}, two {split} folders; merge them into one")
+        if found:
+            dirs[split] = found[0]
+    return Layout(root, dirs, flat=not dirs)
+
+
+def training_layout(root: Path) -> Layout:
+    """`find_layout`, refused when split folders are there but train is not (training reads its classes there)."""
+    layout = find_layout(root)
+    if layout.dirs and "train" not in layout.dirs:
+        others = ", ".join(f"{p.name}/" for p in layout.dirs.values())
+        raise ThawlineError(
+            f"data folder '{root}' has {others} but no train/ folder; add {root}/train/<class name>/<images> "
+            "(or pass a folder of class folders alone: a share of it is held out as val)"
+        )
+    return layout
+
+
+def held_out_shares(layout: Layout, val_split: float, test_split: float) -> dict[str, float]:
+    """The splits to hold out of train and their shares: val when it has no folder (refused when `val_split` is 0),
+    test when it has no folder and `test_split` > 0."""
+    shares: dict[str, float] = {}
+    if "val" not in layout.dirs:
+        if val_split <= 0:
+            raise ThawlineError(
+                f"data folder '{layout.root}' has no val/ folder and --val-split is 0; add "
+                f"{layout.root}/val/<class name>/<images> or pass --val-split 0.2"
+            )
+        shares["val"] = val_split
+    if "test" not in layout.dirs and test_split > 0:
+        shares["test"] = test_split
+    return shares
+
+
+def hold_out(
+    paths: Sequence[str], labels: Sequence[int], shares: dict[str, float]
+) -> dict[str, tuple[list[str], list[int]]]:
+    """Split train's (paths, labels) into train and the held-out `shares` ({'val': 0.2}), class by class: each class
+    gives round(share x its images) to each held-out split, at least one while train keeps one. Files are taken in
+    the order of a hash of their content (`_content_key`), so the split is the same on every run and machine (no
+    seed: a compare's seeds vary the training, never the data), files with the same bytes stay in one split (no
+    leakage made here), renaming or moving files changes nothing, and a larger share holds out a superset."""
+    by_class: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
+    for i, (path, label) in enumerate(zip(paths, labels, strict=True)):
+        by_class[label].append((_content_key(path), i))
+    split_of: dict[int, str] = {}
+    for label in sorted(by_class):
+        files = sorted(by_class[label])
+        wanted = _held_out_counts(len(files), shares)
+        taken = dict.fromkeys(wanted, 0)
+        split = "train"
+        for j, (key, i) in enumerate(files):
+            if j == 0 or key != files[j - 1][0]:  # the same bytes as the previous file: the same split
+                split = next((s for s in wanted if taken[s] < wanted[s]), "train")
+            taken[split] = taken.get(split, 0) + 1
+            split_of[i] = split
+    out: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in ("train", *shares)}
+    for i, (path, label) in enumerate(zip(paths, labels, strict=True)):  # each split in the order train was read
+        out[split_of[i]][0].append(path)
+        out[split_of[i]][1].append(label)
+    return out
+
+
+def _held_out_counts(n: int, shares: dict[str, float]) -> dict[str, int]:
+    """Images of a class with `n` images for each held-out split: round(share x n), at least 1, while train keeps
+    at least one (a class of one image stays in train)."""
+    counts = {s: max(1, round(share * n)) for s, share in sorted(shares.items(), key=lambda kv: SPLITS.index(kv[0]))}
+    for s in reversed(list(counts)):  # trim test first, then val, until train keeps an image
+        while counts[s] > 0 and sum(counts.values()) > n - 1:
+            counts[s] -= 1
+    return counts
+
+
+def _content_key(path: str) -> bytes:
+    """A hash of the file's size and its first and last SAMPLE bytes (all of a small file): equal for byte-identical
+    files, so they stay together, and read at a fraction of a large photo's bytes on every run."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        # O_NONBLOCK: a named pipe in the folder must not block (decoding reports it as not a regular file)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:  # unreadable: placed by its name (decoding reports it)
+        return b"\xff" + path.encode("utf-8", "surrogateescape")
+    try:
+        size = os.fstat(fd).st_size
+        h.update(size.to_bytes(8, "little"))
+        h.update(os.pread(fd, SAMPLE, 0))
+        if size > SAMPLE:
+            h.update(os.pread(fd, SAMPLE, max(SAMPLE, size - SAMPLE)))
+    except OSError:
+        return b"\xff" + path.encode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
+    return h.digest()

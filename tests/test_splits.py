@@ -1,0 +1,135 @@
+"""Split folders under their usual names, and val/test held out of train when a split has no folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image_folder, one_error_line, tiny_config
+from PIL import Image
+
+import thawline
+from thawline.cli import main
+from thawline.data import discover
+from thawline.datacheck import scan
+from thawline.errors import ThawlineError
+from thawline.inference import evaluate_run
+from thawline.report import build_report
+from thawline.splits import SAMPLE, find_layout, hold_out
+
+
+def _flat_folder(root: Path, per_class: dict[str, int], seed: int = 0, size: int = 8) -> Path:
+    """root/<class>/<i>.png: class folders with no split folders; every image different."""
+    rng = np.random.default_rng(seed)
+    for cls, n in per_class.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{cls}_{i:02d}.png")
+    return root
+
+
+def _by_class(labels: list[int]) -> list[int]:
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=3).tolist()
+
+
+def test_held_out_counts_per_class_and_a_class_of_one_stays_in_train(tmp_path: Path) -> None:
+    root = _flat_folder(tmp_path / "d", {"a": 11, "b": 7, "c": 1})
+    found = discover(root)
+    assert found.classes == ["a", "b", "c"] and found.held_out == {"val": 0.2}
+    assert _by_class(found.splits["val"].labels) == [2, 1, 0]  # round(0.2 x 11), at least 1, never a class's last
+    assert _by_class(found.splits["train"].labels) == [9, 6, 1]
+    assert "val/ has no images of class(es) c" in found.warnings
+    both = discover(root, val_split=0.2, test_split=0.3)
+    assert _by_class(both.splits["test"].labels) == [3, 2, 0]
+    assert _by_class(both.splits["val"].labels) == [2, 1, 0]
+    assert set(both.splits["val"].paths) == set(found.splits["val"].paths)  # adding a test share keeps val
+    all_paths = [p for s in both.splits.values() for p in s.paths]
+    assert sorted(all_paths) == sorted(str(p) for p in root.rglob("*.png"))  # each file in exactly one split
+    line = "val 20% and test 30% of each class held out, by file content (--val-split, --test-split)"
+    assert both.held_out_line() == line
+
+
+def test_held_out_split_follows_file_content_not_names_or_order(tmp_path: Path) -> None:
+    root = _flat_folder(tmp_path / "d", {"a": 10, "b": 10})
+    val = {Path(p).read_bytes() for p in discover(root).splits["val"].paths}
+    assert len(val) == 4
+    for i, f in enumerate(sorted(root.rglob("*.png"))):  # renamed in reverse order: the same images held out
+        f.rename(f.with_name(f"z{99 - i}.png"))
+    assert {Path(p).read_bytes() for p in discover(root).splits["val"].paths} == val
+    larger = {Path(p).read_bytes() for p in discover(root, val_split=0.5).splits["val"].paths}
+    assert val < larger and len(larger) == 10
+
+
+def test_byte_copies_land_in_one_split(tmp_path: Path) -> None:
+    root = _flat_folder(tmp_path / "d", {"a": 12, "b": 12}, size=120)  # ~43 KB each: hashed from both ends
+    assert (root / "a" / "a_00.png").stat().st_size > 2 * SAMPLE
+    for f in sorted((root / "a").iterdir()):  # every image of a twice: a copy can never be in another split
+        shutil.copy(f, f.with_name("copy_" + f.name))
+    for _ in range(2):
+        found = discover(root, val_split=0.25, test_split=0.25)
+        where = {}
+        for split, files in found.splits.items():
+            for p in files.paths:
+                where.setdefault(Path(p).read_bytes(), set()).add(split)
+        assert all(len(s) == 1 for s in where.values())
+    assert _by_class(found.splits["val"].labels)[0] == 6 and _by_class(found.splits["test"].labels)[0] == 6
+
+
+def test_hold_out_keeps_the_order_train_was_read_in() -> None:
+    paths = [f"/nonexistent/{c}/{i}.png" for c in "ab" for i in range(5)]
+    out = hold_out(paths, [0] * 5 + [1] * 5, {"val": 0.4})
+    assert sum(len(p) for p, _ in out.values()) == 10
+    for split_paths, split_labels in out.values():
+        assert split_paths == sorted(split_paths) and split_labels == sorted(split_labels)
+
+
+def test_split_folders_under_their_usual_names(tmp_path: Path, capfd) -> None:
+    root = make_image_folder(tmp_path / "d", {"Training": 4, "valid": 2, "testing": 2}, classes=("a", "b"))
+    layout = find_layout(root)
+    assert {k: v.name for k, v in layout.dirs.items()} == {"train": "Training", "val": "valid", "test": "testing"}
+    found = discover(root)
+    assert [len(found.splits[s].paths) for s in ("train", "val", "test")] == [8, 4, 4] and found.held_out == {}
+    assert found.held_out_line() is None
+    with_test_split = discover(root, test_split=0.2)
+    assert with_test_split.held_out == {} and any("--test-split 0.2 is not used" in w for w in with_test_split.warnings)
+    (root / "val").mkdir()
+    with pytest.raises(ThawlineError, match="'val/' and 'valid/', two val folders; merge them into one"):
+        discover(root)
+    assert main(["data", "check", str(root)]) == 2
+    one_error_line(capfd, "two val folders")
+
+
+def test_train_evaluate_and_check_a_folder_of_class_folders(tmp_path: Path, capsys) -> None:
+    """A folder of class folders trains with val held out; evaluate --split val reads exactly those files, and its
+    accuracy of the best weights is the run's best val accuracy; data check passes with a warning."""
+    data = make_image_folder(tmp_path / "src", {"train": 10}, classes=("circle", "square", "stripes")) / "train"
+    result = thawline.train(tiny_config(data, strategy="full", out=str(tmp_path / "run")))
+    assert "data: " in capsys.readouterr().out
+    summary = result.summary
+    assert (summary["num_train"], summary["num_val"], summary["num_test"]) == (24, 6, 0)
+    assert summary["held_out"] == {"val": 0.2}
+    held_out = discover(data).splits["val"].paths
+    ev = evaluate_run(tmp_path / "run", "val")
+    assert sorted(ev.paths) == sorted(held_out)
+    assert ev.accuracy == pytest.approx(summary["best_val_acc"])
+    rows = json.loads((tmp_path / "run" / "evaluation_val.json").read_text())
+    assert rows["accuracy"] == pytest.approx(summary["best_val_acc"])
+    train_ev = evaluate_run(tmp_path / "run", "train")
+    assert len(train_ev.paths) == 24 and not set(train_ev.paths) & set(held_out)
+    page = build_report(tmp_path / "run").read_text()
+    assert "held out of train" in page and "val 20%" in page
+    check = scan(data)
+    assert check.ok and check.splits == ["train"] and check.counts["train"] == dict.fromkeys(check.classes, 10)
+    assert any("no val/ folder: train and compare hold out 20% of each class as val" in w for w in check.warnings)
+
+
+def test_split_options_are_checked(tmp_path: Path) -> None:
+    root = _flat_folder(tmp_path / "d", {"a": 3, "b": 3})
+    with pytest.raises(ThawlineError, match="--val-split 1.0"):
+        tiny_config(root, val_split=1.0)
+    with pytest.raises(ThawlineError, match="no val/ folder and --val-split is 0"):
+        discover(root, val_split=0)
