@@ -96,6 +96,8 @@ def test_split_folders_under_their_usual_names(tmp_path: Path, capfd) -> None:
     assert found.held_out_line() is None
     with_test_split = discover(root, test_split=0.2)
     assert with_test_split.held_out == {} and any("--test-split 0.2 is not used" in w for w in with_test_split.warnings)
+    assert any("--val-split 0.3 is not used" in w for w in discover(root, val_split=0.3).warnings)
+    assert not discover(root).warnings
     (root / "val").mkdir()
     with pytest.raises(ThawlineError, match="'val/' and 'valid/', two val folders; merge them into one"):
         discover(root)
@@ -129,7 +131,10 @@ def test_train_evaluate_and_check_a_folder_of_class_folders(tmp_path: Path, caps
 
 def test_split_options_are_checked(tmp_path: Path) -> None:
     root = _flat_folder(tmp_path / "d", {"a": 3, "b": 3})
-    with pytest.raises(ThawlineError, match="--val-split 1.0"):
+    with pytest.raises(ThawlineError, match="--val-split 1.0: must be in"):
         tiny_config(root, val_split=1.0)
+    with pytest.raises(ThawlineError, match="their sum must be below 1"):
+        tiny_config(root, val_split=0.5, test_split=0.5)
+    assert tiny_config(root, test_split=0.9).test_split == 0.9  # val left at its default: no sum to check
     with pytest.raises(ThawlineError, match="no val/ folder and --val-split is 0"):
         discover(root, val_split=0)

@@ -106,11 +106,12 @@ class TrainConfig:
     max_per_class: int | None = option(None, "cap train images per class")
     # fastai's valid_pct, Keras' validation_split: a folder of class folders alone, or train/ without val/, still
     # trains; held out by file content, so every run and every strategy of a compare sees the same split.
-    val_split: float = option(
-        0.2, "when the data has no val/ folder: the share of each class's train images held out as val"
+    val_split: float | None = option(
+        None, "when the data has no val/ folder: the share of each class's train images held out as val (default 0.2)"
     )
-    test_split: float = option(
-        0.0, "when the data has no test/ folder: the share of each class's train images held out as test (0: none)"
+    test_split: float | None = option(
+        None,
+        "when the data has no test/ folder: the share of each class's train images held out as test (default: none)",
     )
     allow_leakage: bool = option(
         False, "train even when identical images are in train and val/test (a warning instead of an error)"
@@ -145,11 +146,13 @@ class TrainConfig:
             raise ThawlineError(f"label_smoothing {self.label_smoothing}: must be in [0, 1)")
         if not 0 < self.min_scale <= 1:
             raise ThawlineError(f"--min-scale {self.min_scale}: must be in (0, 1], e.g. 0.35 (1: no crops)")
-        if not 0 <= self.val_split < 1 or not 0 <= self.test_split < 1 or self.val_split + self.test_split >= 1:
-            raise ThawlineError(
-                f"--val-split {self.val_split}, --test-split {self.test_split}: each must be in [0, 1) and their sum "
-                "below 1, e.g. 0.2 and 0.2"
-            )
+        shares = {"--val-split": self.val_split, "--test-split": self.test_split}
+        for flag, share in shares.items():
+            if share is not None and not 0 <= share < 1:
+                raise ThawlineError(f"{flag} {share}: must be in [0, 1), e.g. 0.2")
+        if sum(v or 0 for v in shares.values()) >= 1:
+            raise ThawlineError(f"--val-split {self.val_split} and --test-split {self.test_split}: their sum must be "
+                                "below 1, e.g. 0.2 and 0.2")  # fmt: skip
         if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.drop_rate < 1:
             raise ThawlineError("weight_decay and warmup_epochs must be >= 0, drop_rate in [0, 1)")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:

@@ -14,7 +14,7 @@ import torch
 
 from thawline.errors import ThawlineError
 from thawline.files import SPLITS, Skipped, class_folders, printable, walk_images
-from thawline.splits import Layout, held_out_shares, hold_out, training_layout
+from thawline.splits import Layout, held_out_shares, hold_out, training_layout, unused_shares
 
 
 @dataclass
@@ -50,7 +50,10 @@ class Discovered:
 
 
 def discover(
-    root: str | os.PathLike, max_per_class: int | None = None, val_split: float = 0.2, test_split: float = 0.0
+    root: str | os.PathLike,
+    max_per_class: int | None = None,
+    val_split: float | None = None,
+    test_split: float | None = None,
 ) -> Discovered:
     """Find the images of root/{train,val[,test]}/<class>/** (splits under their usual names, see `splits.py`),
     holding val (and test, with `test_split`) out of train when it has no folder; root/<class>/** alone is all
@@ -66,9 +69,7 @@ def discover(
     layout = training_layout(root)
     shares = held_out_shares(layout, val_split, test_split)
     skipped: list[Skipped] = []
-    warnings: list[str] = []
-    if test_split > 0 and "test" in layout.dirs:
-        warnings.append(f"--test-split {test_split} is not used: {layout.dirs['test']} is the test split")
+    warnings = unused_shares(layout, val_split, test_split)
     classes = _train_classes(layout, skipped, warnings)
     index = {c: i for i, c in enumerate(classes)}
     splits: dict[str, SplitFiles] = {}

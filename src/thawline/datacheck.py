@@ -22,12 +22,11 @@ from typing import Any
 
 from PIL import Image
 
-from thawline.config import TrainConfig
 from thawline.data import Discovered
 from thawline.errors import ThawlineError
 from thawline.files import SPLITS, Skipped, class_folders, printable, walk_images
 from thawline.images import BadImage, open_rgb, upright_size
-from thawline.splits import Layout, training_layout
+from thawline.splits import DEFAULT_VAL_SPLIT, Layout, training_layout
 
 IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
 SHOWN = 20  # items listed per section of the text report (--json lists all)
@@ -248,7 +247,7 @@ def scan(
     warnings = _stray_folders(layout)
     if "val" not in layout.dirs:
         where = "" if layout.flat else f" of {layout.train_dir.name}/"
-        warnings.append(f"no val/ folder: train and compare hold out {TrainConfig.val_split:.0%} of each class{where} "
+        warnings.append(f"no val/ folder: train and compare hold out {DEFAULT_VAL_SPLIT:.0%} of each class{where} "
                         "as val (by file content, the same files every run; --val-split)")  # fmt: skip
 
     def rel(path: str) -> str:

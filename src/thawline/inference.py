@@ -24,7 +24,7 @@ from torch import nn
 
 from thawline import runtime
 from thawline.checkpoint import load_checkpoint
-from thawline.config import TrainConfig, atomic_write_text
+from thawline.config import atomic_write_text
 from thawline.data import Normalize, discover
 from thawline.errors import ThawlineError
 from thawline.files import Skipped, class_folders, walk_images
@@ -285,9 +285,9 @@ def resolve_split(cfg: dict[str, Any], split: str | None) -> tuple[str, Path, Sp
     raise ThawlineError(f"the run's data folder '{root}' has no {names[0]}/ split; pass --split val or --split DIR")
 
 
-def _held_out_options(cfg: dict[str, Any]) -> tuple[float, float]:
-    """The run's --val-split and --test-split (a run saved before they existed: the defaults)."""
-    return float(cfg.get("val_split", TrainConfig.val_split)), float(cfg.get("test_split", TrainConfig.test_split))
+def _held_out_options(cfg: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The run's --val-split and --test-split (unset, or a run saved before they existed: None, the defaults)."""
+    return cfg.get("val_split"), cfg.get("test_split")
 
 
 def evaluate_run(

@@ -21,6 +21,7 @@ SPLIT_NAMES: dict[str, tuple[str, ...]] = {
     "val": ("val", "valid", "validation"),
     "test": ("test", "testing"),
 }
+DEFAULT_VAL_SPLIT = 0.2  # fastai's valid_pct default, Keras examples' validation_split
 SAMPLE = 16 << 10  # bytes read from each end of a file for its place in a held-out split
 
 
@@ -72,20 +73,30 @@ def training_layout(root: Path) -> Layout:
     return layout
 
 
-def held_out_shares(layout: Layout, val_split: float, test_split: float) -> dict[str, float]:
-    """The splits to hold out of train and their shares: val when it has no folder (refused when `val_split` is 0),
-    test when it has no folder and `test_split` > 0."""
+def held_out_shares(layout: Layout, val_split: float | None, test_split: float | None) -> dict[str, float]:
+    """The splits to hold out of train and their shares: val when it has no folder (DEFAULT_VAL_SPLIT unless given;
+    refused when given as 0), test when it has no folder and `test_split` > 0."""
     shares: dict[str, float] = {}
     if "val" not in layout.dirs:
-        if val_split <= 0:
+        if val_split is not None and val_split <= 0:
             raise ThawlineError(
                 f"data folder '{layout.root}' has no val/ folder and --val-split is 0; add "
                 f"{layout.root}/val/<class name>/<images> or pass --val-split 0.2"
             )
-        shares["val"] = val_split
-    if "test" not in layout.dirs and test_split > 0:
+        shares["val"] = DEFAULT_VAL_SPLIT if val_split is None else val_split
+    if "test" not in layout.dirs and test_split:
         shares["test"] = test_split
     return shares
+
+
+def unused_shares(layout: Layout, val_split: float | None, test_split: float | None) -> list[str]:
+    """A warning for each share given for a split that has its own folder (the folder is used)."""
+    given = {"val": val_split, "test": test_split}
+    return [
+        f"--{split}-split {share} is not used: {layout.dirs[split]} is the {split} split"
+        for split, share in given.items()
+        if share and split in layout.dirs
+    ]
 
 
 def hold_out(
