@@ -47,12 +47,12 @@ def find_layout(root: Path) -> Layout:
     """The split folders of `root` under any of their names; two folders for one split are refused. With no split
     folder at all, root's sub-folders are the classes and everything is train (`flat`)."""
     try:
-        names = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as e:
         raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
     dirs: dict[str, Path] = {}
     for split, aliases in SPLIT_NAMES.items():
-        found = [names[a] for a in aliases if a in names]
+        found = [p for p in folders if p.name.lower() in aliases]  # Train/ and train/ both: two folders
         if len(found) > 1:
             both = " and ".join(f"'{printable(p.name)}/'" for p in found)
             raise ThawlineError(f"data folder '{root}' has {both}, two {split} folders; merge them into one")
