@@ -255,7 +255,7 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 # config.yaml is itself a --config file that reruns the run.
 DERIVED_KEYS = (
     "strategy_init", "strategy_head", "phases", "stages", "classes", "interpolation", "mean", "std", "weights_source",
-    "weights_sha256", "num_train", "num_val", "num_test", "lr_auto", "world_size", "class_weight_values",
+    "weights_sha256", "num_train", "num_val", "num_test", "held_out", "lr_auto", "world_size", "class_weight_values",
 )  # fmt: skip
 
 # Options that say where and how a run executes, not what it computes: a resume may change them freely. Every
