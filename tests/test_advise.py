@@ -255,6 +255,9 @@ def test_advise_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     rec = doc["recommendation"]
     assert rec["strategy"] == doc["ranking"][0]["strategy"] and rec["partial"].startswith("partial-")
     assert rec["command"]["compare"].startswith("thawline compare") and doc["reasons"]
+    for command in rec["command"].values():  # the options given to advise, so the suggestion runs on the same setup
+        assert f"--data {data} --model test_efficientnet --weights none --img-size 32 --batch-size 8" in command
+        assert "--workers" not in command and "--out" not in command
     assert (out / FIGURE).stat().st_size > 0
     # advise.json holds what the ranking was computed from: the same signals rank the same way again,
     # and another prior (benchmarks/advise_suite.py's leave-one-task-out one) is the only thing that changes it

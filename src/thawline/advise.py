@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from thawline.config import TrainConfig, atomic_write_text
+from thawline.config import PLACE_OPTIONS, TrainConfig, atomic_write_text, option_flags
 from thawline.errors import ThawlineError
 from thawline.logme import logme, thin_svd
 
@@ -918,9 +918,9 @@ def _commands(config: TrainConfig, ranking: list[dict[str, Any]], rec: dict[str,
     """The compare of the three predicted best (to check the prediction) and the train of the predicted winner."""
     import shlex
 
-    base = f"--data {shlex.quote(str(config.data))} --model {shlex.quote(config.model)}"
-    if config.img_size:
-        base += f" --img-size {config.img_size}"
+    # every option the user set but the strategy's own (and where it runs): the suggestion reruns on the same data
+    flags = option_flags(config, exclude=("data", "model", "strategy", "lr", *PLACE_OPTIONS))
+    base = " ".join(shlex.quote(a) for a in ["--data", str(config.data), "--model", config.model, *flags])
     top3 = [r.get("variant", r["strategy"]) for r in ranking[:3]]
     lr = {"head-only": rec["lr"]["head"], "full": rec["lr"]["body"]}.get(rec["strategy"])
     if rec["strategy"] == "partial":

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import typing
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,22 @@ def save_yaml(path: str | os.PathLike, data: dict[str, Any]) -> None:
 
 def replace(config: TrainConfig, **changes: Any) -> TrainConfig:
     return dataclasses.replace(config, **changes)
+
+
+def option_flags(config: TrainConfig, exclude: Collection[str] = ()) -> list[str]:
+    """The command-line flags (argv form) that give `config`'s options that differ from their defaults (the
+    preset's, under a preset): what to type to get the same options again, as `add_config_options` reads them."""
+    preset = PRESETS.get(config.preset, {})
+    flags: list[str] = []
+    for spec in option_specs(type(config)):
+        value = getattr(config, spec.name)
+        if spec.name in exclude or spec.cli.get("skip") or value == preset.get(spec.name, spec.default):
+            continue
+        if spec.kind is bool and (spec.nullable or value != spec.default):
+            off = f"--no-{spec.name.replace('_', '-')}"
+            flags.append(spec.flag if value else off)
+        elif spec.kind is bool:  # back to the default under a preset that changed it: not expressible
+            continue
+        elif value is not None:
+            flags += [spec.flag, str(value)]
+    return flags
