@@ -138,3 +138,18 @@ def test_split_options_are_checked(tmp_path: Path) -> None:
     assert tiny_config(root, test_split=0.9).test_split == 0.9  # val left at its default: no sum to check
     with pytest.raises(ThawlineError, match="no val/ folder and --val-split is 0"):
         discover(root, val_split=0)
+
+
+def test_an_unpacked_archive_mac_metadata_and_a_wrapping_folder(tmp_path: Path, capfd) -> None:
+    root = _flat_folder(tmp_path / "d", {"a": 5, "b": 5})
+    mac = root / "__MACOSX" / "a"
+    mac.mkdir(parents=True)
+    (mac / "._a_00.png").write_bytes(b"\x00\x05\x16\x07")  # what a zip made on a Mac carries beside each file
+    found = discover(root)
+    assert found.classes == ["a", "b"] and not found.warnings
+    assert any(s.path.endswith("__MACOSX") and "macOS archive metadata" in s.reason for s in found.skipped)
+    wrapped = make_image_folder(tmp_path / "unzipped" / "dataset", {"train": 2, "val": 1}, classes=("a", "b"))
+    with pytest.raises(ThawlineError, match=f"has no train/ folder but '{wrapped}' has; pass --data {wrapped}"):
+        discover(tmp_path / "unzipped")
+    assert main(["data", "check", str(tmp_path / "unzipped")]) == 2
+    one_error_line(capfd, f"pass --data {wrapped}")

@@ -13,6 +13,11 @@ from thawline.errors import ThawlineError
 from thawline.images import IMAGE_EXTENSIONS
 
 SPLITS = ("train", "val", "test")
+# Folders that archivers and tools add beside the data: never a class.
+METADATA_FOLDERS = {
+    "__MACOSX": "macOS archive metadata folder (a zip made on a Mac), not a class; ignored",
+    "@eaDir": "Synology thumbnail folder, not a class; ignored",
+}
 
 
 @dataclass
@@ -45,10 +50,12 @@ def class_folders(d: Path, skipped: list[Skipped] | None = None) -> list[str]:
         raise ThawlineError(f"cannot read folder '{d}' ({e.strerror}); make it readable (chmod +rx)") from None
     names = []
     for p in entries:
-        if p.is_dir() and not p.name.startswith(".") and _utf8(p.name):
+        if p.is_dir() and not p.name.startswith(".") and p.name not in METADATA_FOLDERS and _utf8(p.name):
             names.append(p.name)
         elif skipped is None:
             continue
+        elif p.is_dir() and p.name in METADATA_FOLDERS:
+            skipped.append(Skipped(printable(str(p)), METADATA_FOLDERS[p.name], folder=True))
         elif p.is_dir() and p.name.startswith("."):
             skipped.append(Skipped(printable(str(p)), "hidden folder (name starts with '.'); ignored", folder=True))
         elif p.is_dir():

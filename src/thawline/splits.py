@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thawline.errors import ThawlineError
-from thawline.files import SPLITS, printable
+from thawline.files import METADATA_FOLDERS, SPLITS, printable
 
 # Exports name the splits differently (Roboflow: valid/, Keras examples: validation/); each is accepted as is.
 SPLIT_NAMES: dict[str, tuple[str, ...]] = {
@@ -48,6 +48,7 @@ def find_layout(root: Path) -> Layout:
     folder at all, root's sub-folders are the classes and everything is train (`flat`)."""
     try:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = [p for p in folders if p.name not in METADATA_FOLDERS]
     except OSError as e:
         raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
     dirs: dict[str, Path] = {}
@@ -61,9 +62,22 @@ def find_layout(root: Path) -> Layout:
     return Layout(root, dirs, flat=not dirs)
 
 
+def nested_data_folder(root: Path) -> Path | None:
+    """The first sub-folder of `root` that holds a train/ folder itself (an archive unpacked into a folder of its
+    own: data/dataset/train/...), else None."""
+    try:
+        folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        return next((p for p in folders if "train" in find_layout(p).dirs), None)
+    except (OSError, ThawlineError):
+        return None
+
+
 def training_layout(root: Path) -> Layout:
     """`find_layout`, refused when split folders are there but train is not (training reads its classes there)."""
     layout = find_layout(root)
+    inner = nested_data_folder(root) if layout.flat else None
+    if inner is not None:  # its train/ would be read as one class
+        raise ThawlineError(f"data folder '{root}' has no train/ folder but '{inner}' has; pass --data {inner}")
     if layout.dirs and "train" not in layout.dirs:
         others = ", ".join(f"{p.name}/" for p in layout.dirs.values())
         raise ThawlineError(
