@@ -21,14 +21,17 @@ from thawline.report import build_report
 from thawline.splits import SAMPLE, find_layout, hold_out
 
 
-def _flat_folder(root: Path, per_class: dict[str, int], seed: int = 0, size: int = 8) -> Path:
-    """root/<class>/<i>.png: class folders with no split folders; every image different."""
+def _flat_folder(root: Path, per_class: dict[str, int], seed: int = 0, size: int = 8, smooth: bool = False) -> Path:
+    """root/<class>/<i>.png: class folders with no split folders; every image different (`smooth`: 4x4 noise
+    enlarged, so a resized copy keeps its look)."""
     rng = np.random.default_rng(seed)
     for cls, n in per_class.items():
         (root / cls).mkdir(parents=True)
         for i in range(n):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / cls / f"{cls}_{i:02d}.png")
+            pixels = rng.integers(0, 256, (4, 4, 3) if smooth else (size, size, 3), dtype=np.uint8)
+            img = Image.fromarray(pixels)
+            img = img.resize((size, size), Image.Resampling.BICUBIC) if smooth else img
+            img.save(root / cls / f"{cls}_{i:02d}.png")
     return root
 
 
@@ -153,3 +156,21 @@ def test_an_unpacked_archive_mac_metadata_and_a_wrapping_folder(tmp_path: Path, 
         discover(tmp_path / "unzipped")
     assert main(["data", "check", str(tmp_path / "unzipped")]) == 2
     one_error_line(capfd, f"pass --data {wrapped}")
+
+
+def test_data_check_finds_a_near_copy_that_the_held_out_val_would_get(tmp_path: Path) -> None:
+    """With no val/ folder, data check divides train as training will; a re-encoded copy of a train image that
+    the split puts in val is listed as a near copy, and a byte copy never is (it stays with its original)."""
+    root = _flat_folder(tmp_path / "d", {"a": 10, "b": 10}, size=32, smooth=True)
+    val = discover(root).splits["val"].paths
+    original = Path(val[0])  # a held-out image; its copy saved again lands in train (or val): found only in train
+    Image.open(original).resize((64, 64), Image.Resampling.BILINEAR).save(original.with_name("bigger.png"))
+    shutil.copy(original, original.with_name("same_bytes.png"))
+    found = discover(root)
+    copy_split = next(s for s, f in found.splits.items() if str(original.with_name("bigger.png")) in f.paths)
+    pairs = scan(root, workers=1).near_copies
+    names = {(Path(a).name, Path(b).name) for a, b, _ in pairs}
+    if copy_split == "val":  # all three held out: nothing crosses a split
+        assert names == set()
+    else:  # the byte copy stays in val with the original, so the resized one is near both, and they never a pair
+        assert names == {("bigger.png", original.name), ("bigger.png", "same_bytes.png")}

@@ -26,7 +26,7 @@ from thawline.data import Discovered
 from thawline.errors import ThawlineError
 from thawline.files import SPLITS, Skipped, class_folders, printable, walk_images
 from thawline.images import BadImage, open_rgb, upright_size
-from thawline.splits import DEFAULT_VAL_SPLIT, Layout, training_layout
+from thawline.splits import DEFAULT_VAL_SPLIT, Layout, held_out_shares, hold_out, training_layout
 
 IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
 SHOWN = 20  # items listed per section of the text report (--json lists all)
@@ -297,11 +297,32 @@ def scan(
             if extra:
                 result.not_in_train[split] = extra
     result.leakage, result.duplicates = _byte_copies(by_hash)
-    result.near_copies = near_copies(thumbs)
+    result.near_copies = near_copies(_as_training_splits(thumbs, files, layout, rel))
 
     result.problems = _problems(result, root, train_classes)
     result.warnings = warnings + _warnings(result, train_classes, ignored)
     return result
+
+
+def _as_training_splits(
+    thumbs: dict[str, list[tuple[str, str, bytes]]],
+    files: list[tuple[str, str, str]],
+    layout: Layout,
+    rel: Callable[[str], str],
+) -> dict[str, list[tuple[str, str, bytes]]]:
+    """The thumbnails by the split training puts each image in: with no val/ folder, train's are divided as
+    training holds val out of it (the default share), so a near copy that would land in val is found too."""
+    shares = held_out_shares(layout, None, None)
+    if not shares:
+        return thumbs
+    train = [(cls, path) for split, cls, path in files if split == "train"]
+    classes = sorted({cls for cls, _ in train})
+    parts = hold_out([p for _, p in train], [classes.index(c) for c, _ in train], shares)
+    where = {rel(p): split for split, (paths, _) in parts.items() for p in paths}
+    out = {s: entries for s, entries in thumbs.items() if s != "train"}
+    for entry in thumbs.get("train", []):
+        out.setdefault(where[entry[0]], []).append(entry)
+    return out
 
 
 def _stray_folders(layout: Layout) -> list[str]:
