@@ -174,3 +174,15 @@ def test_data_check_finds_a_near_copy_that_the_held_out_val_would_get(tmp_path: 
         assert names == set()
     else:  # the byte copy stays in val with the original, so the resized one is near both, and they never a pair
         assert names == {("bigger.png", original.name), ("bigger.png", "same_bytes.png")}
+
+
+def test_compare_on_class_folders_alone_says_its_accuracies_are_on_val(tmp_path: Path, capsys) -> None:
+    data = make_image_folder(tmp_path / "src", {"train": 8}, classes=("circle", "square")) / "train"
+    result = thawline.compare(tiny_config(data, epochs=1), ["head-only", "full"], out=tmp_path / "cmp")
+    out = capsys.readouterr().out
+    assert "note: the data has no test split: the accuracies are on val" in out and "--test-split 0.2" in out
+    held_out = sorted(discover(data).splits["val"].paths)
+    for run in result.runs.values():  # every strategy on the same held-out images
+        rows = (run.run_dir / "predictions.csv").read_text().splitlines()[1:]
+        assert sorted(row.split(",")[1] for row in rows) == held_out
+    assert "the best epoch was chosen on these images" in build_report(tmp_path / "cmp").read_text()

@@ -165,6 +165,8 @@ def compare(
         print(format_table(rows), flush=True)
         if lines := uncertainty_lines(verdict, notes):
             print(lines, flush=True)
+        if rows and all(r.get("test_acc") is None for r in rows):
+            print(f"note: {NO_TEST_NOTE}", flush=True)
         for folder in [out_dir, *(out_dir / model_folder(m) for m in grid)] if halving else []:
             if line := halving_stopped_line(folder):
                 print(line, flush=True)
@@ -292,6 +294,13 @@ def shift_test_run(
         gap = run.summary.get("shift_gap")
         gap_text = f", shift gap {gap * 100:+.1f} pts (test − shifted)" if gap is not None else ""
         print(f"[{name}] shifted acc {run.summary['shifted_acc']:.2%} over {len(done)} sets{gap_text}", flush=True)
+
+
+# A ranking with no test split is read on the images each run's best epoch was chosen on.
+NO_TEST_NOTE = (
+    "the data has no test split: the accuracies are on val, where each run's best epoch was chosen, so they read "
+    "high; hold out a test set with --test-split 0.2 (or add test/)"
+)
 
 
 def mark_uncertainty(rows: list[dict[str, Any]], runs: dict[str, RunResult]) -> tuple[Verdict | None, list[str]]:
