@@ -33,6 +33,7 @@ class Layout:
     root: Path
     dirs: dict[str, Path] = field(default_factory=dict)
     flat: bool = False
+    folders: list[Path] = field(default_factory=list)  # every visible sub-folder of root
 
     @property
     def train_dir(self) -> Path:
@@ -47,8 +48,9 @@ def find_layout(root: Path) -> Layout:
     """The split folders of `root` under any of their names; two folders for one split are refused. With no split
     folder at all, root's sub-folders are the classes and everything is train (`flat`)."""
     try:
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        folders = [p for p in folders if p.name not in METADATA_FOLDERS]
+        with os.scandir(root) as entries:  # the entry's type from the listing: no stat per file of a class folder
+            names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        folders = [root / n for n in names if n not in METADATA_FOLDERS]
     except OSError as e:
         raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
     dirs: dict[str, Path] = {}
@@ -59,23 +61,25 @@ def find_layout(root: Path) -> Layout:
             raise ThawlineError(f"data folder '{root}' has {both}, two {split} folders; merge them into one")
         if found:
             dirs[split] = found[0]
-    return Layout(root, dirs, flat=not dirs)
+    return Layout(root, dirs, flat=not dirs, folders=folders)
 
 
-def nested_data_folder(root: Path) -> Path | None:
-    """The first sub-folder of `root` that holds a train/ folder itself (an archive unpacked into a folder of its
-    own: data/dataset/train/...), else None."""
-    try:
-        folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-        return next((p for p in folders if "train" in find_layout(p).dirs), None)
-    except (OSError, ThawlineError):
-        return None
+def nested_data_folder(layout: Layout) -> Path | None:
+    """The first sub-folder of a folder of class folders that holds a train/ folder itself (an archive unpacked
+    into a folder of its own: data/dataset/train/...), else None."""
+    for folder in layout.folders if layout.flat else []:
+        try:
+            if "train" in find_layout(folder).dirs:
+                return folder
+        except (OSError, ThawlineError):
+            continue
+    return None
 
 
 def training_layout(root: Path) -> Layout:
     """`find_layout`, refused when split folders are there but train is not (training reads its classes there)."""
     layout = find_layout(root)
-    inner = nested_data_folder(root) if layout.flat else None
+    inner = nested_data_folder(layout)
     if inner is not None:  # its train/ would be read as one class
         raise ThawlineError(f"data folder '{root}' has no train/ folder but '{inner}' has; pass --data {inner}")
     if layout.dirs and "train" not in layout.dirs:
