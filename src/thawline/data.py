@@ -61,8 +61,8 @@ def discover(
     root = Path(root)
     if not root.exists():
         raise ThawlineError(
-            f"data folder '{root}' not found; pass --data DIR with DIR/train/<class>/ and DIR/val/<class>/ "
-            "(or run `thawline data prepare fashion-mnist --out DIR`)"
+            f"data folder '{root}' not found; pass --data DIR with DIR/train/<class>/ (val/, test/ optional) or "
+            "DIR/<class>/ (or run `thawline data prepare fashion-mnist --out DIR`)"
         )
     if not root.is_dir():
         raise ThawlineError(f"--data '{root}' is a file; pass the folder holding train/ and val/")

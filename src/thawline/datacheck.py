@@ -239,7 +239,7 @@ def scan(
     """Decode every file of an ImageFolder tree once and collect what needs fixing (see CheckResult)."""
     root = Path(root)
     if not root.exists():
-        raise ThawlineError(f"data folder '{root}' not found; pass a folder holding train/<class>/ and val/<class>/")
+        raise ThawlineError(f"data folder '{root}' not found; pass a folder holding train/<class>/ or <class>/")
     if not root.is_dir():
         raise ThawlineError(f"'{root}' is a file; pass the folder holding train/ and val/")
     layout = training_layout(root)
