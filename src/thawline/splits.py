@@ -123,20 +123,22 @@ def hold_out(
     """Split train's (paths, labels) into train and the held-out `shares` ({'val': 0.2}), class by class: each class
     gives round(share x its images) to each held-out split, at least one while train keeps one. Files are taken in
     the order of a hash of their content (`_content_key`), so the split is the same on every run and machine (no
-    seed: a compare's seeds vary the training, never the data), files with the same bytes stay in one split (no
-    leakage made here), renaming or moving files changes nothing, and a larger share holds out a superset."""
+    seed: a compare's seeds vary the training, never the data), files with the same bytes stay in one split, also
+    across classes (no leakage made here), renaming or moving files changes nothing, and a larger share holds out
+    a superset."""
     by_class: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
     for i, (path, label) in enumerate(zip(paths, labels, strict=True)):
         by_class[label].append((_content_key(path), i))
     split_of: dict[int, str] = {}
+    split_of_key: dict[bytes, str] = {}  # the same bytes in another class too (mislabelled copies): the same split
     for label in sorted(by_class):
         files = sorted(by_class[label])
         wanted = _held_out_counts(len(files), shares)
         taken = dict.fromkeys(wanted, 0)
-        split = "train"
-        for j, (key, i) in enumerate(files):
-            if j == 0 or key != files[j - 1][0]:  # the same bytes as the previous file: the same split
-                split = next((s for s in wanted if taken[s] < wanted[s]), "train")
+        for key, i in files:
+            if key not in split_of_key:
+                split_of_key[key] = next((s for s in wanted if taken[s] < wanted[s]), "train")
+            split = split_of_key[key]
             taken[split] = taken.get(split, 0) + 1
             split_of[i] = split
     out: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in ("train", *shares)}
