@@ -189,3 +189,16 @@ def test_compare_on_class_folders_alone_says_its_accuracies_are_on_val(tmp_path:
         rows = (run.run_dir / "predictions.csv").read_text().splitlines()[1:]
         assert sorted(row.split(",")[1] for row in rows) == held_out
     assert "the best epoch was chosen on these images" in build_report(tmp_path / "cmp").read_text()
+
+
+def test_a_class_named_like_a_split(tmp_path: Path) -> None:
+    """Class folders where one class is called "train" (the suite's photo-objects has one): still class folders.
+    A split folder with loose images beside real split folders stays a split (its files are listed, not lost)."""
+    root = _flat_folder(tmp_path / "d", {"bike": 5, "train": 5, "windmill": 5})
+    found = discover(root)
+    assert found.classes == ["bike", "train", "windmill"] and found.layout is not None and found.layout.flat
+    tree = make_image_folder(tmp_path / "t", {"train": 3, "val": 2}, classes=("a", "b"))
+    (tree / "test").mkdir()
+    shutil.copy(tree / "val" / "a" / "a_0.png", tree / "test" / "loose.png")
+    with pytest.raises(ThawlineError, match="holds no images in class folders"):
+        discover(tree)

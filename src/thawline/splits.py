@@ -14,6 +14,7 @@ from pathlib import Path
 
 from thawline.errors import ThawlineError
 from thawline.files import METADATA_FOLDERS, SPLITS, printable
+from thawline.images import IMAGE_EXTENSIONS
 
 # Exports name the splits differently (Roboflow: valid/, Keras examples: validation/); each is accepted as is.
 SPLIT_NAMES: dict[str, tuple[str, ...]] = {
@@ -46,22 +47,37 @@ class Layout:
 
 def find_layout(root: Path) -> Layout:
     """The split folders of `root` under any of their names; two folders for one split are refused. With no split
-    folder at all, root's sub-folders are the classes and everything is train (`flat`)."""
+    folder at all, root's sub-folders are the classes and everything is train (`flat`); so too when every folder
+    named like a split holds images and no sub-folder (a class called "train" among others)."""
     try:
         with os.scandir(root) as entries:  # the entry's type from the listing: no stat per file of a class folder
             names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
         folders = [root / n for n in names if n not in METADATA_FOLDERS]
     except OSError as e:
         raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
+    named = [p for p in folders if any(p.name.lower() in aliases for aliases in SPLIT_NAMES.values())]
+    if named and all(_images_only(p) for p in named):  # class folders, one of them named like a split ("train")
+        return Layout(root, {}, flat=True, folders=folders)
     dirs: dict[str, Path] = {}
     for split, aliases in SPLIT_NAMES.items():
-        found = [p for p in folders if p.name.lower() in aliases]  # Train/ and train/ both: two folders
+        found = [p for p in named if p.name.lower() in aliases]  # Train/ and train/ both: two folders
         if len(found) > 1:
             both = " and ".join(f"'{printable(p.name)}/'" for p in found)
             raise ThawlineError(f"data folder '{root}' has {both}, two {split} folders; merge them into one")
         if found:
             dirs[split] = found[0]
     return Layout(root, dirs, flat=not dirs, folders=folders)
+
+
+def _images_only(folder: Path) -> bool:
+    """`folder` holds image files and no visible sub-folder: a class folder, whatever its name."""
+    try:
+        with os.scandir(folder) as entries:
+            kinds = [(e.is_dir(), e.name) for e in entries if not e.name.startswith(".")]
+    except OSError:
+        return False
+    has_images = any(Path(name).suffix.lower() in IMAGE_EXTENSIONS for is_dir, name in kinds if not is_dir)
+    return has_images and not any(is_dir for is_dir, _ in kinds)
 
 
 def nested_data_folder(layout: Layout) -> Path | None:
