@@ -26,27 +26,29 @@ class SplitFiles:
 
 @dataclass
 class Discovered:
-    root: Path
+    layout: Layout  # where the splits' folders are
     classes: list[str]
     splits: dict[str, SplitFiles]
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    layout: Layout | None = None
     held_out: dict[str, float] = field(default_factory=dict)  # splits held out of train, and their shares
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
 
     def split_dir(self, split: str) -> Path:
         """The folder a split's images come from (train's for a split held out of it)."""
-        return self.layout.split_dir(split) if self.layout else self.root / split
+        return self.layout.split_dir(split)
 
     def held_out_line(self) -> str | None:
-        """'val: 20% of each class held out of train/, by file content (--val-split)', or None when every split has
+        """'val 20% of each class held out of train/, by file content (--val-split)', or None when every split has
         its folder."""
-        if not self.held_out or self.layout is None:
+        if not self.held_out:
             return None
-        where = "" if self.layout.flat else f" of {self.layout.train_dir.name}/"
         parts = " and ".join(f"{s} {share:.0%}" for s, share in self.held_out.items())
         flags = ", ".join(f"--{s}-split" for s in self.held_out)
-        return f"{parts} of each class held out{where}, by file content ({flags})"
+        return f"{parts} of each class held out{self.layout.of_train}, by file content ({flags})"
 
 
 def discover(
@@ -87,7 +89,7 @@ def discover(
         train = splits["train"]
         splits["train"] = SplitFiles("train", [train.paths[i] for i in kept], [train.labels[i] for i in kept])
     splits = {s: splits[s] for s in SPLITS if s in splits}
-    return Discovered(root, classes, splits, skipped, warnings, layout, shares)
+    return Discovered(layout, classes, splits, skipped, warnings, shares)
 
 
 def _train_classes(layout: Layout, skipped: list[Skipped], warnings: list[str]) -> list[str]:

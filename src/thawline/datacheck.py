@@ -26,7 +26,7 @@ from thawline.data import Discovered
 from thawline.errors import ThawlineError
 from thawline.files import SPLITS, Skipped, class_folders, printable, walk_images
 from thawline.images import BadImage, open_rgb, upright_size
-from thawline.splits import DEFAULT_VAL_SPLIT, Layout, held_out_shares, hold_out, training_layout
+from thawline.splits import Layout, held_out_shares, hold_out, training_layout
 
 IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
 SHOWN = 20  # items listed per section of the text report (--json lists all)
@@ -245,10 +245,12 @@ def scan(
     layout = training_layout(root)
     splits = [s for s in SPLITS if s in layout.dirs or s == "train"]
     warnings = _stray_folders(layout)
-    if "val" not in layout.dirs:
-        where = "" if layout.flat else f" of {layout.train_dir.name}/"
-        warnings.append(f"no val/ folder: train and compare hold out {DEFAULT_VAL_SPLIT:.0%} of each class{where} "
-                        "as val (by file content, the same files every run; --val-split)")  # fmt: skip
+    shares = held_out_shares(layout, None, None)  # as training divides train without options: val's default share
+    if "val" in shares:
+        warnings.append(
+            f"no val/ folder: train and compare hold out {shares['val']:.0%} of each class{layout.of_train} as val "
+            "(by file content, the same files every run; --val-split)"
+        )
 
     def rel(path: str) -> str:
         return printable(os.path.relpath(path, root))
@@ -297,7 +299,7 @@ def scan(
             if extra:
                 result.not_in_train[split] = extra
     result.leakage, result.duplicates = _byte_copies(by_hash)
-    result.near_copies = near_copies(_as_training_splits(thumbs, files, layout, rel))
+    result.near_copies = near_copies(_as_training_splits(thumbs, files, shares, rel))
 
     result.problems = _problems(result, root, train_classes)
     result.warnings = warnings + _warnings(result, train_classes, ignored)
@@ -307,12 +309,11 @@ def scan(
 def _as_training_splits(
     thumbs: dict[str, list[tuple[str, str, bytes]]],
     files: list[tuple[str, str, str]],
-    layout: Layout,
+    shares: dict[str, float],
     rel: Callable[[str], str],
 ) -> dict[str, list[tuple[str, str, bytes]]]:
-    """The thumbnails by the split training puts each image in: with no val/ folder, train's are divided as
-    training holds val out of it (the default share), so a near copy that would land in val is found too."""
-    shares = held_out_shares(layout, None, None)
+    """The thumbnails by the split training puts each image in: train's divided as training holds `shares` out of
+    it, so a near copy that would land in a held-out split is found too."""
     if not shares:
         return thumbs
     train = [(cls, path) for split, cls, path in files if split == "train"]

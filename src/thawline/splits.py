@@ -44,6 +44,11 @@ class Layout:
         """The folder a split's images are read from: its own, or train's when it is held out of train."""
         return self.dirs.get(split, self.train_dir)
 
+    @property
+    def of_train(self) -> str:
+        """' of train/' (the train folder's own name), or '' for class folders alone: where a share is held out of."""
+        return "" if self.flat else f" of {self.train_dir.name}/"
+
 
 def find_layout(root: Path) -> Layout:
     """The split folders of `root` under any of their names; two folders for one split are refused. With no split
@@ -181,16 +186,14 @@ def _content_key(path: str) -> bytes:
     try:
         # O_NONBLOCK: a named pipe in the folder must not block (decoding reports it as not a regular file)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            size = os.fstat(fd).st_size
+            h.update(size.to_bytes(8, "little"))
+            h.update(os.pread(fd, SAMPLE, 0))
+            if size > SAMPLE:
+                h.update(os.pread(fd, SAMPLE, max(SAMPLE, size - SAMPLE)))
+        finally:
+            os.close(fd)
     except OSError:  # unreadable: placed by its name (decoding reports it)
         return b"\xff" + path.encode("utf-8", "surrogateescape")
-    try:
-        size = os.fstat(fd).st_size
-        h.update(size.to_bytes(8, "little"))
-        h.update(os.pread(fd, SAMPLE, 0))
-        if size > SAMPLE:
-            h.update(os.pread(fd, SAMPLE, max(SAMPLE, size - SAMPLE)))
-    except OSError:
-        return b"\xff" + path.encode("utf-8", "surrogateescape")
-    finally:
-        os.close(fd)
     return h.digest()
