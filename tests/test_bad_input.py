@@ -69,12 +69,13 @@ def make_corpus(root: Path, leak: bool = False) -> tuple[dict[str, str], set[str
     hidden.mkdir()
     shutil.copy(root / "train" / "circle" / "circle_0.png", hidden / "small.png")
     bad["train/circle/.thumbnails"] = "hidden folder"
-    # a linked folder inside a class folder is read like a nested one; a link back to a folder read is said once
+    # a linked folder inside a class folder that leads out of it is not read (its images would take this class's
+    # label), and said; a link back to a folder read is said once
     elsewhere = root.parent / f"{root.name} linked"
     elsewhere.mkdir()
     Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(elsewhere / "from a link.png")
     (root / "train" / "stripes" / "linked").symlink_to(elsewhere, target_is_directory=True)
-    good.add("train/stripes/linked/from a link.png")
+    bad["train/stripes/linked"] = "leaves its class folder"
     (root / "train" / "stripes" / "loop").symlink_to(root / "train" / "stripes", target_is_directory=True)
     bad["train/stripes/loop"] = "folder already read"
     # a class folder that is a broken link: the class cannot be found, and that is said

@@ -144,16 +144,19 @@ def test_overwrite_replaces_a_run_and_refuses_a_folder_that_holds_no_run(
     one_error_line(capsys, "holds a run", "--overwrite to replace it")
     assert epochs_logged(folder) == [1, 2]  # refused: untouched
 
+    assert main([*argv, "--strategy", "head-only", "--epochs", "1", "--overwrite"]) == 2
+    one_error_line(capsys, "holds notes.txt, which thawline did not write; nothing was removed")
+    assert (folder / "notes.txt").read_text() == "the old run's" and epochs_logged(folder) == [1, 2]
+    (folder / "notes.txt").unlink()  # the user's file moved out: the run's own files are replaced
     assert main([*argv, "--strategy", "head-only", "--epochs", "1", "--overwrite"]) == 0
     assert epochs_logged(folder) == [1]
-    assert not (folder / "notes.txt").exists()  # nothing of the old run is left to be mistaken for the new one's
     assert json.loads((folder / "summary.json").read_text())["strategy"] == "head-only"
 
     other = tmp_path / "photos"
     other.mkdir()
     (other / "holiday.jpg").write_bytes(b"not a run")
     assert main([*argv[:-1], str(other), "--strategy", "head-only", "--epochs", "1", "--overwrite"]) == 2
-    one_error_line(capsys, f"'{other}' holds files but no thawline run", "new --out")
+    one_error_line(capsys, f"'{other}' was not created by thawline", "new --out")
     assert (other / "holiday.jpg").read_bytes() == b"not a run"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -597,7 +598,56 @@ def _resume_hint(args: argparse.Namespace, interrupt: KeyboardInterrupt) -> str:
     return ""
 
 
+_LINE_BREAKS = re.compile(r"([\n\r\t])")
+
+
+def terminal_text(text: str) -> str:
+    """`text` safe for a terminal: control characters (ESC sequences that set the title, move the cursor, hide or
+    recolour text) and bidi overrides as their escapes (files.printable); line breaks, carriage returns (tqdm's bar)
+    and tabs stay. Text already escaped is left as it is (its backslashes are not control characters)."""
+    from thawline.files import printable
+
+    parts = _LINE_BREAKS.split(text)
+    try:
+        return "".join(part if i % 2 else printable(part) for i, part in enumerate(parts))
+    except UnicodeEncodeError:  # a lone surrogate that surrogateescape cannot encode: U+FFFD, as for other bad bytes
+        return terminal_text(re.sub("[\ud800-\udfff]", "\ufffd", text))
+
+
+class _TerminalStream:
+    """sys.stdout/sys.stderr for the length of a command: every write goes through `terminal_text`, so no class,
+    file or folder name printed anywhere (ours, a library's warning, argparse) reaches the terminal raw. thawline
+    itself writes no escape sequences (no colours; its tqdm bars are never nested, so only \r moves the cursor)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(terminal_text(text) if isinstance(text, str) else text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding, buffer: the real stream's
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _TerminalStream(sys.stdout), _TerminalStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        # back to the streams main was given (each unless something else replaced it meanwhile)
+        if isinstance(sys.stdout, _TerminalStream):
+            sys.stdout = streams[0]
+        if isinstance(sys.stderr, _TerminalStream):
+            sys.stderr = streams[1]
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "compare" and getattr(args, "strategies", None):

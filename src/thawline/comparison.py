@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thawline import distributed
+from thawline import distributed, fingerprint
 from thawline.advise import ADVICE_DIR, PRIOR, SKIPPED_JSON, far_behind, load_advice
 from thawline.config import TrainConfig, atomic_write_text, load_yaml_mapping, replace, save_yaml
 from thawline.errors import ThawlineError
-from thawline.prepare import PreparedData, prepare_data
+from thawline.files import RUN_MARKER
+from thawline.names import folder_name
+from thawline.prepare import PreparedData, discover_folder, prepare_data
 from thawline.ranking import (
     format_table,
     grid_name,
@@ -39,9 +41,10 @@ from thawline.ranking import (
     write_comparison,
 )
 from thawline.runfolder import (
-    COMPARE_FILES,
     RUNS_PARENT,
     RunInterrupted,
+    check_clearable,
+    check_fresh_folder,
     claim_folder,
     first_difference,
     mismatch_message,
@@ -76,6 +79,11 @@ def parse_strategies(text: str | list[str] | tuple[str, ...], strategies_file: s
         get_strategy(name, strategies_file)  # one clear line for an unknown name
     if len(set(names)) != len(names):
         raise ThawlineError(f"--strategies lists a strategy twice: {','.join(names)}")
+    folders: dict[str, str] = {}
+    for name in names:  # each strategy's run folder is its name made safe (partial-2/3 -> partial-2_3)
+        if (other := folders.setdefault(folder_name(name), name)) != name:
+            raise ThawlineError(f"--strategies: '{other}' and '{name}' would share the run folder "
+                                f"'{folder_name(name)}'; rename one in the strategies file")  # fmt: skip
     return names
 
 
@@ -143,12 +151,17 @@ def compare(
     if resume:
         check_compare_resume(folder, config)  # before compare.yaml is rewritten
     elif folder and not overwrite:
-        check_fresh_compare(Path(folder))
+        check_fresh_folder(Path(folder), "compare")
+    elif folder:
+        check_clearable(Path(folder))  # before any decoding: --overwrite empties only what thawline wrote
     out_dir = Path(distributed.broadcast_object(str(folder or next_run_dir(RUNS_PARENT, "compare", create=main))))
-    with claim_folder(out_dir, resume=resume, overwrite=overwrite, main=main):  # locked until the table is written
+    with claim_folder(out_dir, resume=resume, overwrite=overwrite, main=main, kind="compare"):  # until the table
+        if main and not resume and not overwrite:
+            check_fresh_folder(out_dir, "compare")  # again, now that it is ours
         if main:
-            if not resume and not overwrite:
-                check_fresh_compare(out_dir)  # again, now that it is ours
+            if not resume or not (out_dir / "compare.yaml").is_file():  # a start (a resume of nothing is one too)
+                # data.csv before compare.yaml: a compare.yaml alone is a folder older than data.csv, not checked
+                fingerprint.write(out_dir, fingerprint.of_discovered(discover_folder(config)))
             plan = {"strategies": names, "config": config.to_dict(), "seeds": seeds, "halving": halving,
                     "advise": advise, "models": grid, "shift_test": str(shift_dir) if shift_dir else None}  # fmt: skip
             save_yaml(out_dir / "compare.yaml", plan)
@@ -157,6 +170,10 @@ def compare(
             runs = train_grid(config, names, grid, out_dir, shift_dir, options)
         except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
             raise RunInterrupted(out_dir, "compare") from None
+        except ThawlineError:
+            if main and not resume:
+                forget_unstarted(out_dir)  # refused before any run began (bad data): the same command may run again
+            raise
         rows = ranked_rows(runs, out_dir)
         verdict, notes = mark_uncertainty(rows, runs) if main else (None, [])
         if main:
@@ -206,15 +223,13 @@ def train_grid(
     return runs
 
 
-def check_fresh_compare(folder: Path) -> None:
-    """A new comparison never writes into a folder that holds another (its strategies' runs would be refused one by
-    one, after compare.yaml had been replaced)."""
-    held = next((name for name in COMPARE_FILES if (folder / name).exists()), None)
-    if held is not None:
-        raise ThawlineError(
-            f"'{folder}' holds a comparison ({held}); pass --resume to continue it, --overwrite to replace it, or "
-            "a new --out"
-        )
+def forget_unstarted(folder: Path) -> None:
+    """Remove compare.yaml and data.csv when no run of the comparison has begun (no marked run folder below it): a
+    comparison refused before training, for leakage say, must not leave a folder that the same command then calls a
+    comparison to resume."""
+    if not any(p.parent != folder and p.name == RUN_MARKER for p in folder.rglob(RUN_MARKER)):
+        for name in ("compare.yaml", fingerprint.DATA_FILE):
+            (folder / name).unlink(missing_ok=True)
 
 
 def train_model(
@@ -321,7 +336,7 @@ def train_strategies(
     skipped and a partial one continues."""
     runs: dict[str, RunResult] = {}
     for name in names:
-        run_dir = out_dir / name.replace("/", "_")
+        run_dir = out_dir / folder_name(name)
         cfg = replace(config, strategy=name, out=str(run_dir))
         finished = finished_run(run_dir, cfg, data) if resume else None
         if finished is not None:
@@ -413,7 +428,7 @@ def successive_halving(
         if str(rung) in state.get("done_rungs", []):
             continue
         for name in alive:
-            run_dir = out_dir / name.replace("/", "_")
+            run_dir = out_dir / folder_name(name)
             cfg = replace(config, strategy=name, out=str(run_dir))
             started = (run_dir / "last.pt").is_file() or (run_dir / "summary.json").is_file()
             strategy = get_strategy(name, config.strategies_file)
@@ -440,8 +455,8 @@ def successive_halving(
     for name in alive:  # a resumed comparison whose last rung was done before
         if name not in runs:
             runs[name] = RunResult(
-                out_dir / name.replace("/", "_"),
-                json.loads((out_dir / name.replace("/", "_") / "summary.json").read_text()),
+                out_dir / folder_name(name),
+                json.loads((out_dir / folder_name(name) / "summary.json").read_text()),
             )
     return runs
 
@@ -463,11 +478,13 @@ def finished_run(run_dir: Path, cfg: TrainConfig, data: PreparedData) -> RunResu
     diff = first_difference(saved, expected)
     if diff is not None:
         raise ThawlineError(mismatch_message(run_dir, *diff))
+    fingerprint.check_same_data(run_dir, data.fingerprint)  # nothing trained on other data is ranked
     return RunResult(run_dir, json.loads(done.read_text()))
 
 
 def check_compare_resume(folder: str | Path | None, config: TrainConfig) -> None:
-    """Resuming needs the comparison's folder, and its compare.yaml (when there) must hold the same options."""
+    """Resuming needs the comparison's folder, and its compare.yaml (when there) must hold the same options, its
+    data.csv (when there) list the same files as the data folder holds now."""
     if not folder:
         raise ThawlineError("resuming a comparison needs its folder: pass out (CLI: --resume DIR)")
     path = Path(folder) / "compare.yaml"
@@ -481,6 +498,9 @@ def check_compare_resume(folder: str | Path | None, config: TrainConfig) -> None
     diff = first_difference(saved, new)
     if diff is not None:
         raise ThawlineError(mismatch_message(Path(folder), *diff, what="a comparison"))
+    if (Path(folder) / fingerprint.DATA_FILE).is_file():  # before any strategy continues on changed data
+        now = fingerprint.of_discovered(discover_folder(config))
+        fingerprint.check_same_data(Path(folder), now, subject=f"'{folder}' holds a comparison started")
 
 
 def ranked_rows(runs: dict[str, RunResult], out_dir: Path | None = None) -> list[dict[str, Any]]:

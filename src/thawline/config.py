@@ -202,12 +202,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
+        if not isinstance(value, str) or len(value) > 60:  # a list or a page of text: say what it is, not all of it
+            raise ThawlineError(f"{name} {shown(value)} is not one of {', '.join(choices)}")
         raise ThawlineError(f"{name} '{value}' is not one of {', '.join(choices)}{close_matches(value, choices)}")
 
 
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
-        raise ThawlineError(f"{name} {value!r}: must be a positive integer")
+        raise ThawlineError(f"{name} {shown(value)}: must be a positive integer")
 
 
 @dataclass(frozen=True)
@@ -315,26 +317,86 @@ def _check_types(config: TrainConfig) -> None:
             if kind is int and float(value) != coerced:
                 raise ValueError
         except (TypeError, ValueError):
-            raise ThawlineError(f"option {spec.name}: {value!r} is not a valid {kind.__name__}") from None
+            raise ThawlineError(f"option {spec.name}: {shown(value)} is not a valid {kind.__name__}") from None
         setattr(config, spec.name, coerced)
 
 
-def load_yaml_mapping(path: str) -> dict[str, Any]:
+# A config or strategies file is a few kB and a run's config.yaml (its class list) rarely 1 MB: far more is not a
+# file thawline should parse, whatever it holds.
+MAX_YAML_BYTES = 8 * 1024 * 1024
+# The flag that names each kind of YAML file, for the "pass an existing file" fix.
+_YAML_FLAGS = {"config file": "--config", "strategies file": "--strategies-file"}
+
+
+class _AnchorsRefused(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+class PlainYamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors and aliases (& and *): nested aliases expand to billions of values from a few
+    lines (the "billion laughs"), and no file thawline reads needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AnchorsRefused(event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """`value`'s repr for an error message, cut to `limit` characters: a message never spells out a huge value."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:  # no repr of a million items to cut
+        return f"<a {type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """The one reader of YAML that thawline did not just write (a --config file, a strategies file, a run's
+    config.yaml that may have been edited): safe types only, no anchors/aliases, at most MAX_YAML_BYTES. Every
+    failure is one ThawlineError line that starts with `what` and the path."""
     p = Path(path)
     if not p.is_file():
-        raise ThawlineError(f"config file '{path}' not found; pass an existing YAML file to --config")
+        flag = _YAML_FLAGS.get(what)
+        raise ThawlineError(f"{what} '{path}' not found; pass an existing YAML file" + (f" to {flag}" if flag else ""))
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        with open(p, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)  # read() of a bounded size: also for a FIFO or a growing file
+    except OSError as e:
+        raise ThawlineError(f"cannot read {what} '{path}' ({e.strerror}); make it readable") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ThawlineError(
+            f"{what} '{path}' is over {MAX_YAML_BYTES // 2**20} MB, too large for a YAML file of options; "
+            "pass the right file"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ThawlineError(f"{what} '{path}' is not UTF-8 text; save it as UTF-8 YAML") from None
+    try:
+        return yaml.load(text, Loader=PlainYamlLoader)  # noqa: S506 - PlainYamlLoader is a SafeLoader
+    except _AnchorsRefused as e:
+        raise ThawlineError(
+            f"{what} '{path}' uses YAML anchors/aliases (& and *, line {e.line}), which thawline does not read; "
+            "write the values out"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ThawlineError(f"config file '{path}' is not valid YAML{where}; fix the syntax there") from None
-    except UnicodeDecodeError:
-        raise ThawlineError(f"config file '{path}' is not UTF-8 text; save it as UTF-8 YAML") from None
+        raise ThawlineError(f"{what} '{path}' is not valid YAML{where}; fix the syntax there") from None
+    except RecursionError:  # thousands of nested [[[...]]]: PyYAML's composer recurses per level
+        raise ThawlineError(f"{what} '{path}' nests too deeply to be a file of options; write the values out") from None
+
+
+def load_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:
+    """`read_yaml`, and the document must be a mapping (or empty: {})."""
+    data = read_yaml(path, what)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ThawlineError(f"config file '{path}' must be a YAML mapping of option: value")
+        kind = "option: value" if what == "config file" else "key: value"
+        raise ThawlineError(f"{what} '{path}' must be a YAML mapping of {kind}")
     return data
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from thawline.errors import ThawlineError
-from thawline.files import SPLITS, Skipped, class_folders, printable, walk_images
+from thawline.files import SPLITS, Skipped, Walker, printable, walk_images
 from thawline.splits import Layout, held_out_shares, hold_out, training_layout, unused_shares
 
 
@@ -70,15 +70,18 @@ def discover(
         raise ThawlineError(f"--data '{root}' is a file; pass the folder holding train/ and val/")
     layout = training_layout(root)
     shares = held_out_shares(layout, val_split, test_split)
-    skipped: list[Skipped] = []
-    warnings = unused_shares(layout, val_split, test_split)
-    classes = _train_classes(layout, skipped, warnings)
+    skipped: list[Skipped] = list(layout.skipped)
+    warnings = unused_shares(layout, val_split, test_split) + layout.stray_warnings
+    walker = Walker(root, skipped)  # one walk for every split: each real file read once, under its own class
+    train_files = _train_classes(layout, walker, warnings)
+    classes = list(train_files)
     index = {c: i for i, c in enumerate(classes)}
     splits: dict[str, SplitFiles] = {}
     for split in SPLITS:
         if split in layout.dirs or (split == "train" and layout.flat):
-            paths, labels = _split_files(layout, split, index, skipped, warnings)
+            paths, labels = _split_files(layout, split, index, walker, warnings, train_files)
             splits[split] = SplitFiles(split, paths, labels)
+    _warn_links(skipped, warnings)
     if shares:
         parts = hold_out(splits["train"].paths, splits["train"].labels, shares)
         splits.update({s: SplitFiles(s, *parts[s]) for s in parts})
@@ -92,21 +95,25 @@ def discover(
     return Discovered(layout, classes, splits, skipped, warnings, shares)
 
 
-def _train_classes(layout: Layout, skipped: list[Skipped], warnings: list[str]) -> list[str]:
-    """The class folders of train that hold images (at least 2); the others are warned about and listed."""
+def _train_classes(layout: Layout, walker: Walker, warnings: list[str]) -> dict[str, list[str]]:
+    """The class folders of train that hold images (at least 2) and their files; the others are warned about and
+    listed."""
     train_dir = layout.train_dir
-    train_classes = class_folders(train_dir, skipped)
+    skipped = walker.skipped
+    before = len(skipped)
+    train_classes = walker.class_folders(train_dir)
     warnings.extend(
-        f"class folder '{s.path}' is left out: {s.reason}" for s in skipped if s.folder and s.lost
+        f"class folder '{s.path}' is left out: {s.reason}" for s in skipped[before:] if s.folder and s.lost
     )  # a whole class lost, not a file
-    classes = []
+    classes: dict[str, list[str]] = {}
     for name in train_classes:
-        errors: list[Skipped] = []
-        if any(True for _ in walk_images(train_dir / name, errors)):
-            classes.append(name)
+        mark = len(skipped)
+        files = sorted(walker.images(train_dir / name))
+        if files:
+            classes[name] = files
         else:
             warnings.append(f"class '{name}' in {train_dir} has no images and is left out")
-            unreadable = [e.reason for e in errors if e.reason.startswith("unreadable")]
+            unreadable = [e.reason for e in skipped[mark:] if e.reason.startswith("unreadable")]
             why = f"{unreadable[0]}; make it readable (chmod +rx)" if unreadable else "class folder with no images"
             skipped.append(Skipped(str(train_dir / name), why, folder=True))
     if len(classes) < 2:
@@ -119,25 +126,30 @@ def _train_classes(layout: Layout, skipped: list[Skipped], warnings: list[str]) 
 
 
 def _split_files(
-    layout: Layout, split: str, index: dict[str, int], skipped: list[Skipped], warnings: list[str]
+    layout: Layout,
+    split: str,
+    index: dict[str, int],
+    walker: Walker,
+    warnings: list[str],
+    train_files: dict[str, list[str]],
 ) -> tuple[list[str], list[int]]:
     """(paths, labels) of one split folder; a class that train lacks is refused, files outside class folders listed."""
     d = layout.split_dir(split)
+    skipped = walker.skipped
     paths: list[str] = []
     labels: list[int] = []
-    for name in class_folders(d, skipped if split != "train" else []):
+    names = list(train_files) if split == "train" else walker.class_folders(d)
+    for name in names:
         if name not in index:
-            if split != "train":
-                if not any(True for _ in walk_images(d / name, [])):
-                    skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
-                    continue
-                raise ThawlineError(
-                    f"class '{name}' is in {d} but not in {layout.train_dir}; add training images for it "
-                    "or remove/rename the folder"
-                )
-            continue
-        files = sorted(walk_images(d / name, skipped))
-        if not files and split != "train":
+            if not any(True for _ in walk_images(d / name, [])):
+                skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
+                continue
+            raise ThawlineError(
+                f"class '{name}' is in {d} but not in {layout.train_dir}; add training images for it "
+                "or remove/rename the folder"
+            )
+        files = train_files[name] if split == "train" else sorted(walker.images(d / name))
+        if not files:
             skipped.append(Skipped(str(d / name), "class folder with no images", folder=True))
         paths.extend(files)
         labels.extend([index[name]] * len(files))
@@ -149,6 +161,24 @@ def _split_files(
     if not paths:
         raise ThawlineError(f"'{d}' holds no images in class folders; add images under {d}/<class name>/")
     return paths, labels
+
+
+# the reasons `Walker` gives for a link it did not follow because it would give images a second label or split
+_RELABEL = ("leaves its class folder", "link into the data folder", "the same folder as class", "of another class")
+
+
+def _warn_links(skipped: list[Skipped], warnings: list[str]) -> None:
+    """One line when links were not followed because they would have given images a second label or split."""
+    links = [
+        s
+        for s in skipped
+        if s.lost
+        and any(f in s.reason for f in _RELABEL)
+        and not any(f"'{s.path}'" in w for w in warnings)  # a train class folder is warned about already
+    ]
+    if links:
+        more = f" and {len(links) - 1} more" if len(links) > 1 else ""
+        warnings.append(f"'{links[0].path}'{more} not read: {links[0].reason} (all listed with why in skipped.csv)")
 
 
 def _warn_missing(split: str, classes: list[str], labels: list[int], warnings: list[str]) -> None:

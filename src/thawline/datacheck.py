@@ -24,7 +24,7 @@ from PIL import Image
 
 from thawline.data import Discovered
 from thawline.errors import ThawlineError
-from thawline.files import SPLITS, Skipped, class_folders, printable, walk_images
+from thawline.files import SPLITS, Skipped, Walker, printable
 from thawline.images import BadImage, open_rgb, upright_size
 from thawline.splits import Layout, held_out_shares, hold_out, training_layout
 
@@ -327,15 +327,9 @@ def _as_training_splits(
 
 
 def _stray_folders(layout: Layout) -> list[str]:
-    """A warning for each folder beside the split folders that is not a split (none when root holds the classes)."""
-    if layout.flat:
-        return []
-    splits = set(layout.dirs.values())
-    return [
-        f"folder '{printable(p.name)}' is not a split (train/val/test) and is ignored"
-        for p in sorted(layout.root.iterdir())
-        if p.is_dir() and p not in splits and not p.name.startswith(".")
-    ]
+    """A warning for each folder beside the split folders that is not read (a run folder thawline made is quietly
+    left out; none when root holds the classes): the same list training warns about."""
+    return layout.stray_warnings
 
 
 def _byte_copies(
@@ -359,17 +353,21 @@ def _list_files(
     ignored: list[BadFile] = []
     unusable: list[BadFile] = []
     class_dirs: dict[str, list[str]] = {}
+    walker = Walker(layout.root, [])  # what training walks: each real file once, under its own class folder
     for split in splits:
         d = layout.split_dir(split)
         skipped: list[Skipped] = []
-        class_dirs[split] = class_folders(d, skipped)
+        walker.skipped = skipped  # each split's own list; the files read are shared
+        class_dirs[split] = walker.class_folders(d)
         for cls in class_dirs[split]:
-            files.extend((split, cls, p) for p in walk_images(d / cls, skipped))
+            files.extend((split, cls, p) for p in walker.images(d / cls))
         for f in sorted(d.iterdir()):
             if f.is_file():
                 skipped.append(Skipped(str(f), f"file directly in {d.name}/, not in a class folder; ignored"))
-        for s in skipped:  # a name training cannot handle or a folder it cannot read loses images: a problem
+        for s in skipped:  # a name training cannot handle, a folder it cannot read, a link that relabels: a problem
             (unusable if s.lost else ignored).append(BadFile(split, rel(s.path), s.reason))
+    # beside the split folders: a run folder is listed as ignored, a stray folder is warned about (`_stray_folders`)
+    ignored.extend(BadFile("", rel(s.path), s.reason) for s in layout.skipped if not s.lost)
 
     return files, class_dirs, ignored, unusable
 
@@ -386,6 +384,12 @@ def _problems(result: CheckResult, root: Path, train_classes: list[str]) -> list
         problems.append(
             f"LEAKAGE: {result.leaked_files} file(s) in val/test are byte-identical to files in an earlier split; "
             "remove the copies or accuracy on them is inflated"
+        )
+    conflicting = [g for g in result.duplicates + result.leakage if len(g.classes) > 1]
+    if conflicting:
+        problems.append(
+            f"LABELS: {len(conflicting)} identical image(s) carry different class labels (listed under 'duplicates "
+            "within a split' and leakage); keep each image under its one right class"
         )
     for split, extra in result.not_in_train.items():
         problems.append(f"class(es) {_names(extra)} have images in {split}/ but none in train/; add training images")
@@ -419,11 +423,6 @@ def _warnings(result: CheckResult, train_classes: list[str], ignored: list[BadFi
             f"{later} image(s) in val/test look like resized or re-encoded copies of images in an earlier split "
             f"(their {THUMB}x{THUMB} thumbnails differ by <= {NEAR_RMS:g} levels); check the pairs listed under "
             "'near copies': accuracy on copies is inflated"
-        )
-    conflicting = [g for g in result.duplicates + result.leakage if len(g.classes) > 1]
-    if conflicting:
-        warnings.append(
-            f"{len(conflicting)} identical image(s) carry different class labels (see leakage and duplicates)"
         )
     if ignored:
         warnings.append(f"{len(ignored)} file(s) or folder(s) are not images in class folders and are ignored")

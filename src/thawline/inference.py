@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from thawline import runtime
+from thawline.atomic import write_text_atomic
 from thawline.checkpoint import load_checkpoint
-from thawline.config import atomic_write_text
 from thawline.data import Normalize, discover
 from thawline.errors import ThawlineError
-from thawline.files import Skipped, class_folders, walk_images
+from thawline.files import Skipped, Walker, printable, walk_images
 from thawline.images import BadImage, decode_resized
 from thawline.metrics import accuracy, calibration, confusion_matrix, per_class_metrics, write_predictions
 from thawline.splits import held_out_shares, training_layout
@@ -192,7 +192,8 @@ def check_batch_size(batch_size: int) -> None:
 
 def image_files(folder: str | os.PathLike, skipped: list[Skipped] | None = None) -> list[str]:
     """Image files below `folder` (recursive, sorted, by extension); what is not one goes to `skipped` with why."""
-    return list(walk_images(folder, [] if skipped is None else skipped))
+    # no labels here: a link anywhere is followed (each real file once)
+    return list(walk_images(folder, [] if skipped is None else skipped, confined=False))
 
 
 def labelled_files(
@@ -206,8 +207,9 @@ def labelled_files(
     index = {c: i for i, c in enumerate(classes)}
     paths: list[str] = []
     labels: list[int] = []
-    for name in class_folders(folder, skipped):
-        files = image_files(folder / name, skipped)
+    walker = Walker(folder, skipped)  # as training reads a split: each file once, under the class folder it sits in
+    for name in walker.class_folders(folder):
+        files = sorted(walker.images(folder / name))
         if not files:
             skipped.append(Skipped(str(folder / name), "class folder with no images", folder=True))
             continue
@@ -290,6 +292,10 @@ def _held_out_options(cfg: dict[str, Any]) -> tuple[float | None, float | None]:
     return cfg.get("val_split"), cfg.get("test_split")
 
 
+# The fix a failed evaluation write names: `evaluate` writes into the run folder and has no --out to send it elsewhere.
+EVALUATE_ELSEWHERE = "evaluate a copy of the run folder on a disk with room"
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     split: str | None = None,
@@ -321,9 +327,11 @@ def evaluate_run(
         tag = evaluation_tag(name, split) + ("_tta" if tta else "")
         targets = [out / "evaluation.json", out / f"evaluation_{tag}.json"]
         for target in targets:
-            atomic_write_text(target, text)
+            write_text_atomic(target, text, elsewhere=EVALUATE_ELSEWHERE)
         rows = out / f"evaluation_{tag}.csv"
-        write_predictions(rows, name, result.paths, result.labels, result.logits.numpy(), result.classes)
+        write_predictions(
+            rows, name, result.paths, result.labels, result.logits.numpy(), result.classes, EVALUATE_ELSEWHERE
+        )
         result.files = [*targets, rows]
     return result
 
@@ -583,18 +591,20 @@ def format_predictions(results: list[Prediction], fmt: str, top_k: int) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["path", *[f"{col}_{i + 1}" for i in range(k) for col in ("label", "prob")], "error"])
-        for r in results:
-            cells = [x for pair in zip(r.labels, (f"{p:.6f}" for p in r.probs), strict=True) for x in pair]
-            w.writerow([r.path, *cells, *[""] * (2 * k - len(cells)), r.error or ""])
+        for r in results:  # names with their control characters escaped: CSV is read in terminals and sheets
+            labels = [printable(c) for c in r.labels]
+            cells = [x for pair in zip(labels, (f"{p:.6f}" for p in r.probs), strict=True) for x in pair]
+            w.writerow([printable(r.path), *cells, *[""] * (2 * k - len(cells)), printable(r.error or "")])
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise ThawlineError(f"--format '{fmt}' must be table, csv or json")
-    width = min(max([len(r.path) for r in results] or [4]), 80)
+    shown = [printable(r.path) for r in results]  # as the terminal shows them (control characters escaped)
+    width = min(max([len(path) for path in shown] or [4]), 80)
     lines = []
-    for r in results:
+    for r, path in zip(results, shown, strict=True):
         if r.ok:
-            preds = "  ".join(f"{c} {p:.3f}" for c, p in zip(r.labels, r.probs, strict=True))
-            lines.append(f"{r.path:<{width}}  {preds}")
+            preds = "  ".join(f"{printable(c)} {p:.3f}" for c, p in zip(r.labels, r.probs, strict=True))
+            lines.append(f"{path:<{width}}  {preds}")
         else:
-            lines.append(f"{r.path:<{width}}  {'skipped' if r.skipped else 'error'}: {r.error}")
+            lines.append(f"{path:<{width}}  {'skipped' if r.skipped else 'error'}: {printable(r.error or '')}")
     return "\n".join(lines)

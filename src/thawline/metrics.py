@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from thawline.config import atomic_write_text
+from thawline.atomic import OUT_ELSEWHERE, write_text_atomic
+from thawline.config import shown
 from thawline.errors import ThawlineError
+from thawline.files import printable
 
 PREDICTION_COLUMNS = ("split", "path", "label", "pred", "confidence", "loss", "correct")
 
@@ -187,12 +189,13 @@ def read_predictions(path: str | Path, classes: list[str] | None = None) -> Pred
         raise ThawlineError(f"cannot read {path} ({e.strerror})") from None
     if classes is None:
         classes = sorted({r["label"] for r in rows} | {r["pred"] for r in rows})
-    index = {c: i for i, c in enumerate(classes)}
+    # the file holds names as files.printable wrote them (control characters escaped); a class is found either way
+    index = {**{printable(c): i for i, c in enumerate(classes)}, **{c: i for i, c in enumerate(classes)}}
     try:
         labels = np.array([index[r["label"]] for r in rows], dtype=np.int64)
         preds = np.array([index[r["pred"]] for r in rows], dtype=np.int64)
     except KeyError as e:
-        raise ThawlineError(f"{path}: class {e.args[0]!r} is not among the run's classes") from None
+        raise ThawlineError(f"{path}: class {shown(e.args[0])} is not among the run's classes") from None
     try:
         confidence = np.array([float(r["confidence"]) for r in rows], dtype=np.float64)
         loss = np.array([float(r["loss"]) for r in rows], dtype=np.float64)
@@ -213,7 +216,13 @@ def read_predictions(path: str | Path, classes: list[str] | None = None) -> Pred
 
 
 def write_predictions(
-    path: str | Path, split: str, paths: list[str], labels: np.ndarray, logits: np.ndarray, classes: list[str]
+    path: str | Path,
+    split: str,
+    paths: list[str],
+    labels: np.ndarray,
+    logits: np.ndarray,
+    classes: list[str],
+    elsewhere: str = OUT_ELSEWHERE,
 ) -> None:
     """predictions.csv (PREDICTION_COLUMNS) from logits: the one writer for training, `evaluate` and the report."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -226,7 +235,9 @@ def write_predictions(
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(PREDICTION_COLUMNS)
+    names = [printable(c) for c in classes]  # a name's control characters escaped: the file is read in terminals too
     for i, p in enumerate(paths):
         y, yhat = int(labels[i]), int(pred[i])
-        w.writerow([split, p, classes[y], classes[yhat], f"{confidence[i]:.6f}", f"{loss[i]:.6f}", int(y == yhat)])
-    atomic_write_text(path, buf.getvalue())
+        row = [printable(split), printable(p), names[y], names[yhat], f"{confidence[i]:.6f}", f"{loss[i]:.6f}"]
+        w.writerow([*row, int(y == yhat)])
+    write_text_atomic(path, buf.getvalue(), elsewhere)  # `elsewhere`: the fix a failed write names

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from thawline.atomic import atomic_path
+from thawline.files import printable
 from thawline.metrics import Calibration, Predictions, row_normalize
 
 GRID_NAME = "prediction_grid.png"
@@ -234,7 +237,9 @@ def _text_px(text: str, size: float = SMALL_FONT) -> float:
 
 def _shorten(name: str, px: float, size: float = SMALL_FONT) -> str:
     """`name` in at most `px` pixels, its middle replaced by an ellipsis: a long class name (iNaturalist's whole
-    taxonomy) keeps its start and its distinguishing end instead of running into the next tile or off the page."""
+    taxonomy) keeps its start and its distinguishing end instead of running into the next tile or off the page.
+    Control characters show as their escapes (files.printable), as in the page and the terminal."""
+    name = printable(name)
 
     def cut(keep: int) -> str:
         head = keep // 2
@@ -349,11 +354,16 @@ class Tile:
     mistake: bool
 
 
+_ESCAPED = re.compile(r"\\x([0-9a-f]{2})|\\u([0-9a-f]{4})")
+
+
 def _load_tile(path: str, size: int = TILE) -> np.ndarray | None:
     from PIL import Image
 
     from thawline.images import BadImage, open_rgb
 
+    if "\\" in path and not os.path.lexists(path):  # predictions.csv holds names escaped (files.printable)
+        path = _ESCAPED.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), path)
     try:
         img = open_rgb(path, at_least=2 * size)  # a big JPEG decoded scaled, as thumbnail() would on its own
     except BadImage:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from thawline import distributed
+from thawline import distributed, fingerprint
 from thawline.cache import ImageCache, build_image_cache, default_cache_dir
 from thawline.config import TrainConfig
 from thawline.data import Discovered, Normalize, discover
 from thawline.depthwise import use_fast_depthwise
 from thawline.errors import ThawlineError
 from thawline.files import SPLITS, Skipped
+from thawline.fingerprint import Fingerprint
 from thawline.models import StageMap, stage_map
 from thawline.multidepth import install_multidepth_head
 from thawline.strategies import ResolvedPhase, Strategy, resolve
@@ -76,10 +77,19 @@ class PreparedData:
     interpolation: str
     splits: dict[str, SplitData]
     skipped: list[tuple[str, str]]
+    # every file's split, path, class and content key (a run's data.csv): taken at discovery by prepare_data
+    _fingerprint: Fingerprint | None = field(default=None, repr=False)
 
     @property
     def classes(self) -> list[str]:
         return self.discovered.classes
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """What a resume checks the data against (fingerprint.py); computed on first use when not given."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint.of_discovered(self.discovered)
+        return self._fingerprint
 
     def counts(self) -> dict[str, Any]:
         """num_train / num_val / num_test and the shares held out of train (`held_out`: {"val": 0.2}, empty when
@@ -109,12 +119,22 @@ def cache_dir(config: TrainConfig) -> Path:
     return Path(config.cache_dir) if config.cache_dir else default_cache_dir()
 
 
+NO_DATA = "no data given; pass --data DIR (an ImageFolder tree: train/ and val/, or class folders)"
+
+
+def discover_folder(config: TrainConfig) -> Discovered:
+    """The splits and files of `config.data` as the options select them (no warnings printed, nothing decoded)."""
+    if not config.data:
+        raise ThawlineError(NO_DATA)
+    return discover(config.data, config.max_per_class, config.val_split, config.test_split)
+
+
 def discover_data(config: TrainConfig) -> tuple[Discovered, int, str]:
     """The folder's splits and files (its warnings printed), and the input size and interpolation to decode at."""
-    if not config.data:
-        raise ThawlineError("no data given; pass --data DIR (an ImageFolder tree: train/ and val/, or class folders)")
+    if not config.data:  # before the model is probed
+        raise ThawlineError(NO_DATA)
     img_size, interpolation = input_settings(config)
-    found = discover(config.data, config.max_per_class, config.val_split, config.test_split)
+    found = discover_folder(config)
     for w in found.warnings:
         warn(w)
     return found, img_size, interpolation
@@ -123,6 +143,7 @@ def discover_data(config: TrainConfig) -> tuple[Discovered, int, str]:
 def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
     """Discover the folder and decode every image once at the model's input size (reused across runs)."""
     found, img_size, interpolation = discover_data(config)
+    data_print = fingerprint.of_discovered(found)  # the files as found, before decoding reads them at length
     from thawline.datacheck import check_leakage
 
     splits: dict[str, SplitData] = {}
@@ -141,7 +162,7 @@ def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
         held_out = found.held_out_line()
         print(f"data: {found.root}: {len(found.classes)} classes; {counts} images at {img_size} px"
               + (f"; {held_out}" if held_out else ""), flush=True)  # fmt: skip
-    return PreparedData(found, img_size, interpolation, splits, skipped)
+    return PreparedData(found, img_size, interpolation, splits, skipped, data_print)
 
 
 def decode_split(

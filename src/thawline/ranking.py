@@ -14,13 +14,13 @@ import csv
 import io
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thawline.config import atomic_write_text
+from thawline.names import folder_name
 from thawline.uncertainty import ALPHA, RESAMPLES, fmt_p
 
 Row = dict[str, Any]
@@ -41,13 +41,13 @@ def split_name(name: str) -> tuple[str | None, str]:
 
 
 def model_folder(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip(".") or "model"
+    return folder_name(model)
 
 
 def run_subdir(name: str) -> str:
     """A row's run folder inside its compare folder: `partial-2_3`, or `<model>/partial-2_3` in a model grid."""
     model, strategy = split_name(name)
-    folder = strategy.replace("/", "_")
+    folder = folder_name(strategy)
     return f"{model_folder(model)}/{folder}" if model else folder
 
 

@@ -21,11 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
+from markupsafe import Markup
 
 from thawline.atomic import WriteFailed, atomic_path, writing
-from thawline.config import atomic_write_text
+from thawline.config import atomic_write_text, read_yaml
 from thawline.errors import ThawlineError
+from thawline.files import printable
 from thawline.metrics import (
     ClassMetrics,
     Predictions,
@@ -112,9 +113,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any] | None:
+    """A run's config.yaml or a compare.yaml, through the one YAML reader (it may have been edited: no aliases, a
+    bounded size); missing or unreadable is None, the report leaves that section out."""
+    if not path.is_file():
+        return None
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path, "run file")
+    except ThawlineError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -460,6 +465,20 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+_LINE_BREAKS = re.compile(r"([\n\r\t])")
+
+
+def visible(value: Any) -> Any:
+    """Every value the page shows (names, paths, notes, the advisor's HTML): control characters and bidi overrides
+    as their escapes (files.printable), so a class or file name cannot hide or reorder text; line breaks and tabs,
+    harmless in HTML, stay. A Markup value stays Markup (escaping only controls, it adds no HTML)."""
+    if not isinstance(value, str):
+        return value
+    parts = _LINE_BREAKS.split(value)
+    text = "".join(part if i % 2 else printable(part) for i, part in enumerate(parts))
+    return Markup(text) if isinstance(value, Markup) else text
+
+
 def _template():
     import jinja2
 
@@ -469,6 +488,7 @@ def _template():
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=visible,  # runs on every {{ value }} before autoescaping
     )
     return env.get_template("report.html")
 

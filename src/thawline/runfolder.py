@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import fnmatch
 import io
 import json
 import os
@@ -17,13 +18,26 @@ from thawline.atomic import WriteFailed, append_text
 from thawline.checkpoint import load_checkpoint
 from thawline.config import FIELD_NAMES, PLACE_OPTIONS, atomic_write_text, option_specs
 from thawline.errors import ThawlineError
+from thawline.files import RUN_FORMAT, RUN_MARKER, marker_kind, printable
 
 # Files that say a folder holds a run (partial: last.pt; finished: summary.json): a fresh run never writes there.
 RUN_FILES = ("last.pt", "summary.json")
-# What a compare folder holds (comparison.json once finished); --overwrite clears a folder only when it holds these.
+# What a compare folder holds (comparison.json once finished): a fresh comparison never writes there.
 COMPARE_FILES = ("compare.yaml", "comparison.json")
 RUNS_PARENT = Path("runs")  # where runs go without --out, relative to the working folder
 LOCK_NAME = ".thawline.lock"
+# The run-folder format: every entry thawline writes into a run, compare or sweep folder it created (shell patterns).
+# --overwrite removes these and nothing else; a sub-folder goes only when it is marked, or holds nothing else.
+FORMAT_ENTRIES = (
+    RUN_MARKER, LOCK_NAME, ".*.tmp", ".write-test",  # the marker, the lock, atomic writes cut short, the write probe
+    "config.yaml", "summary.json", "metrics.jsonl", "last.pt", "best.pt", "skipped.csv", "skipped.json",
+    "predictions*.csv", "prediction_grid.png", "events.out.tfevents.*", "lr_find.json", "evaluation.json",
+    "shift.json", "shift.png", "data.csv", "data.json",
+    "compare.yaml", "comparison.csv", "comparison.json", "halving.json", "report.html", "report_files",
+    "report_files/*.png", "advise", "advise/*", "seeds", "seed-*",
+    "trials.csv", "sweep_summary.json", "sweep.db", "best_strategy.yaml", "best_config.yaml", "trial-*",
+)  # fmt: skip
+MARKER_KINDS = ("run", "compare", "sweep")
 # What defines a run beyond its options: a resume with other classes or other phases would mix two runs.
 DEFINING_DERIVED = ("classes", "phases")
 PATH_OPTIONS = ("data", "strategies_file", "weights")
@@ -128,19 +142,80 @@ def latest_unfinished(command: str, parent: Path = RUNS_PARENT) -> Path:
     return max(found)[2]
 
 
-def clear_run_folder(folder: Path) -> None:
-    """--overwrite: empty a folder that holds a run or a comparison, and only such a folder (never a folder of other
-    files that --out happened to name). Called with the folder's `RunLock` held, which stays. The files that mark a
-    finished or resumable run go first and the config last, so a crash midway leaves a folder that is neither
-    resumed nor mistaken for an empty one: --overwrite again finishes the job."""
+def write_marker(folder: Path, kind: str) -> None:
+    """Mark `folder` as created by thawline (`kind`: run, compare or sweep): what lets --overwrite empty it later
+    and keeps discovery from reading it as data."""
+    assert kind in MARKER_KINDS, kind
+    if marker_kind(folder) != kind:
+        atomic_write_text(folder / RUN_MARKER, json.dumps({"kind": kind, "format": RUN_FORMAT}) + "\n")
+
+
+def in_format(name: str, parent: str = "") -> bool:
+    """Whether the format names an entry `name` of a folder named `parent` (`report_files/*.png`)."""
+    return any(fnmatch.fnmatchcase(n, p) for n in (name, f"{parent}/{name}") for p in FORMAT_ENTRIES)
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The entries below `folder` that thawline's format does not name (a user's files, folders and links), as
+    paths relative to `folder`. A sub-folder is thawline's when it is marked (a run inside a comparison), or when
+    the format names it or it holds marked runs (a grid's model folder), and everything in it is thawline's."""
+    out: list[str] = []
+
+    def visit(d: Path, prefix: str) -> None:
+        for entry in sorted(d.iterdir()):
+            rel = prefix + entry.name
+            if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+                out.append(rel)  # a link could lead anywhere; a pipe or socket is not ours
+            elif entry.is_dir():
+                ours = marker_kind(entry) or in_format(entry.name, d.name) or _holds_runs(entry)
+                if ours:
+                    visit(entry, rel + "/")
+                else:
+                    out.append(rel + "/")
+            elif not in_format(entry.name, d.name):
+                out.append(rel)
+
+    visit(folder, "")
+    return out
+
+
+def _holds_runs(folder: Path) -> bool:
+    return any(e.is_dir() and not e.is_symlink() and marker_kind(e) for e in folder.iterdir())
+
+
+def named_few(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(printable(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_clearable(folder: Path) -> list[Path]:
+    """What --overwrite would remove from `folder` (everything but its lock); refused in one line when thawline did
+    not create the folder (no marker) or anything in it is not thawline's (a project folder named by --out keeps
+    its .git and data). Called before any work, and again with the lock held."""
     if not folder.is_dir():
-        return
-    marks = (*RUN_FILES, "comparison.json")
-    configs = ("config.yaml", "compare.yaml")
-    entries = [e for e in folder.iterdir() if e.name != LOCK_NAME]
-    if entries and not any((folder / name).exists() for name in (*marks, *configs)):
-        raise ThawlineError(f"--overwrite: '{folder}' holds files but no thawline run; pass an empty or new --out")
-    rank = {**{n: 0 for n in marks}, **{n: 2 for n in configs}}
+        return []
+    entries = [e for e in folder.iterdir() if e.name not in (LOCK_NAME, ".write-test")]
+    if entries and marker_kind(folder) is None:
+        raise ThawlineError(
+            f"--overwrite: '{folder}' was not created by thawline (it has no {RUN_MARKER}), so nothing in it is "
+            "removed; pass an empty or new --out (a run of a thawline older than the marker: delete it yourself)"
+        )
+    foreign = foreign_entries(folder) if entries else []
+    if foreign:
+        raise ThawlineError(
+            f"--overwrite: '{folder}' holds {named_few(foreign)}, which thawline did not write; nothing was removed: "
+            "move them out, or pass an empty or new --out"
+        )
+    return entries
+
+
+def clear_run_folder(folder: Path) -> None:
+    """--overwrite: empty a folder thawline created of the entries the run-folder format names, and only those
+    (`check_clearable`). Called with the folder's `RunLock` held, which stays. The files that mark a finished or
+    resumable run go first and the marker last, so a crash midway leaves a folder that is neither resumed nor
+    mistaken for a foreign one: --overwrite again finishes the job."""
+    entries = check_clearable(folder)
+    rank = {**{n: 0 for n in (*RUN_FILES, "comparison.json")}, RUN_MARKER: 2}
     try:
         for entry in sorted(entries, key=lambda e: rank.get(e.name, 1)):
             if entry.is_dir() and not entry.is_symlink():
@@ -165,18 +240,30 @@ def make_writable_folder(out: Path) -> None:
         ) from None
 
 
-def check_fresh_folder(out: Path) -> None:
-    """A new run never writes into a folder that holds another run (its metrics would go, its best.pt stay)."""
-    held = next((name for name in RUN_FILES if (out / name).exists()), None)
+def check_fresh_folder(out: Path, kind: str = "run") -> None:
+    """A new run (or comparison) never writes into a folder that holds another (its metrics would go, its best.pt
+    stay), nor over a file of the same name that thawline did not write (a project's own config.yaml)."""
+    held = next((name for name in (COMPARE_FILES if kind == "compare" else RUN_FILES) if (out / name).exists()), None)
     if held is not None:
+        what = "a comparison" if kind == "compare" else "a run"
         raise ThawlineError(
-            f"'{out}' holds a run ({held}); pass --resume to continue it, --overwrite to replace it, or a new --out"
+            f"'{out}' holds {what} ({held}); pass --resume to continue it, --overwrite to replace it, or a new --out"
         )
+    if out.is_dir() and marker_kind(out) is None:
+        clashing = sorted(e.name for e in out.iterdir() if in_format(e.name) and e.name not in (LOCK_NAME, RUN_MARKER))
+        if clashing:
+            raise ThawlineError(
+                f"'{out}' holds {named_few(clashing)}, which thawline did not write and a new {kind} would replace; "
+                "pass an empty or new --out"
+            )
 
 
-def claim_folder(out: Path, *, resume: bool, overwrite: bool, main: bool = True) -> contextlib.AbstractContextManager:
-    """Rank 0 makes `out`, locks it for this process (the returned context releases it) and, for a fresh run, empties
-    it (`overwrite`) or proves it holds no run. Other ranks under torchrun write nothing: a no-op context."""
+def claim_folder(
+    out: Path, *, resume: bool, overwrite: bool, main: bool = True, kind: str = "run"
+) -> contextlib.AbstractContextManager:
+    """Rank 0 makes `out`, locks it for this process (the returned context releases it), for a fresh run empties it
+    (`overwrite`) or proves it holds no run, and marks it as thawline's (`kind`). Other ranks under torchrun write
+    nothing: a no-op context."""
     if not main:
         return contextlib.nullcontext()
     make_writable_folder(out)
@@ -185,7 +272,8 @@ def claim_folder(out: Path, *, resume: bool, overwrite: bool, main: bool = True)
         if overwrite and not resume:
             clear_run_folder(out)
         elif not resume:
-            check_fresh_folder(out)
+            check_fresh_folder(out, kind)
+        write_marker(out, kind)
     except BaseException:
         lock.release()
         raise
@@ -304,5 +392,5 @@ def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "reason"])
-    w.writerows(skipped)
+    w.writerows((printable(path), printable(reason)) for path, reason in skipped)  # no raw escapes in a CSV cell
     atomic_write_text(out / "skipped.csv", buf.getvalue())

@@ -31,7 +31,7 @@ from PIL import Image
 
 from thawline.atomic import atomic_folder
 from thawline.errors import ThawlineError, close_matches
-from thawline.files import Skipped, class_folders, walk_images
+from thawline.files import Skipped, Walker
 from thawline.images import BadImage, open_rgb
 from thawline.splits import find_layout
 
@@ -192,15 +192,14 @@ def set_name(kind: str, severity: int) -> str:
 # ---- writing a shifted tree --------------------------------------------------------------------------------------
 
 
-def _split_files(folder: Path, skipped: list[Skipped]) -> list[tuple[str, Path]]:
+def _split_files(root: Path, folder: Path, skipped: list[Skipped]) -> list[tuple[str, Path]]:
     """(class/relative path, file) of every image below the class folders of `folder`, sorted; what is not an image
     (or has a name that is not UTF-8) goes to `skipped` with why, as in training."""
-    classes = class_folders(folder, skipped)
+    walker = Walker(root, skipped)  # as training reads it: each file once, under the class folder it sits in
+    classes = walker.class_folders(folder)
     if not classes:
         raise ThawlineError(f"'{folder}' has no class folders; expected {folder}/<class name>/<images>")
-    return [
-        (Path(p).relative_to(folder).as_posix(), Path(p)) for c in classes for p in walk_images(folder / c, skipped)
-    ]
+    return [(Path(p).relative_to(folder).as_posix(), Path(p)) for c in classes for p in walker.images(folder / c)]
 
 
 def _out_names(rels: list[str]) -> dict[str, str]:
@@ -258,7 +257,7 @@ def write_shifted(
         raise ThawlineError(f"data folder '{root}' has no {split}/ folder; {hint}")
     _check_out(out, split_dir)
     ignored: list[Skipped] = []
-    files = _split_files(split_dir, ignored)
+    files = _split_files(root, split_dir, ignored)
     if not files:
         raise ThawlineError(f"'{split_dir}' holds no image files in its class folders")
     names = _out_names([rel for rel, _ in files])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thawline.errors import ThawlineError
-from thawline.files import METADATA_FOLDERS, SPLITS, printable
+from thawline.files import METADATA_FOLDERS, RUN_FOLDER, SPLITS, Skipped, is_marked, printable
 from thawline.images import IMAGE_EXTENSIONS
 
 # Exports name the splits differently (Roboflow: valid/, Keras examples: validation/); each is accepted as is.
@@ -34,7 +34,15 @@ class Layout:
     root: Path
     dirs: dict[str, Path] = field(default_factory=dict)
     flat: bool = False
-    folders: list[Path] = field(default_factory=list)  # every visible sub-folder of root
+    folders: list[Path] = field(default_factory=list)  # every visible sub-folder of root (run folders left out)
+    # folders beside the split folders, not read: a run folder thawline made (quietly), any other (lost: a class
+    # put beside train/ instead of in it)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def stray_warnings(self) -> list[str]:
+        """One line for each folder beside the split folders whose images are not read."""
+        return [f"folder '{s.path}' is left out: {s.reason}" for s in self.skipped if s.lost]
 
     @property
     def train_dir(self) -> Path:
@@ -60,6 +68,8 @@ def find_layout(root: Path) -> Layout:
         folders = [root / n for n in names if n not in METADATA_FOLDERS]
     except OSError as e:
         raise ThawlineError(f"cannot read folder '{root}' ({e.strerror}); make it readable (chmod +rx)") from None
+    runs = [p for p in folders if is_marked(p)]  # --out inside --data: never data, never a split
+    folders = [p for p in folders if p not in runs]
     named = [p for p in folders if any(p.name.lower() in aliases for aliases in SPLIT_NAMES.values())]
     if named and all(_images_only(p) for p in named):  # class folders, one of them named like a split ("train")
         return Layout(root, {}, flat=True, folders=folders)
@@ -71,7 +81,16 @@ def find_layout(root: Path) -> Layout:
             raise ThawlineError(f"data folder '{root}' has {both}, two {split} folders; merge them into one")
         if found:
             dirs[split] = found[0]
-    return Layout(root, dirs, flat=not dirs, folders=folders)
+    if not dirs:  # class folders alone: class discovery lists the run folders
+        return Layout(root, dirs, flat=True, folders=folders)
+    skipped = [Skipped(printable(str(p)), RUN_FOLDER, folder=True) for p in runs]
+    skipped += [
+        Skipped(printable(str(p)), "folder beside the split folders is not read; move it into "
+                f"{dirs.get('train', root / 'train').name}/ as a class, or out of the data folder", folder=True,
+                lost=True)
+        for p in folders if p not in dirs.values()
+    ]  # fmt: skip
+    return Layout(root, dirs, flat=False, folders=folders, skipped=sorted(skipped, key=lambda s: s.path))
 
 
 def _images_only(folder: Path) -> bool:

@@ -268,11 +268,29 @@ def validate_phase(phase: Phase, where: str) -> None:
 def load_strategies_file(path: str) -> dict[str, Strategy]:
     from thawline.config import load_yaml_mapping
 
-    data = load_yaml_mapping(path)
+    data = load_yaml_mapping(path, what="strategies file")
     block = data.get("strategies", data)
     if not isinstance(block, dict):
         raise ThawlineError(f"strategies file '{path}': expected a mapping name -> {{phases: [...]}}")
-    return {name: strategy_from_dict(str(name), spec, f"strategy in '{path}'") for name, spec in block.items()}
+    return {check_user_name(name, path): strategy_from_dict(name, spec, f"strategy in '{path}'")
+            for name, spec in block.items()}  # fmt: skip
+
+
+def check_user_name(name: Any, path: str) -> str:
+    """A strategy name from a strategies file: safe as a run folder's name, and not a built-in's (a file's
+    `head-only: {train: all}` would train every layer and be reported as head-only)."""
+    from thawline.names import check_name, folder_name
+
+    try:
+        builtin = name in STRATEGIES or name in LITERATURE or partial_with_fraction(str(name)) is not None
+    except ThawlineError:  # partial-<fraction out of range>: still the built-in partial's grammar
+        builtin = True
+    if not builtin:
+        return check_name(name, "strategy", f"rename it in '{path}'")
+    raise ThawlineError(
+        f"strategies file '{path}' defines '{name}', which is a built-in strategy's name; give yours another name "
+        f"(e.g. my-{folder_name(name)})"
+    )
 
 
 def partial_with_fraction(name: str) -> Strategy | None:
@@ -470,7 +488,7 @@ def describe(strategy: Strategy) -> str:
 
 
 def all_strategies(strategies_file: str | None = None) -> dict[str, Strategy]:
-    """The seed strategies, then the literature's, then the file's (a file's name overrides a built-in)."""
+    """The seed strategies, then the literature's, then the file's (which cannot reuse a built-in's name)."""
     registry = {**STRATEGIES, **LITERATURE}
     if strategies_file:
         registry.update(load_strategies_file(strategies_file))

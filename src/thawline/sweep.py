@@ -39,6 +39,7 @@ import psutil
 
 from thawline.config import TrainConfig, atomic_write_text, replace
 from thawline.errors import ThawlineError
+from thawline.runfolder import write_marker
 from thawline.strategies import Phase, Strategy, get_strategy
 
 DEFAULT_STRATEGIES = ("head-only", "two-phase", "layer-wise", "partial", "gradual", "full")
@@ -307,6 +308,7 @@ def sweep(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ThawlineError(f"cannot create sweep folder '{out_dir}' ({e.strerror}); pass a writable --out") from None
+    write_marker(out_dir, "sweep")  # thawline's folder: never read as data
     url = storage or f"sqlite:///{out_dir / 'sweep.db'}"
     shown = hide_password(url)
     study_name = study_name or DEFAULT_STUDY

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from thawline import distributed, engine, faults, headfit, runtime
+from thawline import distributed, engine, faults, fingerprint, headfit, runtime
 from thawline.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from thawline.config import TrainConfig, atomic_write_text, save_yaml
 from thawline.errors import ThawlineError
@@ -37,6 +37,7 @@ from thawline.runfolder import (
     RUNS_PARENT,
     RunInterrupted,
     append_jsonl,
+    check_clearable,
     check_fresh_folder,
     check_same_folder,
     claim_folder,
@@ -140,6 +141,8 @@ def train(
         raise ThawlineError("resuming needs the run folder: pass run_dir (CLI: --resume RUN_DIR)")
     if not resume and not overwrite and folder:
         check_fresh_folder(Path(folder))  # before any work: a new run never overwrites another's files
+    elif not resume and folder:
+        check_clearable(Path(folder))  # before any work: --overwrite never empties a folder thawline did not make
     seed_everything(config.seed)
     if data is None:
         data = prepare_data(config, quiet)
@@ -152,8 +155,10 @@ def train(
     setup = setup_run(config, strategy, data)
     main = distributed.is_main()
     out = Path(distributed.broadcast_object(str(folder or next_run_dir(RUNS_PARENT, strategy.name, create=main))))
-    with claim_folder(out, resume=resume, overwrite=overwrite, main=main):  # locked until the run returns
+    with claim_folder(out, resume=resume, overwrite=overwrite, main=main, kind="run"):  # locked until it returns
         saved = resume_state(out, setup.resolved_config(lr_auto)) if resume else None  # same options, or refused
+        if saved is not None:  # and the same files (data.csv), or refused: epochs on two data sets are no one run
+            fingerprint.check_same_data(out, data.fingerprint)
         distributed.barrier()  # every rank has read last.pt before rank 0 writes anything new
         run = _open_run(setup, out, saved is not None, lr_auto, lr_found, quiet)
         try:
@@ -191,6 +196,8 @@ def _open_run(
             write_lr_find(out, lr_found)
         save_yaml(out / "config.yaml", resolved)
         write_skipped(out, setup.data.skipped)
+        if not resuming:  # a resume keeps the list it was checked against (none in a folder older than data.csv)
+            fingerprint.write(out, setup.data.fingerprint)
     tracker = Tracker(out, out.name, resolved, setup.config.wandb, enabled=distributed.is_main())
     initial = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
     run = Run(setup, out, resolved, tracker, runtime.MemoryMeter(setup.device), initial, quiet)
@@ -570,6 +577,7 @@ def _summary(
         "peak_gpu_mb": run.meter.peak_gpu_mb,
         "layer_drift": stage_drift(setup.model, run.initial, setup.smap),
         **setup.data.counts(),
+        "data_digest": setup.data.fingerprint.digests(),  # per split: which files the accuracies are on (data.csv)
         "skipped_files": len(setup.data.skipped),
         "img_size": setup.data.img_size,
         "device": str(setup.device),

@@ -23,6 +23,7 @@ import numpy as np
 
 from thawline.errors import ThawlineError
 from thawline.metrics import read_predictions
+from thawline.names import folder_name
 
 RESAMPLES = 2000
 SEED = 0
@@ -295,7 +296,7 @@ def seed_spread(
 
     seeds_dir = Path(compare_dir) / "seeds"
     for row in rows:
-        folder = folder_of(str(row["strategy"])) if folder_of else str(row["strategy"]).replace("/", "_")
+        folder = folder_of(str(row["strategy"])) if folder_of else folder_name(str(row["strategy"]))
         values = {key: [row.get(key)] for key in SEED_KEYS}
         for summary_path in sorted(seeds_dir.glob(f"seed-*/{folder}/summary.json")):
             summary = json.loads(summary_path.read_text())

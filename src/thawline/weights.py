@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from collections import OrderedDict
 from pathlib import Path
@@ -147,14 +148,44 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], what: str) -
     return sorted(set(fresh))
 
 
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch bolds part of its messages for a terminal
+
+
+def first_sentence(e: BaseException, limit: int = 160) -> str:
+    """A library error's first sentence, whole, for a one-line message: never cut mid-word (torch's load errors
+    run to paragraphs), no terminal escapes; the error's type when it says nothing."""
+    text = " ".join(_ESCAPES.sub("", str(e)).split())
+    if not text:
+        return type(e).__name__
+    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence.rfind(" ", 0, limit)
+    return sentence[: cut if cut > 0 else limit].rstrip(",;:") + " …"
+
+
+def _load_failure(e: BaseException) -> str:
+    """Why torch.load (weights_only) refused a file, in thawline's words: torch's own message is a paragraph about
+    its options (one of which, weights_only=False, runs code from the file), which thawline does not take."""
+    text = str(e)
+    if isinstance(e, EOFError):
+        return "the file is empty or cut short"
+    if "Weights only load failed" not in text:
+        return first_sentence(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds a Python object ({found.group(1)}), and thawline loads only tensors from a file"
+    return "not a PyTorch tensor file, or it holds Python objects, and thawline loads only tensors from a file"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict, a thawline checkpoint ({'model': ...}) or a common wrapper ({'state_dict': ...})."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — any unpickling failure is one message to the user
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise ThawlineError(
-            f"cannot read weights file '{path}' ({reason}); pass a PyTorch state dict or a thawline checkpoint"
+            f"cannot read weights file '{path}' ({_load_failure(e)}); pass a state dict saved with "
+            "torch.save(model.state_dict(), PATH) or a thawline checkpoint"
         ) from None
     for key in ("model", "state_dict", "model_state_dict", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -193,10 +224,9 @@ def create_hub_model(name: str, num_classes: int, drop_rate: float, hub_file: st
             raise ThawlineError(f"timm has no pretrained weights for '{name}'; use --weights none or PATH") from None
         raise
     except (OSError, ConnectionError, ValueError) as e:
-        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise ThawlineError(
-            f"could not download pretrained weights for '{name}' ({first}); offline, use --weights default "
-            "(embedded tf_efficientnet_lite0) or --weights PATH to a local file"
+            f"could not download pretrained weights for '{name}' ({first_sentence(e, 120)}); offline, use --weights "
+            "default (embedded tf_efficientnet_lite0) or --weights PATH to a local file"
         ) from None
     except Exception as e:  # huggingface_hub raises its own hierarchy when offline
         if type(e).__module__.startswith(("huggingface_hub", "requests", "urllib3")):
