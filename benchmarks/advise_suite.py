@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 import thawline
-from thawline.config import atomic_write_text
+from thawline.core.atomic import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,7 +103,7 @@ def first_epochs(curves: dict[str, list[dict[str, Any]]], epochs: int) -> dict[s
 
 def read_curves(compare_dir: Path, strategies: list[str], epochs: int) -> dict[str, list[dict[str, Any]]] | None:
     """Each strategy's first `epochs` metrics rows from a compare's run folders; None when one stopped earlier."""
-    from thawline.report import read_metrics
+    from thawline.report.build import read_metrics
 
     return first_epochs({n: read_metrics(compare_dir / n.replace("/", "_") / "metrics.jsonl") for n in strategies},
                         epochs)  # fmt: skip
@@ -125,7 +125,7 @@ def task_test_correct(row: dict, strategies: list[str]) -> dict[str, np.ndarray]
         n_test = int(row["counts"]["test"])
         return {n: np.unpackbits(np.frombuffer(bytes.fromhex(runs[n]["test_correct"]), np.uint8))[:n_test]
                 for n in strategies}  # fmt: skip
-    from thawline.metrics import read_predictions
+    from thawline.report.metrics import read_predictions
 
     out = {}
     for n in strategies:
@@ -171,7 +171,7 @@ def simulate_halving(
     `halving_carried`). The time share is estimated from the epochs' own `seconds` (training + validation; start-up
     and the test pass left out). An exact tie in best val accuracy among the last survivors goes to the one with
     less time, as in `compare`: the one part that can differ from a real run, whose times are its own."""
-    from thawline.comparison import halving_keep, halving_rungs, halving_survivors
+    from thawline.comparing.comparison import halving_keep, halving_rungs, halving_survivors
 
     strategies = list(curves)
     entered = [n for n in strategies if n not in left_out]
@@ -257,8 +257,8 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     """Fill `result` with everything computed from the suite's measured runs and advise's recorded signals (no
     training, no advise pass): advise's ranking by the current rules and prior, its tau and top pick, halving
     replayed. `--rescore` calls it alone after a strategy's recipe changed or the rules did."""
-    from thawline.advise import far_behind, rank_strategies, signals_from_doc
-    from thawline.comparison import halving_carried
+    from thawline.comparing.comparison import halving_carried
+    from thawline.report.advice_rules import far_behind, rank_strategies, signals_from_doc
 
     runs = row["thawline"]["strategies"]
     strategies = [s for s in row["strategies"] if s in runs]
@@ -315,7 +315,14 @@ def advise_with_prior(
 ) -> dict[str, Any]:
     """advise's rules (all, or `rules`) on the task's recorded signals, started from a prior in `order` (the fixed
     ranking fitted on the other tasks) instead of the shipped one: do the rules add anything to it?"""
-    from thawline.advise import PRIOR, RULE_WEIGHT, RULES, STRATEGY_ORDER, rank_strategies, signals_from_doc
+    from thawline.report.advice_rules import (
+        PRIOR,
+        RULE_WEIGHT,
+        RULES,
+        STRATEGY_ORDER,
+        rank_strategies,
+        signals_from_doc,
+    )
 
     everything = [*order, *(s for s in STRATEGY_ORDER if s not in order)]  # strategies the task did not run: last
     prior = dict(zip(everything, sorted(PRIOR.values(), reverse=True), strict=True))
@@ -397,7 +404,7 @@ def rule_ablation(results: list[dict]) -> dict[str, dict[str, float]]:
     """Which of advise's rule sets earn their place: each one left out in turn (and all of them), the rest applied
     to the recorded signals from the fixed ranking fitted on the other tasks; mean tau and top picks within 1 point.
     A rule set whose removal raises the tau carries no information beyond the fixed order on this suite."""
-    from thawline.advise import RULES
+    from thawline.report.advice_rules import RULES
 
     scored = [r for r in results if "advise_loo_prior" in r]
     if not scored:
@@ -527,7 +534,7 @@ def export_records(rows: list[dict], results: list[dict], path: Path) -> None:
         suite.append(row)
     recorded = [{**r, "advise": {**r["advise"], "doc": advice_doc(r)}} for r in results if has_advice(r)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"format": 1, "suite": suite, "advise": recorded}, indent=1) + "\n")
+    write_text_atomic(path, json.dumps({"format": 1, "suite": suite, "advise": recorded}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

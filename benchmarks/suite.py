@@ -5,7 +5,7 @@
 
 Per task, in this one process and back to back, on the same images, model, resolution and preprocessing
 (tf_efficientnet_lite0 with thawline's embedded ImageNet weights, the task's recommended img_size, bicubic resize,
-mean/std 0.5 — all read from the model's timm config exactly as thawline does, through `thawline.images`):
+mean/std 0.5 — all read from the model's timm config exactly as thawline does, through `thawline.data.images`):
 
 (a) probe: a logistic regression on the frozen backbone's pooled features (`forward_head(forward_features(x),
     pre_logits=True)`, eval mode), standardised, C chosen by stratified cross-validation on train only
@@ -49,11 +49,11 @@ import numpy as np
 import torch
 
 import thawline
-from thawline.comparison import parse_strategies
-from thawline.errors import ThawlineError
-from thawline.images import IMAGE_EXTENSIONS, decode_resized
-from thawline.prepare import data_settings
-from thawline.weights import build_model_with_info
+from thawline.comparing.comparison import parse_strategies
+from thawline.core.errors import ThawlineError
+from thawline.data.images import IMAGE_EXTENSIONS, decode_resized
+from thawline.models.weights import build_model_with_info
+from thawline.training.prepare import data_settings
 
 MODEL = "tf_efficientnet_lite0"
 WEIGHTS = "default"
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"building {', '.join(missing)} into {data_root}")
         skipped = builder.build_suite(data_root, missing)["skipped"]
         names = [n for n in names if n not in skipped]
-    from thawline.runtime import keep_freed_memory
+    from thawline.training.runtime import keep_freed_memory
 
     keep_freed_memory()  # process-wide (thawline turns it on anyway): the probe and fastai get it too
     meta = {

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thawline.config import TrainConfig, make_config
+from thawline.core.config import TrainConfig, make_config
 
 CLASSES = ("circle", "stripes", "square")
 
@@ -87,7 +87,7 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def interrupt_after_checkpoint(monkeypatch: pytest.MonkeyPatch, epoch: int = 1) -> None:
     """Ctrl-C right after global epoch `epoch`'s checkpoint is complete (last.pt written): a run stopped there.
     Hooks the trainer's own fault point, so it holds however the checkpoint files are written."""
-    from thawline import faults
+    from thawline.core import faults
 
     real_after = faults.after
 

@@ -12,26 +12,21 @@ import pytest
 import torch
 from conftest import make_image_folder, tiny_config
 
-from thawline import logme as lm
-from thawline.advise import (
-    ADVICE_HTML,
-    ADVICE_JSON,
+from thawline.comparing import logme as lm
+from thawline.comparing.features import sample_indices
+from thawline.comparing.probes import knn_accuracy, linear_probe
+from thawline.models.stages import stage_outputs
+from thawline.report.advice import ADVICE_HTML, ADVICE_JSON, FIGURE, advice_html, format_advice
+from thawline.report.advice_rules import (
     FAR_BEHIND,
-    FIGURE,
     PRIOR,
     RULE_WEIGHT,
     STRATEGY_ORDER,
     Signals,
-    advice_html,
     far_behind,
-    format_advice,
-    knn_accuracy,
-    linear_probe,
     rank_strategies,
-    sample_indices,
     signals_from_doc,
 )
-from thawline.models import stage_outputs
 
 
 def direct_evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> tuple[float, float, float, float]:
@@ -219,8 +214,8 @@ def test_far_behind_skips_only_what_no_evidence_lifts() -> None:
 
 
 def test_stage_outputs_pool_to_the_classifier_input() -> None:
-    from thawline.models import stage_map
-    from thawline.weights import build_model_with_info
+    from thawline.models.stages import stage_map
+    from thawline.models.weights import build_model_with_info
 
     model = build_model_with_info("test_resnet", "none", 3)[0].eval()
     smap = stage_map(model)
@@ -290,7 +285,7 @@ def test_advise_api_reads_its_features_back(image_folder: Path, tmp_path: Path, 
     assert first.doc["signals"]["depths"] == second.doc["signals"]["depths"]  # the cached features, exactly
     assert len(list((isolated_cache / "features").glob("advise_*.f32"))) == 2  # one per split, written once
     # Given the data compare prepared (the whole folder fits the sample): the same images, the same advice.
-    from thawline.prepare import prepare_data
+    from thawline.training.prepare import prepare_data
 
     third = thawline.advise(config, tmp_path / "c", grad_batches=1, quiet=True, data=prepare_data(config, True))
     assert third.doc["signals"]["depths"] == first.doc["signals"]["depths"]

@@ -20,7 +20,7 @@ import pytest
 from conftest import make_image_folder
 from PIL import Image
 
-from thawline.atomic import WriteFailed, append_text, atomic_file, write_text_atomic
+from thawline.core.atomic import WriteFailed, append_text, atomic_file, write_text_atomic
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -72,10 +72,10 @@ API_UNDER_LIMIT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import torch
-    from thawline.atomic import WriteFailed, write_bytes_atomic
-    from thawline.cache import build_image_cache
-    from thawline.checkpoint import save_checkpoint
-    from thawline.runfolder import append_jsonl
+    from thawline.core.atomic import WriteFailed, write_bytes_atomic
+    from thawline.data.image_cache import build_image_cache
+    from thawline.training.checkpoint import save_checkpoint
+    from thawline.training.runfolder import append_jsonl
 
     out, data, cache = (Path(a) for a in sys.argv[1:4])
     results = {}
@@ -93,7 +93,7 @@ API_UNDER_LIMIT = textwrap.dedent(
     paths = sorted(str(p) for p in data.rglob("*.png"))
     attempt("cache", lambda: build_image_cache(paths, 64, "bilinear", cache, workers=2))
 
-    from thawline.tracking import Tracker, event_file
+    from thawline.training.tracking import Tracker, event_file
 
     tracker = Tracker(out / "tb", "tb", {})
     results["events"] = event_file(tracker.tb)
@@ -148,7 +148,7 @@ def test_append_failure_cuts_the_half_line_off(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1}\n')
     code = (
-        "import sys; from thawline.atomic import append_text, WriteFailed\n"
+        "import sys; from thawline.core.atomic import append_text, WriteFailed\n"
         "try: append_text(sys.argv[1], 'z' * 100_000 + '\\n')\n"
         "except WriteFailed as e: print(e)\n"
     )
@@ -198,11 +198,11 @@ RO_SCRIPT = textwrap.dedent(
     import json, subprocess, sys
     from pathlib import Path
     import torch
-    from thawline.atomic import WriteFailed, write_text_atomic
-    from thawline.cache import build_image_cache
-    from thawline.checkpoint import save_checkpoint
-    from thawline.errors import ThawlineError
-    from thawline.runfolder import append_jsonl, make_writable_folder
+    from thawline.core.atomic import WriteFailed, write_text_atomic
+    from thawline.data.image_cache import build_image_cache
+    from thawline.training.checkpoint import save_checkpoint
+    from thawline.core.errors import ThawlineError
+    from thawline.training.runfolder import append_jsonl, make_writable_folder
 
     run, data, cache = (Path(a) for a in sys.argv[1:4])
     results = {}
@@ -248,7 +248,8 @@ def test_a_read_only_folder_fails_each_write_in_one_line(tmp_path: Path) -> None
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
     data = make_image_folder(tmp_path / "data", {"train": 2})
     paths = sorted(str(p) for p in data.rglob("*.png"))
-    from thawline.cache import build_image_cache, cache_entries
+    from thawline.data.cache_admin import cache_entries
+    from thawline.data.image_cache import build_image_cache
 
     build_image_cache(paths, 8, "bilinear", cache, workers=1).store.close()  # an entry for `cache clear` to try
     entries = [e.files for e in cache_entries(cache)]
@@ -338,7 +339,7 @@ def test_ctrl_c_while_the_pool_decodes_is_one_line_130(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):  # no worker outlived the run
         os.killpg(proc.pid, 0)
     # The rerun builds the cache whole.
-    from thawline.cache import build_image_cache
+    from thawline.data.image_cache import build_image_cache
 
     paths = sorted(str(p) for p in (data / "train").rglob("*.png"))
     rebuilt = build_image_cache(paths, 32, "bicubic", cache, workers=2)

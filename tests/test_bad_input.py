@@ -16,11 +16,11 @@ from conftest import make_image_folder
 from PIL import Image
 from test_images import BAD, GOOD
 
-from thawline.cache import build_image_cache
 from thawline.cli import main
-from thawline.data import discover
-from thawline.datacheck import find_leakage
-from thawline.errors import ThawlineError
+from thawline.core.errors import ThawlineError
+from thawline.data.check import find_leakage
+from thawline.data.discovery import discover
+from thawline.data.image_cache import build_image_cache
 
 CLASSES = ("circle", "stripes", "square café")  # a class name with a space and a non-ASCII letter
 NOT_UTF8 = b"latin1 \xe9t\xe9.png"  # a file name from an old zip: not valid UTF-8
@@ -310,7 +310,7 @@ def test_unreadable_split_folder_is_one_line(small_folder: Path, monkeypatch: py
 
 
 def _epochs_in(checkpoint: Path) -> int:
-    from thawline.checkpoint import load_checkpoint
+    from thawline.training.checkpoint import load_checkpoint
 
     return int(load_checkpoint(checkpoint)["global_epoch"])
 
@@ -321,7 +321,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(
     """ENOSPC half-way through the epoch-2 checkpoint: one line, epoch 1's last.pt intact, no temp file left."""
     import errno
 
-    import thawline.checkpoint as checkpoint
+    import thawline.training.checkpoint as checkpoint
 
     real_save, calls = checkpoint.torch.save, {"n": 0}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from thawline.cache import FeatureCache
+from thawline.data.feature_cache import FeatureCache
 
 N, VIEWS, SHAPE = 10, 2, (3, 2, 2)
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thawline import cache
-from thawline.cache import build_image_cache, cache_entries, enforce_limit
 from thawline.cli import main
-from thawline.errors import ThawlineError
+from thawline.core.errors import ThawlineError
+from thawline.data import cache_store as cache
+from thawline.data.cache_admin import cache_entries, enforce_limit
+from thawline.data.image_cache import build_image_cache
 
 DAY = 86400.0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from thawline.cli import main
-from thawline.strategies import STRATEGIES
+from thawline.training.strategies import STRATEGIES
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

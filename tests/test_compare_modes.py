@@ -13,9 +13,7 @@ import torch
 from conftest import tiny_config
 
 import thawline
-from thawline.advise import ADVICE_DIR, ADVICE_JSON, SKIPPED_JSON
-from thawline.checkpoint import load_checkpoint
-from thawline.comparison import (
+from thawline.comparing.comparison import (
     compare,
     halving_carried,
     halving_keep,
@@ -23,8 +21,11 @@ from thawline.comparison import (
     halving_stopped_line,
     halving_survivors,
 )
-from thawline.ranking import format_table
-from thawline.report import build_report
+from thawline.core.config import replace
+from thawline.report.advice import ADVICE_DIR, ADVICE_JSON, SKIPPED_JSON
+from thawline.report.build import build_report
+from thawline.report.ranking import format_table
+from thawline.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +97,7 @@ def test_halving_survivors_equal_uninterrupted_runs(image_folder: Path, tmp_path
     assert halving_stopped_line(tmp_path / "plain") is None  # no halving.json: nothing to say
     for name in state["alive"]:  # paused at the rung and continued: the same as never stopping
         plain = thawline.train(
-            thawline.config.replace(cfg, strategy=name), run_dir=tmp_path / "plain" / name, quiet=True
+            replace(cfg, strategy=name), run_dir=tmp_path / "plain" / name, quiet=True
         )
         halved = tmp_path / "halved" / name
         a, b = load_checkpoint(halved / "last.pt")["model"], load_checkpoint(plain.run_dir / "last.pt")["model"]
@@ -223,7 +224,7 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(
     assert all(r["halving_replayed"]["winner"] == replay["winner"] for r in out["tasks"])
     # --advise replayed: the race without what far_behind leaves out, those counted as entrants, the top pick carried
     monkeypatch.setattr(
-        importlib.import_module("thawline.advise"), "far_behind", lambda ranking, names: {"scratch": ""}
+        importlib.import_module("thawline.report.advice_rules"), "far_behind", lambda ranking, names: {"scratch": ""}
     )
     scored = advise_suite.score_task(tasks[0], json.loads(json.dumps(out["tasks"][0])))
     advised = scored["halving_replayed_advise"]
@@ -331,7 +332,8 @@ def test_advise_skips_the_strategies_ranked_far_behind(
     """With --advise, a strategy the advisor scores far below the best is not trained; skipped.json and the report
     say which and why, and a resumed comparison skips the same one. (FAR_BEHIND at 0 skips all but the two
     best-scored of three, whatever the tiny model's probes say.)"""
-    monkeypatch.setattr(importlib.import_module("thawline.advise"), "FAR_BEHIND", 0.0)  # the module, not the function
+    rules = importlib.import_module("thawline.report.advice_rules")
+    monkeypatch.setattr(rules, "FAR_BEHIND", 0.0)  # the module, not the function
     names = ["head-only", "full", "scratch"]
     cfg = tiny_config(image_folder, epochs=2)
     result = compare(cfg, names, tmp_path / "adv", quiet=True, advise=True, halving=True)

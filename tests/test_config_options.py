@@ -13,8 +13,8 @@ from conftest import tiny_config
 
 import thawline
 from thawline.cli import add_config_options, build_parser
-from thawline.config import TrainConfig, make_config, option, option_specs
-from thawline.errors import ThawlineError
+from thawline.core.config import TrainConfig, make_config, option, option_specs
+from thawline.core.errors import ThawlineError
 
 
 @dataclass

@@ -15,12 +15,12 @@ from conftest import _draw, interrupt_after_checkpoint, make_image_folder, one_e
 from PIL import Image
 
 import thawline
-from thawline.checkpoint import load_checkpoint
 from thawline.cli import main
-from thawline.comparison import finished_run
-from thawline.config import replace
-from thawline.errors import ThawlineError
-from thawline.prepare import prepare_data
+from thawline.comparing.comparison import finished_run
+from thawline.core.config import replace
+from thawline.core.errors import ThawlineError
+from thawline.training.checkpoint import load_checkpoint
+from thawline.training.prepare import prepare_data
 
 TINY_ARGS = ["--model", "test_efficientnet", "--weights", "none", "--img-size", "32", "--batch-size", "8",
              "--workers", "1", "--lr", "3e-3", "--min-steps", "0", "--head-steps", "0"]  # fmt: skip
@@ -197,8 +197,8 @@ def test_finished_strategy_trained_on_other_data_is_not_ranked(tmp_path: Path) -
 
 
 def test_differences_per_split() -> None:
-    from thawline import fingerprint
-    from thawline.fingerprint import Fingerprint
+    from thawline.data import fingerprint
+    from thawline.data.fingerprint import Fingerprint
 
     saved = Fingerprint({"train": {"a.png": ("x", "01"), "b.png": ("y", "02"), "c.png": ("y", "03")},
                          "val": {"v.png": ("x", "04")}})  # fmt: skip
@@ -217,8 +217,8 @@ def test_differences_per_split() -> None:
 
 
 def test_data_csv_round_trips_odd_names_and_refuses_a_damaged_list(tmp_path: Path) -> None:
-    from thawline import fingerprint
-    from thawline.fingerprint import Fingerprint
+    from thawline.data import fingerprint
+    from thawline.data.fingerprint import Fingerprint
 
     fp = Fingerprint({"train": {"a,b.png": ("x", "01"), 'q"uote\n.png': ("y", "02"), "\udcff.png": ("x", "03")}})
     fingerprint.write(tmp_path, fp)

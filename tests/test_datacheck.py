@@ -11,11 +11,11 @@ import pytest
 from conftest import make_image_folder
 from test_bad_input import make_corpus
 
-import thawline.datacheck as datacheck
+import thawline.data.check as datacheck
 from thawline.cli import main
-from thawline.data import discover
-from thawline.datacheck import check_folder, check_leakage, find_leakage, format_result, scan
-from thawline.errors import ThawlineError
+from thawline.core.errors import ThawlineError
+from thawline.data.check import check_folder, check_leakage, find_leakage, format_result, scan
+from thawline.data.discovery import discover
 
 
 @pytest.fixture

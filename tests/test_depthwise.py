@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from thawline.depthwise import DepthwiseConv2d, use_fast_depthwise
+from thawline.models.depthwise import DepthwiseConv2d, use_fast_depthwise
 
 
 @pytest.mark.parametrize("size,kernel", [(2, 5), (4, 5), (2, 3), (7, 5), (4, 3)])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_image_folder
 
-from thawline.checkpoint import load_checkpoint
+from thawline.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no distributed")
 

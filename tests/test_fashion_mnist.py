@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import thawline
-from thawline.errors import ThawlineError
-from thawline.fashion_mnist import CLASSES, find_raw_files, prepare_fashion_mnist
+from thawline.core.config import replace
+from thawline.core.errors import ThawlineError
+from thawline.data.fashion_mnist import CLASSES, find_raw_files, prepare_fashion_mnist
 
 try:
     find_raw_files()
@@ -84,7 +85,7 @@ def test_cached_path_matches_uncached_on_real_data(tmp_path: Path, strategy: str
         data=str(data), strategy=strategy, epochs=2, img_size=64, workers=2, head_steps=50, min_steps=0
     )
     cached = thawline.train(cfg, run_dir=tmp_path / "cached", quiet=True)
-    plain = thawline.train(thawline.config.replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
+    plain = thawline.train(replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
     assert all(r["feature_cache"] for r in cached.metrics) and not any(r["feature_cache"] for r in plain.metrics)
     for a, b in zip(cached.metrics, plain.metrics, strict=True):
         assert abs(a["val_acc"] - b["val_acc"]) <= 0.005, (a, b)

@@ -12,9 +12,10 @@ import torch
 from conftest import tiny_config
 
 import thawline
-from thawline import engine
-from thawline.prepare import prepare_data, setup_run
-from thawline.strategies import get_strategy
+from thawline.core.config import replace
+from thawline.training import engine
+from thawline.training.prepare import prepare_data, setup_run
+from thawline.training.strategies import get_strategy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)")
 
@@ -53,7 +54,7 @@ def test_two_phase_run_on_the_gpu(image_folder: Path, tmp_path: Path) -> None:
 def test_feature_cache_on_the_gpu_matches_the_uncached_path(image_folder: Path, tmp_path: Path) -> None:
     cfg = tiny_config(image_folder, strategy="partial", device="cuda", hflip=False, amp=False)
     cached = thawline.train(cfg, run_dir=tmp_path / "cached", quiet=True)
-    plain = thawline.train(thawline.config.replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
+    plain = thawline.train(replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
     rows_c, rows_p = read_jsonl(tmp_path / "cached/metrics.jsonl"), read_jsonl(tmp_path / "plain/metrics.jsonl")
     assert all(r["feature_cache"] for r in rows_c) and not any(r["feature_cache"] for r in rows_p)
     for a, b in zip(rows_c, rows_p, strict=True):
@@ -64,8 +65,8 @@ def test_feature_cache_on_the_gpu_matches_the_uncached_path(image_folder: Path, 
 def test_gpu_and_cpu_runs_agree(image_folder: Path, tmp_path: Path) -> None:
     # fp32 on both: the same recipe learns the same thing on either device (not bit-equal: other kernels)
     cfg = tiny_config(image_folder, strategy="head-only", hflip=False, amp=False)
-    gpu = thawline.train(thawline.config.replace(cfg, device="cuda"), run_dir=tmp_path / "gpu", quiet=True)
-    cpu = thawline.train(thawline.config.replace(cfg, device="cpu"), run_dir=tmp_path / "cpu", quiet=True)
+    gpu = thawline.train(replace(cfg, device="cuda"), run_dir=tmp_path / "gpu", quiet=True)
+    cpu = thawline.train(replace(cfg, device="cpu"), run_dir=tmp_path / "cpu", quiet=True)
     loss_g = [r["train_loss"] for r in read_jsonl(tmp_path / "gpu/metrics.jsonl")]
     loss_c = [r["train_loss"] for r in read_jsonl(tmp_path / "cpu/metrics.jsonl")]
     assert loss_g == pytest.approx(loss_c, abs=1e-3)

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from conftest import make_image_folder, tiny_config
 
 import thawline
-from thawline import headfit
+from thawline.core.config import replace
+from thawline.models import headfit
+from thawline.training.engine import EvalResult
 
 
 def blobs(n_per_class: int, dim: int, classes: int, spread: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +114,7 @@ def test_head_only_keeps_the_solved_head_when_it_validates_at_least_as_well(tmp_
     run = thawline.train(cfg, run_dir=tmp_path / "full", quiet=True)
     rows = read_rows(tmp_path / "full")
     # the stepped epochs run as without the solver; the last one also solves the head and keeps the better
-    plain = thawline.train(thawline.config.replace(cfg, head_solver=False), run_dir=tmp_path / "plain", quiet=True)
+    plain = thawline.train(replace(cfg, head_solver=False), run_dir=tmp_path / "plain", quiet=True)
     assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in plain.metrics]
     assert ["head_fit" in r for r in rows] == [False, False, True]
     fit = rows[-1]["head_fit"]
@@ -136,7 +138,8 @@ def test_the_stepped_head_stays_when_the_solved_one_validates_worse(tmp_path: Pa
     # The candidate step alone: a solved head that cannot beat the best epoch so far leaves the stepped weights.
     from types import SimpleNamespace
 
-    from thawline.trainer import LoopState, _solved_candidate
+    from thawline.training.run_state import LoopState
+    from thawline.training.trainer import _solved_candidate
 
     x, y = blobs(10, 6, 2, spread=0.5)
     head = torch.nn.Linear(6, 2)
@@ -147,7 +150,7 @@ def test_the_stepped_head_stays_when_the_solved_one_validates_worse(tmp_path: Pa
     source = SimpleNamespace(train_features=lambda: (x, y), eval_forward=head, val_batches=lambda: [(x, y)],
                              setup_seconds=0.0)  # fmt: skip
     run = SimpleNamespace(setup=setup, across=False)
-    stepped = thawline.engine.EvalResult(0.7, 0.5, torch.zeros(0), torch.zeros(0))
+    stepped = EvalResult(0.7, 0.5, torch.zeros(0), torch.zeros(0))
     row, val = _solved_candidate(run, LoopState(best_acc=1.01), source, head, stepped)  # unbeatable best epoch
     assert row["val_acc"] == 1.0 and not row["kept"] and val is stepped
     assert torch.equal(head.weight, before[0]) and torch.equal(head.bias, before[1])
@@ -173,7 +176,7 @@ def test_without_the_feature_cache_the_same_head_is_solved(tmp_path: Path) -> No
     data = make_image_folder(tmp_path / "data", {"train": 20, "val": 10}, classes=("circle", "stripes"))
     cfg = tiny_config(data, strategy="head-only", epochs=2, hflip=False)
     cached = thawline.train(cfg, run_dir=tmp_path / "cached", quiet=True)
-    plain = thawline.train(thawline.config.replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
+    plain = thawline.train(replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
     assert cached.metrics[-1]["feature_cache"] and not plain.metrics[-1]["feature_cache"]
     fit_c, fit_p = cached.metrics[-1]["head_fit"], plain.metrics[-1]["head_fit"]
     assert fit_p["C"] == fit_c["C"] and fit_p["cv_acc"] == fit_c["cv_acc"] and fit_p["kept"] == fit_c["kept"]

@@ -17,9 +17,9 @@ import torch
 from conftest import make_image_folder
 
 import thawline
-from thawline import atomic, config
 from thawline.cli import main
-from thawline.config import load_yaml_mapping
+from thawline.core import atomic, config
+from thawline.core.config import load_yaml_mapping
 
 SRC = str(Path(thawline.__file__).resolve().parents[1])  # the thawline under test, for a child process
 # Raw control characters other than line breaks and tabs: what a terminal, a CSV cell or a page must never get.
@@ -61,7 +61,7 @@ def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
 BOMB_SCRIPT = textwrap.dedent(
     """
     import re, resource, sys, time
-    import thawline.trainer  # torch and timm first: the limit below is on what reading the config may add
+    import thawline.training.trainer  # torch and timm first: the limit below is on what reading the config may add
     from thawline.cli import main
 
     size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
@@ -134,7 +134,7 @@ def test_a_yaml_error_in_a_strategies_file_names_a_strategies_file(capfd, tmp_pa
 
 
 def test_the_report_does_not_expand_an_alias_bomb_in_a_run_file(tmp_path: Path) -> None:
-    from thawline.report import _read_yaml
+    from thawline.report.build import _read_yaml
 
     (tmp_path / "config.yaml").write_text(alias_bomb("seed"))
     start = time.perf_counter()

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import thawline.images
-from thawline.images import BadImage, decode_resized, open_rgb
+import thawline.data.images
+from thawline.data.images import BadImage, decode_resized, open_rgb
 
 S = 16
 
@@ -276,7 +276,7 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path: Path, monkeypatch: pyt
     path = tmp_path / "big.png"
     Image.fromarray(noise(3, 64, 64)).save(path)
     assert decode_resized(path, S).shape == (S, S, 3)
-    monkeypatch.setattr(thawline.images, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(thawline.data.images, "MAX_PIXELS", 1000)
     with pytest.raises(BadImage, match="64x64 pixels is over the 1000-pixel limit"):
         decode_resized(path, S)
 
@@ -313,7 +313,7 @@ def test_permission_error_reason_without_dropping_root(tmp_path: Path, monkeypat
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(thawline.images.Image, "open", denied)
+    monkeypatch.setattr(thawline.data.images.Image, "open", denied)
     with pytest.raises(BadImage, match=r"permission denied\); make it readable"):
         decode_resized(path, S)
 

@@ -16,12 +16,14 @@ import torch
 from conftest import make_image_folder, one_error_line, tiny_config
 
 import thawline
-from thawline.checkpoint import load_checkpoint, save_checkpoint
 from thawline.cli import main
-from thawline.errors import ThawlineError
-from thawline.inference import Preprocess, evaluate_run, load_run, predict
-from thawline.lrfind import lr_find, smooth, suggestion
-from thawline.metrics import per_class_metrics, read_predictions
+from thawline.core.errors import ThawlineError
+from thawline.deploy.evaluate import evaluate_run
+from thawline.deploy.load import Preprocess, load_run
+from thawline.deploy.predict import predict
+from thawline.report.metrics import per_class_metrics, read_predictions
+from thawline.training.checkpoint import load_checkpoint, save_checkpoint
+from thawline.training.lrfind import lr_find, smooth, suggestion
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,7 @@ def test_bad_run_folders_are_one_line_errors(run: dict, tmp_path: Path, capsys) 
 def test_tta_averages_the_probabilities_of_each_image_and_its_mirror(run: dict, tmp_path: Path, capsys) -> None:
     from PIL import Image
 
-    from thawline.inference import logits_of
+    from thawline.deploy.load import logits_of
 
     model, _ = load_run(run["dir"])
     x = torch.randn(3, 3, 32, 32)

@@ -24,10 +24,10 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from thawline import engine, runtime, sources, trainer
-from thawline.models import split_at
-from thawline.prepare import RunSetup, prepare_data, setup_run
-from thawline.strategies import get_strategy
+from thawline.models.stages import split_at
+from thawline.training import engine, runtime, sources, trainer
+from thawline.training.prepare import RunSetup, prepare_data, setup_run
+from thawline.training.strategies import get_strategy
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim, /proc (Linux only)")
 

@@ -16,9 +16,11 @@ import yaml
 from conftest import interrupt_after_checkpoint, make_image_folder
 
 import thawline
-from thawline import cli, lrfind, prepare, sources, trainer
+from thawline import cli
 from thawline.cli import main
-from thawline.data import Batches
+from thawline.core.config import TrainConfig
+from thawline.data.batches import Batches
+from thawline.training import lrfind, prepare, sources, trainer
 
 TIMING_KEYS = {"seconds", "images_per_s", "rss_mb"}
 TINY = {
@@ -35,7 +37,7 @@ TINY_ARGS = ["--model", "test_efficientnet", "--weights", "none", "--img-size", 
 TINY_ARGS += ["--workers", "1", "--device", "cpu"]
 
 
-def tiny_config(data: Path, **overrides) -> thawline.config.TrainConfig:
+def tiny_config(data: Path, **overrides) -> TrainConfig:
     return thawline.make_config(**{"data": str(data), **TINY, "epochs": 1, "lr": 3e-3, **overrides})
 
 
@@ -324,7 +326,7 @@ def test_same_seed_gives_identical_metrics(tmp_path: Path, no_extras: None) -> N
 
 
 def test_crop_boxes_stay_inside_with_the_asked_area_and_aspect() -> None:
-    from thawline.data import crop_boxes, resized_crops
+    from thawline.data.batches import crop_boxes, resized_crops
 
     boxes = crop_boxes(5000, 0.35, torch.Generator().manual_seed(0))
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
@@ -339,7 +341,7 @@ def test_crop_boxes_stay_inside_with_the_asked_area_and_aspect() -> None:
 
 
 def test_min_scale_crops_train_images_after_the_same_order_and_flips() -> None:
-    from thawline.data import Normalize
+    from thawline.data.batches import Normalize
 
     n, side = 40, 16
     rows = np.zeros((n, side, side, 3), np.uint8)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from thawline.ranking import format_table, rank, row_from_summary
+from thawline.report.ranking import format_table, rank, row_from_summary
 
 
 def summary(val: float, per_phase: list[int], seconds: float) -> dict:

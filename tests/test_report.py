@@ -16,8 +16,9 @@ import pytest
 from conftest import make_image_folder, tiny_config
 
 import thawline
-from thawline.errors import ThawlineError
-from thawline.metrics import (
+from thawline.core.errors import ThawlineError
+from thawline.report.build import _phase_plan, build_report
+from thawline.report.metrics import (
     Predictions,
     accuracy,
     calibration,
@@ -26,7 +27,6 @@ from thawline.metrics import (
     read_predictions,
     row_normalize,
 )
-from thawline.report import _phase_plan, build_report
 
 STRATEGIES = ["head-only", "full"]
 
@@ -152,7 +152,7 @@ def test_report_rebuilds_from_run_files_only(compare_dir: Path, tmp_path: Path):
     assert not list(moved.rglob("*.pt"))
     # A fresh interpreter proves the report never imports torch, let alone loads a model.
     code = (
-        "import sys; from thawline.report import build_report; "
+        "import sys; from thawline.report.build import build_report; "
         f"print(build_report({str(moved)!r})); assert 'torch' not in sys.modules, 'torch imported'"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -392,7 +392,7 @@ def _predictions(tmp_path: Path, wrong: int) -> Predictions:
 def test_prediction_grid_enlarges_small_images_and_marks_mistakes_in_red(tmp_path: Path):
     from PIL import Image
 
-    from thawline.plots import BAD_COLOR, TILE, plot_prediction_grid, plot_top_losses
+    from thawline.report.plots import BAD_COLOR, TILE, plot_prediction_grid, plot_top_losses
 
     def count(png: Path, rgb: tuple[int, int, int]) -> int:
         return int((np.asarray(Image.open(png).convert("RGB")) == rgb).all(axis=-1).sum())
@@ -416,7 +416,7 @@ def test_long_class_names_are_shortened_in_the_middle_and_stay_on_the_page(tmp_p
     labels and into the next tile as titles: they keep their start and distinguishing end, and nothing is cut."""
     from PIL import Image
 
-    from thawline.plots import _shorten, _text_px, plot_prediction_grid, plot_top_losses
+    from thawline.report.plots import _shorten, _text_px, plot_prediction_grid, plot_top_losses
 
     taxonomy = "Plantae_Tracheophyta_Magnoliopsida_Asterales_Asteraceae_Taraxacum"
     names = [f"{taxonomy}_{species}" for species in ("officinale", "erythrospermum")]
@@ -436,7 +436,7 @@ def test_confusion_matrix_keeps_long_class_names_short_enough_to_lay_out(tmp_pat
     """Whole-taxonomy names on the axes collapsed the constrained layout (a UserWarning, labels over the matrix)."""
     import warnings
 
-    from thawline.plots import CLASS_NAME_PX, _text_px, plot_confusion
+    from thawline.report.plots import CLASS_NAME_PX, _text_px, plot_confusion
 
     names = [f"Plantae Tracheophyta Magnoliopsida Asterales Asteraceae Taraxacum {s}" for s in ("officinale", "rubrum")]
     names.append("Fungi")
@@ -447,7 +447,7 @@ def test_confusion_matrix_keeps_long_class_names_short_enough_to_lay_out(tmp_pat
 
 
 def test_augmentation_line_of_the_report_header() -> None:
-    from thawline.report import _augmentation
+    from thawline.report.build import _augmentation
 
     assert _augmentation({"hflip": True, "min_scale": 1.0}) == "flips"
     assert _augmentation({"hflip": True, "min_scale": 0.35}) == "flips, crops ≥ 35% of the area"
@@ -469,8 +469,8 @@ def test_phase_plan_is_short_under_the_name_and_whole_on_hover() -> None:
 
 @pytest.fixture
 def figures(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every matplotlib figure thawline.plots makes during the test, to read its texts and tick labels."""
-    import thawline.plots as plots
+    """Every matplotlib figure thawline.report.plots makes during the test, to read its texts and tick labels."""
+    import thawline.report.plots as plots
 
     made: list = []
     make = plots._figure
@@ -485,7 +485,7 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> list:
 
 @pytest.mark.parametrize("n_phases", [2, 9])
 def test_curve_phase_labels_fit_above_their_spans(n_phases: int, tmp_path: Path, figures: list) -> None:
-    import thawline.plots as plots
+    import thawline.report.plots as plots
 
     phase_of = [1, 1] + list(range(2, n_phases + 1)) if n_phases > 2 else [1] * 5 + [2] * 5
     metrics = [
@@ -501,7 +501,7 @@ def test_curve_phase_labels_fit_above_their_spans(n_phases: int, tmp_path: Path,
 
 
 def test_most_confused_pairs_largest_first_with_the_true_class_share() -> None:
-    from thawline.metrics import confusion_matrix, most_confused
+    from thawline.report.metrics import confusion_matrix, most_confused
 
     labels = np.array([0] * 10 + [1] * 4 + [2] * 6)
     preds = np.array([0] * 6 + [2] * 3 + [1] + [1, 1, 0, 0] + [2] * 3 + [0] * 3)
@@ -512,7 +512,7 @@ def test_most_confused_pairs_largest_first_with_the_true_class_share() -> None:
 
 
 def test_confusion_matrix_names_at_most_40_classes_per_axis(tmp_path: Path, figures: list) -> None:
-    import thawline.plots as plots
+    import thawline.report.plots as plots
 
     for k in (12, 200):
         classes = [f"class_{i:03d}" for i in range(k)]

@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import make_image_folder
 
-from thawline.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
-from thawline.strategies import STRATEGIES
+from thawline.training.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from thawline.training.strategies import STRATEGIES
 
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 

@@ -11,10 +11,10 @@ import torch
 from conftest import tiny_config
 
 import thawline
-from thawline.checkpoint import load_checkpoint
-from thawline.models import stage_map
-from thawline.strategies import STRATEGIES
-from thawline.weights import build_model
+from thawline.models.stages import stage_map
+from thawline.models.weights import build_model
+from thawline.training.checkpoint import load_checkpoint
+from thawline.training.strategies import STRATEGIES
 
 EPOCHS = 4
 BN_STATS = ("running_mean", "running_var")

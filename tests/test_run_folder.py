@@ -16,8 +16,8 @@ from conftest import one_error_line, tiny_config
 
 import thawline
 from thawline.cli import main
-from thawline.errors import ThawlineError
-from thawline.runfolder import LOCK_NAME, RunLock, latest_unfinished, next_run_dir
+from thawline.core.errors import ThawlineError
+from thawline.training.runfolder import LOCK_NAME, RunLock, latest_unfinished, next_run_dir
 
 TINY = ["--model", "test_efficientnet", "--weights", "none", "--img-size", "32", "--batch-size", "8",
         "--workers", "1", "--lr", "3e-3", "--quiet"]  # fmt: skip
@@ -90,7 +90,7 @@ def test_bare_compare_resume_finishes_the_latest_unfinished_comparison(
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that holds `folder`'s run lock until killed (as a running thawline would)."""
     code = (
-        "import sys, time; from pathlib import Path; from thawline.runfolder import RunLock\n"
+        "import sys, time; from pathlib import Path; from thawline.training.runfolder import RunLock\n"
         "lock = RunLock(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)

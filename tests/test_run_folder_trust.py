@@ -13,8 +13,8 @@ import pytest
 from conftest import one_error_line
 
 from thawline.cli import main
-from thawline.files import RUN_MARKER, marker_kind
-from thawline.names import check_name, folder_name
+from thawline.data.files import RUN_MARKER, marker_kind
+from thawline.data.names import check_name, folder_name
 
 TINY = ["--model", "test_efficientnet", "--weights", "none", "--img-size", "32", "--batch-size", "8",
         "--workers", "1", "--lr", "3e-3", "--epochs", "1", "--quiet"]  # fmt: skip
@@ -106,7 +106,7 @@ def test_a_marked_folder_of_another_kind_is_not_a_run_nor_data(tmp_path: Path) -
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "../x", "/abs", ".hidden", "a\\b", "", "x" * 101, "a\x1b[31m"])
 def test_unsafe_names_are_refused_in_one_line(name: str) -> None:
-    from thawline.errors import ThawlineError
+    from thawline.core.errors import ThawlineError
 
     with pytest.raises(ThawlineError, match="cannot name a folder") as e:
         check_name(name, "strategy name", "rename it")
@@ -156,8 +156,8 @@ def test_a_strategies_file_cannot_redefine_a_built_in(
 
 
 def test_two_strategies_that_would_share_a_folder_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from thawline import comparison
-    from thawline.errors import ThawlineError
+    from thawline.comparing import comparison
+    from thawline.core.errors import ThawlineError
 
     assert comparison.parse_strategies("partial-2/3,partial-1/2", None) == ["partial-2/3", "partial-1/2"]
     monkeypatch.setattr(comparison, "folder_name", lambda name: name.split("-")[0])  # two spellings, one folder

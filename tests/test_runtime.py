@@ -43,7 +43,7 @@ def test_freed_large_tensors_are_reused_without_page_faults():
 
 
 def test_keep_freed_memory_is_idempotent():
-    from thawline import runtime
+    from thawline.training import runtime
 
     first = runtime.keep_freed_memory()
     assert runtime.keep_freed_memory() == first

@@ -14,11 +14,11 @@ from conftest import CLASSES, make_image_folder, tiny_config
 from PIL import Image
 
 from thawline.cli import main
-from thawline.comparison import compare
-from thawline.inference import evaluate_run
-from thawline.ranking import format_table
-from thawline.report import build_report, load_folder
-from thawline.shift import CORRUPTIONS, load_pixels, write_shifted
+from thawline.comparing.comparison import compare
+from thawline.data.shift import CORRUPTIONS, load_pixels, write_shifted
+from thawline.deploy.evaluate import evaluate_run
+from thawline.report.build import build_report, load_folder
+from thawline.report.ranking import format_table
 
 KINDS = tuple(CORRUPTIONS)
 

@@ -13,12 +13,12 @@ from PIL import Image
 
 import thawline
 from thawline.cli import main
-from thawline.data import discover
-from thawline.datacheck import check_leakage, scan
-from thawline.errors import ThawlineError
-from thawline.inference import evaluate_run
-from thawline.report import build_report
-from thawline.splits import SAMPLE, find_layout, hold_out
+from thawline.core.errors import ThawlineError
+from thawline.data.check import check_leakage, scan
+from thawline.data.discovery import discover
+from thawline.data.splits import SAMPLE, find_layout, hold_out
+from thawline.deploy.evaluate import evaluate_run
+from thawline.report.build import build_report
 
 
 def _flat_folder(root: Path, per_class: dict[str, int], seed: int = 0, size: int = 8, smooth: bool = False) -> Path:

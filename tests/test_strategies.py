@@ -9,11 +9,11 @@ import timm
 import torch
 from torch import nn
 
-from thawline import engine
-from thawline.config import make_config
-from thawline.errors import ThawlineError
-from thawline.models import apply_freezing, split_at, stage_map
-from thawline.strategies import (
+from thawline.core.config import make_config
+from thawline.core.errors import ThawlineError
+from thawline.models.stages import apply_freezing, split_at, stage_map
+from thawline.training import engine
+from thawline.training.strategies import (
     STRATEGIES,
     describe,
     get_strategy,

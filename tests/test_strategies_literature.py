@@ -18,15 +18,16 @@ from test_resume import assert_same_run, command
 from torch import nn
 
 import thawline
-from thawline import engine, faults, trainer
-from thawline.checkpoint import load_checkpoint
 from thawline.cli import main
-from thawline.comparison import DEFAULT_STRATEGIES
-from thawline.config import make_config
-from thawline.errors import ThawlineError
-from thawline.models import StageMap, apply_freezing, split_at, stage_map
-from thawline.multidepth import MultiDepthHead, install_multidepth_head
-from thawline.strategies import (
+from thawline.comparing.comparison import DEFAULT_STRATEGIES
+from thawline.core import faults
+from thawline.core.config import make_config, replace
+from thawline.core.errors import ThawlineError
+from thawline.models.multidepth import MultiDepthHead, install_multidepth_head
+from thawline.models.stages import StageMap, apply_freezing, split_at, stage_map
+from thawline.training import engine, trainer
+from thawline.training.checkpoint import load_checkpoint
+from thawline.training.strategies import (
     LITERATURE,
     STRATEGIES,
     Phase,
@@ -407,7 +408,7 @@ def test_last_k_bias_trains_on_cached_features_like_the_full_model(
     cfg = tiny_config(small_data, epochs=2, hflip=False)
     cached, start = train_capturing_start(cfg, tmp_path / "cached", monkeypatch, strategy)
     plain = thawline.train(
-        thawline.config.replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True, strategy=strategy
+        replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True, strategy=strategy
     )
     assert all(r["feature_cache"] for r in cached.metrics) and not any(r["feature_cache"] for r in plain.metrics)
     for a, b in zip(cached.metrics, plain.metrics, strict=True):
@@ -554,11 +555,11 @@ def test_multi_depth_head_reads_every_stage_and_its_cached_prefix_gives_the_full
 def test_head2toe_trains_only_its_head_on_cached_features_and_predicts_from_the_run_folder(
     small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from thawline.inference import load_run
+    from thawline.deploy.load import load_run
 
     cfg = tiny_config(small_data, strategy="head2toe", epochs=2)
     # head-only first, on the same cache: its cached prefix outputs (the pooled last features) are not head2toe's
-    thawline.train(thawline.config.replace(cfg, strategy="head-only"), run_dir=tmp_path / "head-only", quiet=True)
+    thawline.train(replace(cfg, strategy="head-only"), run_dir=tmp_path / "head-only", quiet=True)
     result, start = train_capturing_start(cfg, tmp_path / "run", monkeypatch, get_strategy("head2toe"))
     assert all(r["feature_cache"] for r in result.metrics)
     end = load_checkpoint(tmp_path / "run" / "last.pt")["model"]

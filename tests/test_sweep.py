@@ -22,10 +22,10 @@ import yaml
 from conftest import make_image_folder
 
 from thawline.cli import main
-from thawline.config import make_config
-from thawline.errors import ThawlineError
-from thawline.strategies import STRATEGIES, get_strategy, resolve
-from thawline.sweep import strategy_to_dict, suggest_strategy
+from thawline.comparing.sweep import strategy_to_dict, suggest_strategy
+from thawline.core.config import make_config
+from thawline.core.errors import ThawlineError
+from thawline.training.strategies import STRATEGIES, get_strategy, resolve
 
 TINY = ["--model", "test_efficientnet", "--weights", "none", "--img-size", "32", "--batch-size", "16"]
 FINISHED = ("COMPLETE", "PRUNED")
@@ -61,7 +61,7 @@ def test_trial_strategy_is_data_built_from_the_sampled_values() -> None:
     head = suggest_strategy(optuna.trial.FixedTrial({"lr_mult": 0.5}), STRATEGIES["head-only"], 4)
     assert [(p.train, p.lr, p.layer_decay) for p in head.phases] == [("head", 5e-4, 1.0)]
     # The strategies-file form reads back through the normal loader.
-    from thawline.strategies import strategy_from_dict
+    from thawline.training.strategies import strategy_from_dict
 
     assert strategy_from_dict("x", strategy_to_dict(s)).phases == s.phases
 
@@ -202,8 +202,9 @@ def test_median_pruner_stops_trials_below_the_median(
     small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every epoch's val acc reaches Optuna; a trial below the median of earlier ones stops at epoch 2 of 4."""
-    import thawline.trainer
-    from thawline.sweep import sweep
+    import thawline.training.run_state
+    import thawline.training.trainer
+    from thawline.comparing.sweep import sweep
 
     epochs_run: dict[int, int] = {}
 
@@ -214,9 +215,9 @@ def test_median_pruner_stops_trials_below_the_median(
             epochs_run[number] = epoch
             on_epoch({"epoch": epoch, "val_acc": acc * epoch / cfg.epochs})
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return thawline.trainer.RunResult(Path(run_dir), {"best_val_acc": acc, "test_acc": None}, [])
+        return thawline.training.run_state.RunResult(Path(run_dir), {"best_val_acc": acc, "test_acc": None}, [])
 
-    monkeypatch.setattr(thawline.trainer, "train", fake_train)
+    monkeypatch.setattr(thawline.training.trainer, "train", fake_train)
     config = make_config({"data": str(small_folder), "model": "test_efficientnet", "img_size": 32, "epochs": 4})
     result = sweep(config, ["head-only", "full"], trials=5, out=tmp_path / "sw", quiet=True)
     by_state = Counter(r["state"] for r in result.rows)

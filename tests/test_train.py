@@ -11,8 +11,10 @@ import yaml
 from conftest import interrupt_after_checkpoint, make_image_folder, tiny_config
 
 import thawline
-from thawline.checkpoint import load_checkpoint
-from thawline.ranking import format_table
+from thawline.core.config import replace
+from thawline.models.weights import build_model
+from thawline.report.ranking import format_table
+from thawline.training.checkpoint import load_checkpoint
 
 METRIC_KEYS = {
     "strategy",
@@ -47,7 +49,7 @@ def test_train_writes_a_complete_run_folder(image_folder: Path, tmp_path: Path) 
         assert summary[key] is not None, key
     # head only, then everything: trainable params per phase are measured, not assumed
     n_head = sum(
-        p.numel() for p in thawline.weights.build_model("test_efficientnet", "none", 3).get_classifier().parameters()
+        p.numel() for p in build_model("test_efficientnet", "none", 3).get_classifier().parameters()
     )
     assert summary["trainable_params"][0] == n_head
     assert summary["trainable_params"][1] == summary["total_params"]
@@ -71,7 +73,7 @@ def test_training_learns_well_above_chance(tmp_path: Path) -> None:
 def test_feature_cache_matches_uncached_path(image_folder: Path, tmp_path: Path) -> None:
     cfg = tiny_config(image_folder, strategy="partial", epochs=2, hflip=False, weights="none")
     cached = thawline.train(cfg, run_dir=tmp_path / "cached", quiet=True)
-    plain = thawline.train(thawline.config.replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
+    plain = thawline.train(replace(cfg, feature_cache=False), run_dir=tmp_path / "plain", quiet=True)
     rows_c, rows_p = read_jsonl(tmp_path / "cached/metrics.jsonl"), read_jsonl(tmp_path / "plain/metrics.jsonl")
     assert all(r["feature_cache"] for r in rows_c) and not any(r["feature_cache"] for r in rows_p)
     for a, b in zip(rows_c, rows_p, strict=True):
@@ -103,12 +105,12 @@ def test_first_epoch_runs_the_prefix_once_per_image_for_the_view_it_draws(image_
     assert (per_image == 1).all(), "each train image's prefix ran exactly once, in the view its epoch drew"
     assert filled[1].all()  # val: one view, all of it (evaluated every epoch)
     # head-only's solved candidate reads every image's plain view: the drawn views plus the plain ones not drawn
-    solved = thawline.config.replace(cfg, head_solver=True, cache_dir=str(tmp_path / "cache3"))
+    solved = replace(cfg, head_solver=True, cache_dir=str(tmp_path / "cache3"))
     thawline.train(solved, run_dir=tmp_path / "solved", quiet=True)
     train = filled_views(tmp_path / "cache3")[2]
     assert train[:, 0].all() and (train.sum(1) == 1 + train[:, 1]).all()
     # With another epoch ahead, the views epoch 1 did not draw are computed after it: later epochs only read.
-    thawline.train(thawline.config.replace(cfg, epochs=2, cache_dir=str(tmp_path / "cache2")), run_dir=tmp_path / "r2",
+    thawline.train(replace(cfg, epochs=2, cache_dir=str(tmp_path / "cache2")), run_dir=tmp_path / "r2",
                    quiet=True)
     assert filled_views(tmp_path / "cache2")[2].all()
 
@@ -192,7 +194,7 @@ def test_small_data_repeats_passes_until_the_phase_has_its_minimum_steps(image_f
     assert rows[1]["images_per_s"] * rows[1]["seconds"] == pytest.approx(2 * n_train, rel=0.01)
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["min_steps"] == 20 and config["head_steps"] == 60
-    plain = thawline.train(thawline.config.replace(cfg, min_steps=0, head_steps=0), run_dir=tmp_path / "plain",
+    plain = thawline.train(replace(cfg, min_steps=0, head_steps=0), run_dir=tmp_path / "plain",
                            quiet=True)
     assert [r["passes"] for r in plain.metrics] == [1, 1]
 
@@ -204,7 +206,7 @@ def test_a_head_phase_on_cached_features_converges_in_one_phase(tmp_path: Path) 
         data, strategy="head-only", epochs=1, lr=1e-2, label_smoothing=0.0, hflip=False, head_solver=False
     )  # the stepped head (two-phase's head phase, or --no-head-solver): head_solver is tested in test_headfit.py
     few = thawline.train(short, run_dir=tmp_path / "few", quiet=True)
-    many = thawline.train(thawline.config.replace(short, head_steps=400), run_dir=tmp_path / "many", quiet=True)
+    many = thawline.train(replace(short, head_steps=400), run_dir=tmp_path / "many", quiet=True)
     assert few.metrics[0]["passes"] == 1 and many.metrics[0]["passes"] == 67  # ceil(400 / 6)
     assert many.metrics[0]["feature_cache"]
     # measured: val loss 0.67 after one pass, 0.22 after 400 steps (random-init tiny model, seed 0)

@@ -13,11 +13,14 @@ import yaml
 from conftest import interrupt_after_checkpoint, make_image_folder, one_error_line, tiny_config
 
 import thawline
-from thawline import cli, comparison, export, trainer
-from thawline.checkpoint import load_checkpoint
+from thawline import cli
 from thawline.cli import main
-from thawline.config import DERIVED_KEYS, FIELD_NAMES, make_config, replace
-from thawline.errors import ThawlineError
+from thawline.comparing import comparison
+from thawline.core.config import DERIVED_KEYS, FIELD_NAMES, make_config, replace
+from thawline.core.errors import ThawlineError
+from thawline.deploy import export
+from thawline.training import trainer
+from thawline.training.checkpoint import load_checkpoint
 
 TIMING_KEYS = {"seconds", "images_per_s", "rss_mb"}
 TINY_ARGS = ["--model", "test_efficientnet", "--weights", "none", "--img-size", "32", "--batch-size", "8",

@@ -14,11 +14,11 @@ from conftest import make_image_folder, tiny_config
 from test_report import parse
 
 import thawline
-from thawline.comparison import uncertainty_lines
-from thawline.metrics import read_predictions
-from thawline.ranking import COLUMNS, CSV_FIELDS, fmt_interval, format_table
-from thawline.report import build_report
-from thawline.uncertainty import (
+from thawline.comparing.comparison import uncertainty_lines
+from thawline.report.build import build_report
+from thawline.report.metrics import read_predictions
+from thawline.report.ranking import COLUMNS, CSV_FIELDS, fmt_interval, format_table
+from thawline.report.uncertainty import (
     Correctness,
     annotate,
     bootstrap_interval,

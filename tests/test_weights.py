@@ -6,8 +6,8 @@ import pytest
 import timm
 import torch
 
-from thawline.errors import ThawlineError
-from thawline.weights import build_model_with_info, embedded_weights_file, map_by_order
+from thawline.core.errors import ThawlineError
+from thawline.models.weights import build_model_with_info, embedded_weights_file, map_by_order
 
 
 def test_embedded_lite0_matches_reference_model_logits() -> None:
@@ -112,7 +112,7 @@ def test_fresh_head_starts_near_uniform_loss() -> None:
 
 
 def test_hub_unreachable_fails_fast(monkeypatch) -> None:
-    import thawline.weights as w
+    import thawline.models.weights as w
 
     monkeypatch.setattr(w, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(ThawlineError, match="offline"):
@@ -154,7 +154,7 @@ def test_missing_embedded_package_names_the_pip_package(monkeypatch, index: int)
 
 
 def test_embedded_sha256_mismatch_is_refused(monkeypatch) -> None:
-    import thawline.weights as w
+    import thawline.models.weights as w
 
     module, cls, _ = w.EMBEDDED["tf_efficientnet_lite1"]
     monkeypatch.setitem(w.EMBEDDED, "tf_efficientnet_lite1", (module, cls, "0" * 64))

@@ -14,7 +14,7 @@ with the same arguments (`--force` rebuilds).
 Sources (nothing is downloaded at build time):
 
 - Debian packages (`sudo apt-get install <package>`):
-    dataset-fashion-mnist          Fashion-MNIST IDX files (read with thawline.fashion_mnist)
+    dataset-fashion-mnist          Fashion-MNIST IDX files (read with thawline.data.fashion_mnist)
     fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf      training fonts of font-chars
     fonts-crosextra-carlito fonts-crosextra-caladea                               validation fonts of font-chars
     fonts-urw-base35                                                              test fonts of font-chars
@@ -178,8 +178,8 @@ def contrasting(rng: np.random.Generator, against: np.ndarray, min_diff: float =
 
 
 def _fmnist_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from thawline.errors import ThawlineError
-    from thawline.fashion_mnist import find_raw_files, read_idx
+    from thawline.core.errors import ThawlineError
+    from thawline.data.fashion_mnist import find_raw_files, read_idx
 
     try:
         raw = find_raw_files()
@@ -191,7 +191,7 @@ def _fmnist_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def make_fmnist(task: Task, rng: np.random.Generator, counts: dict[str, int]) -> dict[str, list]:
-    from thawline.fashion_mnist import CLASSES
+    from thawline.data.fashion_mnist import CLASSES
 
     tr_x, tr_y, te_x, te_y = _fmnist_arrays()
     ids = [CLASSES.index(c) for c in task.classes]
@@ -642,7 +642,7 @@ FONT_PACKAGES = ["fonts-dejavu-core", "fonts-dejavu-extra", "fonts-liberation", 
 
 
 def _fmnist_classes() -> list[str]:
-    from thawline.fashion_mnist import CLASSES
+    from thawline.data.fashion_mnist import CLASSES
 
     return list(CLASSES)
 

@@ -20,32 +20,41 @@ os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
 
 __version__ = "0.1.0"
 
-# Imported here, not wrapped lazily like train and compare: the submodule thawline.advise has the same name, and
-# importing it would replace a wrapper on the package. It imports numpy and yaml only (torch when called).
-from thawline.advise import Advice, advise  # noqa: E402
+# What thawline.advise returns, from the torch-free module that reads advise.json (numpy, no torch).
+from thawline.report.advice import Advice  # noqa: E402
 
 if TYPE_CHECKING:
-    from thawline.comparison import CompareResult
-    from thawline.config import TrainConfig
-    from thawline.trainer import RunResult
+    from pathlib import Path
+
+    from thawline.comparing.comparison import CompareResult
+    from thawline.core.config import TrainConfig
+    from thawline.training.run_state import RunResult
 
 
 def train(config: TrainConfig, **kwargs: Any) -> RunResult:
-    from thawline.trainer import train as _train
+    from thawline.training.trainer import train as _train
 
     return _train(config, **kwargs)
 
 
 def compare(config: TrainConfig, strategies: Any = None, **kwargs: Any) -> CompareResult:
-    from thawline.comparison import DEFAULT_STRATEGIES
-    from thawline.comparison import compare as _compare
+    from thawline.comparing.comparison import DEFAULT_STRATEGIES
+    from thawline.comparing.comparison import compare as _compare
 
     return _compare(config, strategies or DEFAULT_STRATEGIES, **kwargs)
 
 
+def advise(config: TrainConfig, out: str | Path | None = None, **kwargs: Any) -> Advice:
+    """Probe the frozen backbone on a sample of `config.data` and predict the strategies' ranking, with no training
+    (`thawline.comparing.advise.advise`: its keyword options, what it writes)."""
+    from thawline.comparing.advise import advise as _advise
+
+    return _advise(config, out, **kwargs)
+
+
 def make_config(**options: Any) -> TrainConfig:
     """`TrainConfig` from keyword options with presets and validation, e.g. make_config(data="d", epochs=3)."""
-    from thawline.config import make_config as _make
+    from thawline.core.config import make_config as _make
 
     return _make(options)
 

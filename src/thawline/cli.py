@@ -9,7 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from thawline.errors import ThawlineError
+from thawline.core.config import PLACE_OPTIONS, TrainConfig, load_yaml_mapping, make_config, option_specs
+from thawline.core.errors import ThawlineError
+
+# The subcommands import what they run inside their functions: `thawline --help`, a bad flag and `thawline cache ls`
+# answer without loading torch, timm, matplotlib or PIL.
 
 # `thawline compare` with no arguments: the embedded data and model, sized to finish in minutes on 2 CPU cores.
 DEMO_DATA = "data/fashion-mnist-demo"
@@ -38,8 +42,6 @@ def _number(kind: type, words: tuple[str, ...]):
 def add_config_options(p: argparse.ArgumentParser, cls: type | None = None) -> None:
     """One flag per option field of the config class (`img_size` -> `--img-size`), typed and documented by the
     field's declaration in config.py: adding an option there adds its flag here."""
-    from thawline.config import TrainConfig, option_specs
-
     for spec in option_specs(cls or TrainConfig):
         if spec.cli.get("skip"):
             continue
@@ -78,8 +80,6 @@ def _add_overwrite_option(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace, **extra: Any):
-    from thawline.config import make_config, option_specs
-
     overrides = {spec.name: getattr(args, spec.name, None) for spec in option_specs()}
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return make_config(overrides, args.config)
@@ -88,8 +88,7 @@ def _config_from_args(args: argparse.Namespace, **extra: Any):
 def _resume_overrides(args: argparse.Namespace, saved: dict[str, Any], folder: Path) -> dict[str, Any]:
     """The flags given with `--resume DIR`: place options (--workers, --device, ...) apply; any other must equal the
     value DIR was started with (`saved`: its config.yaml or compare.yaml), else one line naming it."""
-    from thawline.config import PLACE_OPTIONS, option_specs
-    from thawline.runfolder import defining_options, same_option, show
+    from thawline.training.runfolder import defining_options, same_option, show
 
     if args.config:
         raise ThawlineError(
@@ -118,8 +117,6 @@ def _resume_overrides(args: argparse.Namespace, saved: dict[str, Any], folder: P
 
 def _resumed_run_config(args: argparse.Namespace):
     """`train --resume RUN_DIR`: the run's own config.yaml (plus place flags), continuing in RUN_DIR."""
-    from thawline.config import load_yaml_mapping, make_config
-
     folder = Path(args.resume)
     saved_file = folder / "config.yaml"
     if not saved_file.is_file():
@@ -135,8 +132,6 @@ def _resumed_run_config(args: argparse.Namespace):
 
 def _resumed_compare(args: argparse.Namespace):
     """`compare --resume DIR`: the comparison's compare.yaml (options and strategies), continuing in DIR."""
-    from thawline.config import load_yaml_mapping, make_config
-
     folder = Path(args.resume)
     path = folder / "compare.yaml"
     if not path.is_file():
@@ -165,7 +160,7 @@ def _needs_folder(args: argparse.Namespace, out: str | None) -> None:
 
 def _find_bare_resume(args: argparse.Namespace) -> None:
     """A bare `--resume` (no folder, no --out, no --config): the latest unfinished run of this command in runs/."""
-    from thawline.runfolder import RUNS_PARENT, latest_unfinished
+    from thawline.training.runfolder import RUNS_PARENT, latest_unfinished
 
     if args.resume and getattr(args, "overwrite", False):  # any form of --resume: checked before any search
         raise ThawlineError("--resume continues a run and --overwrite replaces it: pass one of them")
@@ -177,7 +172,7 @@ def _find_bare_resume(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from thawline.trainer import train
+    from thawline.training.trainer import train
 
     _find_bare_resume(args)
     if isinstance(args.resume, str):
@@ -186,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _config_from_args(args, strategy=args.strategy)
         _needs_folder(args, config.out)
     result = train(config, resume=bool(args.resume), quiet=args.quiet, overwrite=args.overwrite)
-    from thawline import distributed
+    from thawline.training import distributed
 
     if not distributed.is_main():  # under torchrun rank 0 reports
         return 0
@@ -199,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from thawline.comparison import DEFAULT_STRATEGIES, compare
+    from thawline.comparing.comparison import DEFAULT_STRATEGIES, compare
 
     _find_bare_resume(args)
     if isinstance(args.resume, str):
@@ -218,7 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         halving=args.halving, advise=args.advise, models=args.models, shift_test=args.shift_test,
         overwrite=args.overwrite,
     )  # fmt: skip
-    from thawline import distributed
+    from thawline.training import distributed
 
     if not distributed.is_main():
         return 0
@@ -229,7 +224,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
-    from thawline.advise import advise
+    from thawline.comparing.advise import advise
 
     if args.data is None and args.config is None:
         args.data = _prepare_demo(args.quiet)
@@ -242,11 +237,11 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 
 def _prepare_demo(quiet: bool) -> str:
-    from thawline.fashion_mnist import prepare_fashion_mnist
+    from thawline.data.fashion_mnist import prepare_fashion_mnist
 
     if not quiet:
         print(f"no --data: using the embedded Fashion-MNIST subset in {DEMO_DATA}", flush=True)
-    from thawline import distributed
+    from thawline.training import distributed
 
     distributed.init()
     with distributed.local_main_first():
@@ -255,21 +250,21 @@ def _prepare_demo(quiet: bool) -> str:
 
 
 def _report(run_dir: Path) -> None:
-    from thawline.report import build_report
+    from thawline.report.build import build_report
 
     path = build_report(run_dir)
     print(f"report: {path}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from thawline.report import build_report
+    from thawline.report.build import build_report
 
     print(build_report(Path(args.run)))
     return 0
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
-    from thawline.strategies import all_strategies, describe
+    from thawline.training.strategies import all_strategies, describe
 
     registry = all_strategies(args.strategies_file)
     width = max(12, *(len(name) + 1 for name in registry))
@@ -282,7 +277,7 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from thawline.fashion_mnist import prepare_fashion_mnist
+    from thawline.data.fashion_mnist import prepare_fashion_mnist
 
     if args.dataset != "fashion-mnist":
         raise ThawlineError(f"unknown dataset '{args.dataset}'; the embedded dataset is fashion-mnist")
@@ -299,7 +294,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_shift(args: argparse.Namespace) -> int:
-    from thawline.shift import format_manifest, write_shifted
+    from thawline.data.shift import format_manifest, write_shifted
 
     manifest = write_shifted(
         args.dir, args.out, split=args.split, kinds=args.kinds, severities=args.severities, seed=args.seed
@@ -309,13 +304,13 @@ def cmd_data_shift(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from thawline.datacheck import check_folder
+    from thawline.data.check import check_folder
 
     return check_folder(args.dir, as_json=args.json)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from thawline.inference import evaluate_run, format_evaluation
+    from thawline.deploy.evaluate import evaluate_run, format_evaluation
 
     ev = evaluate_run(
         args.run, args.split, which=args.checkpoint, batch_size=args.batch_size, device=args.device, tta=args.tta
@@ -327,7 +322,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from thawline.inference import format_predictions, predict
+    from thawline.deploy.predict import format_predictions, predict
 
     results = predict(
         args.run,
@@ -355,7 +350,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from thawline.export import export_onnx
+    from thawline.deploy.export import export_onnx
 
     # The parity check runs before the file is put in place: a failed check is an error and writes nothing.
     result = export_onnx(args.run, args.out, dynamic_batch=args.dynamic_batch, which=args.checkpoint, opset=args.opset)
@@ -367,8 +362,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from thawline.lrfind import lr_find
-    from thawline.runfolder import next_run_dir
+    from thawline.training.lrfind import lr_find
+    from thawline.training.runfolder import next_run_dir
 
     config = _config_from_args(args, strategy=args.strategy)
     out = Path(config.out) if config.out else next_run_dir(Path("runs"), "lr-find")
@@ -389,7 +384,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from thawline.sweep import DEFAULT_STRATEGIES, sweep
+    from thawline.comparing.sweep import DEFAULT_STRATEGIES, sweep
 
     config = _config_from_args(args)
     strategies = args.strategies.split(",") if args.strategies else list(DEFAULT_STRATEGIES)
@@ -409,14 +404,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_ls(args: argparse.Namespace) -> int:
-    from thawline.cache import format_entries
+    from thawline.data.cache_admin import format_entries
 
     print(format_entries(args.cache_dir))
     return 0
 
 
 def cmd_cache_clear(args: argparse.Namespace) -> int:
-    from thawline.cache import clear, format_cleared
+    from thawline.data.cache_admin import clear, format_cleared
 
     print(format_cleared(*clear(args.cache_dir, args.older_than), args.older_than))
     return 0
@@ -605,7 +600,7 @@ def terminal_text(text: str) -> str:
     """`text` safe for a terminal: control characters (ESC sequences that set the title, move the cursor, hide or
     recolour text) and bidi overrides as their escapes (files.printable); line breaks, carriage returns (tqdm's bar)
     and tabs stay. Text already escaped is left as it is (its backslashes are not control characters)."""
-    from thawline.files import printable
+    from thawline.data.files import printable
 
     parts = _LINE_BREAKS.split(text)
     try:
@@ -656,15 +651,15 @@ def _main(argv: list[str] | None) -> int:
         return args.func(args)
     except ThawlineError as e:
         print(f"thawline: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)  # 2: bad input; 1: a file could not be written (thawline.atomic)
+        return getattr(e, "exit_code", 2)  # 2: bad input; 1: a file could not be written (thawline.core.atomic)
     except KeyboardInterrupt as e:
         print(f"thawline: interrupted{_resume_hint(args, e)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os._exit(0)
     finally:
-        if "thawline.distributed" in sys.modules:  # leave the torchrun process group cleanly
-            sys.modules["thawline.distributed"].shutdown()
+        if "thawline.training.distributed" in sys.modules:  # leave the torchrun process group cleanly
+            sys.modules["thawline.training.distributed"].shutdown()
 
 
 if __name__ == "__main__":

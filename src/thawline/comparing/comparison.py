@@ -24,14 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thawline import distributed, fingerprint
-from thawline.advise import ADVICE_DIR, PRIOR, SKIPPED_JSON, far_behind, load_advice
-from thawline.config import TrainConfig, atomic_write_text, load_yaml_mapping, replace, save_yaml
-from thawline.errors import ThawlineError
-from thawline.files import RUN_MARKER
-from thawline.names import folder_name
-from thawline.prepare import PreparedData, discover_folder, prepare_data
-from thawline.ranking import (
+from thawline.comparing.advise import advise as run_advice
+from thawline.core.atomic import write_text_atomic
+from thawline.core.config import TrainConfig, load_yaml_mapping, replace, save_yaml
+from thawline.core.errors import ThawlineError
+from thawline.data import fingerprint
+from thawline.data.files import RUN_MARKER
+from thawline.data.names import folder_name
+from thawline.data.shift import read_shift, shift_sets, shift_summary
+from thawline.deploy.evaluate import evaluate_folders
+from thawline.models.weights import check_model_name
+from thawline.report.advice import ADVICE_DIR, SKIPPED_JSON, load_advice
+from thawline.report.advice_rules import PRIOR, far_behind
+from thawline.report.ranking import (
     format_table,
     grid_name,
     model_folder,
@@ -40,7 +45,11 @@ from thawline.ranking import (
     run_subdir,
     write_comparison,
 )
-from thawline.runfolder import (
+from thawline.report.uncertainty import Verdict, annotate, seed_spread, verdict_line
+from thawline.training import distributed
+from thawline.training.prepare import PreparedData, discover_folder, prepare_data
+from thawline.training.run_state import RunResult
+from thawline.training.runfolder import (
     RUNS_PARENT,
     RunInterrupted,
     check_clearable,
@@ -50,10 +59,9 @@ from thawline.runfolder import (
     mismatch_message,
     next_run_dir,
 )
-from thawline.shift import read_shift, shift_sets, shift_summary
-from thawline.strategies import STRATEGIES, check_budget, get_strategy
-from thawline.trainer import RunResult, train
-from thawline.uncertainty import Verdict, annotate, seed_spread, verdict_line
+from thawline.training.strategies import STRATEGIES, check_budget, get_strategy
+from thawline.training.tracking import wandb_module
+from thawline.training.trainer import train
 
 # Every registered strategy: a default that leaves one out can miss the winner (layer-wise and gradual won on
 # small real photos where the other five were compared).
@@ -97,7 +105,6 @@ def parse_models(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
         raise ThawlineError("--models is empty; give a comma-separated list such as tf_efficientnet_lite0,resnet50")
     if len(set(names)) != len(names):
         raise ThawlineError(f"--models lists a model twice: {','.join(names)}")
-    from thawline.weights import check_model_name
 
     for name in names:
         check_model_name(name)  # one clear line for an unknown name
@@ -139,7 +146,6 @@ def compare(
     if shift_dir is not None:
         shift_sets(shift_dir)  # one line before anything is written; its classes are checked once data is read
     if config.wandb:
-        from thawline.tracking import wandb_module
 
         wandb_module()  # fail before decoding any image when --wandb cannot be honoured
     for name in names:  # every strategy's budget before any is trained
@@ -252,7 +258,6 @@ def train_model(
         shift_sets(shift_dir, data.classes)  # before any training: the shifted sets must hold the same classes
     folder = out_dir / sub
     if advise and distributed.is_main() and not (resume and (folder / ADVICE_DIR / "advise.json").is_file()):
-        from thawline.advise import advise as run_advice
 
         run_advice(config, folder / ADVICE_DIR, data=data, quiet=quiet)  # seconds; the report's first section
     entrants = len(names)
@@ -277,7 +282,7 @@ def skip_far_behind(names: list[str], folder: Path, *, quiet: bool) -> list[str]
     if distributed.is_main():
         doc = load_advice(folder / ADVICE_DIR)
         skipped = far_behind(doc["ranking"], names) if doc else {}
-        atomic_write_text(folder / ADVICE_DIR / SKIPPED_JSON, json.dumps(skipped, indent=2))
+        write_text_atomic(folder / ADVICE_DIR / SKIPPED_JSON, json.dumps(skipped, indent=2))
     skipped = distributed.broadcast_object(skipped)
     if not quiet:
         for name, why in skipped.items():
@@ -295,16 +300,15 @@ def shift_test_run(
     source = str(shift_dir.resolve())
     done = read_shift(run.run_dir)
     if done is None or list(done) != list(sets) or run.summary.get("shift_test") != source:
-        from thawline.inference import evaluate_folders
 
         evaluations = evaluate_folders(
             run.run_dir, sets, batch_size=max(64, config.batch_size), device=config.device, workers=config.workers,
             cache_dir=config.cache_dir,
         )  # fmt: skip
         done = {s: round(ev.accuracy, 6) for s, ev in evaluations.items()}
-        atomic_write_text(run.run_dir / "shift.json", json.dumps(done, indent=2))
+        write_text_atomic(run.run_dir / "shift.json", json.dumps(done, indent=2))
     run.summary.update(shift_summary(done, run.summary.get("test_acc")), shift_test=source)
-    atomic_write_text(run.run_dir / "summary.json", json.dumps(run.summary, indent=2))
+    write_text_atomic(run.run_dir / "summary.json", json.dumps(run.summary, indent=2))
     if not quiet:
         gap = run.summary.get("shift_gap")
         gap_text = f", shift gap {gap * 100:+.1f} pts (test − shifted)" if gap is not None else ""
@@ -451,7 +455,7 @@ def successive_halving(
         state = {"rungs": rungs, "entrants": entrants, "carried": carried, "alive": alive, "stopped": stopped,
                  "scores": scores, "done_rungs": [*state.get("done_rungs", []), str(rung)]}  # fmt: skip
         if distributed.is_main():
-            atomic_write_text(log_path, json.dumps(state, indent=2))
+            write_text_atomic(log_path, json.dumps(state, indent=2))
     for name in alive:  # a resumed comparison whose last rung was done before
         if name not in runs:
             runs[name] = RunResult(

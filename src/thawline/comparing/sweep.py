@@ -37,10 +37,14 @@ from typing import Any
 
 import psutil
 
-from thawline.config import TrainConfig, atomic_write_text, replace
-from thawline.errors import ThawlineError
-from thawline.runfolder import write_marker
-from thawline.strategies import Phase, Strategy, get_strategy
+from thawline.comparing.comparison import parse_strategies
+from thawline.core.atomic import write_text_atomic
+from thawline.core.config import TrainConfig, replace
+from thawline.core.errors import ThawlineError
+from thawline.training import trainer
+from thawline.training.prepare import input_settings, prepare_data
+from thawline.training.runfolder import write_marker
+from thawline.training.strategies import Phase, Strategy, get_strategy
 
 DEFAULT_STRATEGIES = ("head-only", "two-phase", "layer-wise", "partial", "gradual", "full")
 DEFAULT_EPOCHS = 4  # the budget when neither --epochs nor the config gives one
@@ -263,8 +267,6 @@ def _check_arguments(
     config: TrainConfig, strategies: list[str] | tuple[str, ...] | str, trials: int, timeout: float | None
 ) -> tuple[list[str], dict[str, Strategy], int]:
     """(strategy names, their base strategies, epoch budget), or one line saying which argument to fix."""
-    from thawline.comparison import parse_strategies
-
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ThawlineError(f"--trials {trials!r}: must be a positive integer (the total number of trials)")
     if timeout is not None and not timeout > 0:
@@ -297,9 +299,6 @@ def sweep(
 ) -> SweepResult:
     """Run (or resume) the study until `trials` trials are COMPLETE or PRUNED, then write the sweep files."""
     import optuna
-
-    from thawline.prepare import input_settings, prepare_data
-    from thawline.trainer import train
 
     started = time.perf_counter()
     names, bases, budget = _check_arguments(config, strategies, trials, timeout)
@@ -342,7 +341,7 @@ def sweep(
             if done + running < trials:
                 data = prepare_data(config, quiet)
                 _check_search(study, {"classes": data.classes}, shown, attr="thawline_classes")
-                objective = _objective(config, bases, names, budget, out_dir, data, me, train, verbose)
+                objective = _objective(config, bases, names, budget, out_dir, data, me, trainer.train, verbose)
                 stopper = _Stopper(trials, MAX_CONSECUTIVE_FAILURES, errors, say)
                 study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[stopper], catch=(ThawlineError,))
                 if stopper.failures >= MAX_CONSECUTIVE_FAILURES:
@@ -474,7 +473,7 @@ def write_outputs(
     w.writeheader()
     for r in rows:
         w.writerow({**r, "params": json.dumps(r["params"], sort_keys=True)})
-    atomic_write_text(out_dir / "trials.csv", buf.getvalue())
+    write_text_atomic(out_dir / "trials.csv", buf.getvalue())
 
     counts = state_counts(study)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
@@ -520,7 +519,7 @@ def write_outputs(
             summary["importances_omitted"] = f"optuna could not compute them: {e}"
     else:
         summary["importances_omitted"] = f"needs at least 2 complete trials, the study has {len(complete)}"
-    atomic_write_text(out_dir / "sweep_summary.json", json.dumps(summary, indent=2, default=str))
+    write_text_atomic(out_dir / "sweep_summary.json", json.dumps(summary, indent=2, default=str))
     return SweepResult(out_dir, study.study_name, shown, summary, rows, best_config, best_strategy)
 
 
@@ -531,7 +530,7 @@ def _write_best(out_dir: Path, config: TrainConfig, best: Any, spec: dict[str, A
     name = f"{base}-tuned"
     strategy_file = out_dir / "best_strategy.yaml"
     header = f"# best trial {best.number} of the sweep in {out_dir} (val acc {best.value:.2%})\n"
-    atomic_write_text(
+    write_text_atomic(
         strategy_file,
         header
         + "# use with --strategies-file; phase epochs are shares of --epochs\n"
@@ -544,7 +543,7 @@ def _write_best(out_dir: Path, config: TrainConfig, best: Any, spec: dict[str, A
     if values.get("cache_dir"):
         values["cache_dir"] = str(Path(values["cache_dir"]).absolute())
     config_file = out_dir / "best_config.yaml"
-    atomic_write_text(
+    write_text_atomic(
         config_file,
         header
         + "# thawline train --config best_config.yaml (flags given there win over this file)\n"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from thawline.errors import ThawlineError
+from thawline.core.errors import ThawlineError
 
 OUT_ELSEWHERE = "pass --out elsewhere"
 CACHE_ELSEWHERE = "set THAWLINE_CACHE_DIR (or --cache-dir) elsewhere"

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from thawline.atomic import write_text_atomic
-from thawline.errors import ThawlineError, close_matches
+from thawline.core.atomic import write_text_atomic
+from thawline.core.errors import ThawlineError, close_matches
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -400,14 +400,8 @@ def load_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dic
     return data
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see a partial file (thawline.atomic;
-    an OSError becomes one line naming the file)."""
-    write_text_atomic(path, text)
-
-
 def save_yaml(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def replace(config: TrainConfig, **changes: Any) -> TrainConfig:

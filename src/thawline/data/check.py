@@ -22,11 +22,11 @@ from typing import Any
 
 from PIL import Image
 
-from thawline.data import Discovered
-from thawline.errors import ThawlineError
-from thawline.files import SPLITS, Skipped, Walker, printable
-from thawline.images import BadImage, open_rgb, upright_size
-from thawline.splits import Layout, held_out_shares, hold_out, training_layout
+from thawline.core.errors import ThawlineError
+from thawline.data.discovery import Discovered
+from thawline.data.files import SPLITS, Skipped, Walker, printable
+from thawline.data.images import BadImage, open_rgb, upright_size
+from thawline.data.splits import Layout, held_out_shares, hold_out, training_layout
 
 IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
 SHOWN = 20  # items listed per section of the text report (--json lists all)

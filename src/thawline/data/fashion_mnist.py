@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from thawline.atomic import atomic_folder
-from thawline.errors import ThawlineError
+from thawline.core.atomic import atomic_folder
+from thawline.core.errors import ThawlineError
 
 CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
 SEARCH_DIRS = (

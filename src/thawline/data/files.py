@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from thawline.errors import ThawlineError
-from thawline.images import IMAGE_EXTENSIONS
+from thawline.core.errors import ThawlineError
+from thawline.data.images import IMAGE_EXTENSIONS
 
 SPLITS = ("train", "val", "test")
 # Folders that archivers and tools add beside the data: never a class.

@@ -17,11 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thawline.atomic import write_bytes_atomic
-from thawline.data import Discovered
-from thawline.errors import ThawlineError
-from thawline.files import SPLITS, printable
-from thawline.splits import _content_key
+from thawline.core.atomic import write_bytes_atomic
+from thawline.core.errors import ThawlineError
+from thawline.data.discovery import Discovered
+from thawline.data.files import SPLITS, printable
+from thawline.data.splits import _content_key
 
 DATA_FILE = "data.csv"
 HEADER = ["split", "path", "label", "key"]

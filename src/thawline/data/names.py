@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
-from thawline.errors import ThawlineError
-from thawline.files import printable
+from thawline.core.errors import ThawlineError
+from thawline.data.files import printable
 
 # A letter or digit first, then letters, digits and . _ + = - : never a separator, never '.' or '..', never hidden.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from thawline.atomic import atomic_folder
-from thawline.errors import ThawlineError, close_matches
-from thawline.files import Skipped, Walker
-from thawline.images import BadImage, open_rgb
-from thawline.splits import find_layout
+from thawline.core.atomic import atomic_folder
+from thawline.core.errors import ThawlineError, close_matches
+from thawline.data.files import Skipped, Walker
+from thawline.data.images import BadImage, open_rgb
+from thawline.data.splits import find_layout
 
 MANIFEST = "manifest.json"
 FORMAT = 1

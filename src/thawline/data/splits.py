@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thawline.errors import ThawlineError
-from thawline.files import METADATA_FOLDERS, RUN_FOLDER, SPLITS, Skipped, is_marked, printable
-from thawline.images import IMAGE_EXTENSIONS
+from thawline.core.errors import ThawlineError
+from thawline.data.files import METADATA_FOLDERS, RUN_FOLDER, SPLITS, Skipped, is_marked, printable
+from thawline.data.images import IMAGE_EXTENSIONS
 
 # Exports name the splits differently (Roboflow: valid/, Keras examples: validation/); each is accepted as is.
 SPLIT_NAMES: dict[str, tuple[str, ...]] = {

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from thawline.atomic import atomic_path, write_error, writing
-from thawline.config import atomic_write_text
-from thawline.errors import ThawlineError
-from thawline.images import BadImage
-from thawline.inference import Preprocess, image_files, load_run, run_folder
-from thawline.splits import find_layout
+from thawline.core.atomic import atomic_path, write_error, write_text_atomic, writing
+from thawline.core.errors import ThawlineError
+from thawline.data.images import BadImage
+from thawline.data.splits import find_layout
+from thawline.deploy.load import Preprocess, load_run, run_folder
+from thawline.deploy.predict import image_files
 
 TOLERANCE = 1e-4
 INPUT_NAME = "input"
@@ -177,7 +177,7 @@ def _write_preprocessing(
         "dynamic_batch": dynamic_batch,
         "opset": opset,
     }
-    atomic_write_text(prep_path, json.dumps(info, indent=2))
+    write_text_atomic(prep_path, json.dumps(info, indent=2))
 
 
 def _add_metadata(path: Path, cfg: dict[str, Any], prep: Preprocess) -> None:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thawline.errors import ThawlineError
-from thawline.models import StageMap, eval_mode, pool_output, stage_map, stage_outputs
+from thawline.core.errors import ThawlineError
+from thawline.models.stages import StageMap, eval_mode, pool_output, stage_map, stage_outputs
 
 
 class MultiDepthHead(nn.Module):

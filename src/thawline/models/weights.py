@@ -21,7 +21,7 @@ import timm
 import torch
 from torch import nn
 
-from thawline.errors import ThawlineError, close_matches
+from thawline.core.errors import ThawlineError, close_matches
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 EMBEDDED = {

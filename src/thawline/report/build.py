@@ -23,11 +23,13 @@ from typing import Any
 
 from markupsafe import Markup
 
-from thawline.atomic import WriteFailed, atomic_path, writing
-from thawline.config import atomic_write_text, read_yaml
-from thawline.errors import ThawlineError
-from thawline.files import printable
-from thawline.metrics import (
+from thawline.core.atomic import WriteFailed, atomic_path, write_text_atomic, writing
+from thawline.core.config import read_yaml
+from thawline.core.errors import ThawlineError
+from thawline.data.files import printable
+from thawline.data.shift import read_shift
+from thawline.report.advice import ADVICE_DIR, FIGURE, SKIPPED_JSON, advice_html, load_advice
+from thawline.report.metrics import (
     ClassMetrics,
     Predictions,
     accuracy,
@@ -37,7 +39,7 @@ from thawline.metrics import (
     per_class_metrics,
     read_predictions,
 )
-from thawline.plots import (
+from thawline.report.plots import (
     GRID_NAME,
     plot_confusion,
     plot_curves,
@@ -48,7 +50,7 @@ from thawline.plots import (
     plot_top_losses,
     plot_tradeoffs,
 )
-from thawline.ranking import (
+from thawline.report.ranking import (
     fmt_pct,
     fmt_seconds,
     grid_name,
@@ -59,8 +61,7 @@ from thawline.ranking import (
     shown_columns,
     split_name,
 )
-from thawline.shift import read_shift
-from thawline.uncertainty import ALPHA, RESAMPLES, Verdict, annotate, fmt_p, seed_spread
+from thawline.report.uncertainty import ALPHA, RESAMPLES, Verdict, annotate, fmt_p, seed_spread
 
 FIG_DIR = "report_files"
 REPORT_NAME = "report.html"
@@ -483,7 +484,7 @@ def _template():
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("thawline", "templates"),
+        loader=jinja2.PackageLoader("thawline.report", "templates"),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -619,8 +620,6 @@ def _halving_rows(folder: Path, notes: list[str]) -> dict[str, Any] | None:
 
 def _skipped_rows(folder: Path, notes: list[str]) -> list[dict[str, str]]:
     """`compare --advise`: the strategies it did not train because the advisor ranked them far behind, and why."""
-    from thawline.advise import ADVICE_DIR, SKIPPED_JSON
-
     skipped = _read_json(folder / ADVICE_DIR / SKIPPED_JSON, notes)
     return [{"name": n, "why": w} for n, w in skipped.items()] if isinstance(skipped, dict) else []
 
@@ -628,8 +627,6 @@ def _skipped_rows(folder: Path, notes: list[str]) -> list[dict[str, str]]:
 def _advice_section(folder: Path, figdir: Path, left_out: list[str]) -> str | None:
     """`compare --advise`: the advisor's prediction (made before training) as the report's first section, the
     strategies it left out marked."""
-    from thawline.advise import ADVICE_DIR, FIGURE, advice_html, load_advice
-
     doc = load_advice(folder / ADVICE_DIR)
     if doc is None:
         return None
@@ -667,7 +664,7 @@ def build_report(path: str | Path) -> Path:
             if final.exists():
                 final.rename(old)
             tmpdir.rename(final)
-        atomic_write_text(folder / REPORT_NAME, page)
+        write_text_atomic(folder / REPORT_NAME, page)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

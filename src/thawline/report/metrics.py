@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from thawline.atomic import OUT_ELSEWHERE, write_text_atomic
-from thawline.config import shown
-from thawline.errors import ThawlineError
-from thawline.files import printable
+from thawline.core.atomic import OUT_ELSEWHERE, write_text_atomic
+from thawline.core.config import shown
+from thawline.core.errors import ThawlineError
+from thawline.data.files import printable
 
 PREDICTION_COLUMNS = ("split", "path", "label", "pred", "confidence", "loss", "correct")
 

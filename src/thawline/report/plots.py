@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from thawline.atomic import atomic_path
-from thawline.files import printable
-from thawline.metrics import Calibration, Predictions, row_normalize
+from thawline.core.atomic import atomic_path
+from thawline.data.files import printable
+from thawline.data.images import BadImage, open_rgb
+from thawline.report.metrics import Calibration, Predictions, row_normalize
 
 GRID_NAME = "prediction_grid.png"
 DPI = 100
@@ -42,7 +43,7 @@ def _figure(w: float, h: float, layout: str | None = "constrained"):
 
 
 def save_figure(fig, path: Path) -> None:
-    """Write a PNG next to its final name, then rename: a reader never sees half a file (thawline.atomic)."""
+    """Write a PNG next to its final name, then rename: a reader never sees half a file (thawline.core.atomic)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
 
@@ -359,8 +360,6 @@ _ESCAPED = re.compile(r"\\x([0-9a-f]{2})|\\u([0-9a-f]{4})")
 
 def _load_tile(path: str, size: int = TILE) -> np.ndarray | None:
     from PIL import Image
-
-    from thawline.images import BadImage, open_rgb
 
     if "\\" in path and not os.path.lexists(path):  # predictions.csv holds names escaped (files.printable)
         path = _ESCAPED.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), path)

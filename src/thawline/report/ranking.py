@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thawline.config import atomic_write_text
-from thawline.names import folder_name
-from thawline.uncertainty import ALPHA, RESAMPLES, fmt_p
+from thawline.core.atomic import write_text_atomic
+from thawline.data.names import folder_name
+from thawline.report.uncertainty import ALPHA, RESAMPLES, fmt_p
 
 Row = dict[str, Any]
 Summary = dict[str, Any]
@@ -332,8 +332,8 @@ def write_comparison(out_dir: Path, rows: list[Row]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k) for k in CSV_FIELDS})
-    atomic_write_text(out_dir / "comparison.csv", buf.getvalue())
-    atomic_write_text(out_dir / "comparison.json", json.dumps(rows, indent=2))
+    write_text_atomic(out_dir / "comparison.csv", buf.getvalue())
+    write_text_atomic(out_dir / "comparison.json", json.dumps(rows, indent=2))
 
 
 def format_table(rows: list[Row]) -> str:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from thawline.errors import ThawlineError
-from thawline.metrics import read_predictions
-from thawline.names import folder_name
+from thawline.core.errors import ThawlineError
+from thawline.data.names import folder_name
+from thawline.report.metrics import read_predictions
 
 RESAMPLES = 2000
 SEED = 0

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes (thawline.atomic) and `weights_only` loads of plain tensors and primitives."""
+"""Checkpoints: atomic writes (thawline.core.atomic) and `weights_only` loads of plain tensors and primitives."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from thawline.atomic import WriteFailed, atomic_file, atomic_path
-from thawline.errors import ThawlineError
+from thawline.core.atomic import WriteFailed, atomic_file, atomic_path
+from thawline.core.errors import ThawlineError
 
 FORMAT = "thawline-checkpoint-1"
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from thawline.errors import ThawlineError
+from thawline.core.errors import ThawlineError
 
 
 def env_world_size() -> int:

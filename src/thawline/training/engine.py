@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thawline import distributed
-from thawline.config import TrainConfig
-from thawline.models import StageMap, eval_mode, trainable_names
-from thawline.strategies import ResolvedPhase
+from thawline.core.config import TrainConfig
+from thawline.models.stages import StageMap, eval_mode, trainable_names
+from thawline.training import distributed
+from thawline.training.strategies import ResolvedPhase
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

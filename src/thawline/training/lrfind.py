@@ -28,14 +28,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from thawline import engine, runtime
-from thawline.config import TrainConfig, atomic_write_text
-from thawline.errors import ThawlineError
-from thawline.models import apply_freezing, trainable_names
-from thawline.plots import plot_lr_find
-from thawline.prepare import PreparedData, RunSetup, prepare_data, setup_run
-from thawline.sources import PhaseSource, phase_source
-from thawline.strategies import Strategy, get_strategy
+from thawline.core.atomic import write_text_atomic
+from thawline.core.config import TrainConfig
+from thawline.core.errors import ThawlineError
+from thawline.models.stages import apply_freezing, trainable_names
+from thawline.report.plots import plot_lr_find
+from thawline.training import engine, runtime
+from thawline.training.prepare import PreparedData, RunSetup, prepare_data, setup_run
+from thawline.training.sources import PhaseSource, phase_source
+from thawline.training.strategies import Strategy, get_strategy
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -306,7 +307,7 @@ def write_lr_find(out: Path, result: LRFindResult, stem: str = "lr_find") -> lis
     payload["smoothed"] = [s if math.isfinite(s) else None for s in result.smoothed]
     payload["losses"] = [v if math.isfinite(v) else None for v in result.losses]
     json_path = out / f"{stem}.json"
-    atomic_write_text(json_path, json.dumps(payload, indent=2))
+    write_text_atomic(json_path, json.dumps(payload, indent=2))
     png_path = out / f"{stem}.png"
     title = f"LR range test: {result.info.get('model')} / {result.info.get('strategy')} ({result.method})"
     plot_lr_find(png_path, result.lrs, result.losses, result.smoothed, result.suggested_lr, title)

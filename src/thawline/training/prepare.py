@@ -19,18 +19,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from thawline import distributed, fingerprint
-from thawline.cache import ImageCache, build_image_cache, default_cache_dir
-from thawline.config import TrainConfig
-from thawline.data import Discovered, Normalize, discover
-from thawline.depthwise import use_fast_depthwise
-from thawline.errors import ThawlineError
-from thawline.files import SPLITS, Skipped
-from thawline.fingerprint import Fingerprint
-from thawline.models import StageMap, stage_map
-from thawline.multidepth import install_multidepth_head
-from thawline.strategies import ResolvedPhase, Strategy, resolve
-from thawline.weights import build_model_with_info
+from thawline.core.config import TrainConfig
+from thawline.core.errors import ThawlineError
+from thawline.data import fingerprint
+from thawline.data.batches import Normalize
+from thawline.data.cache_store import default_cache_dir
+from thawline.data.check import check_leakage
+from thawline.data.discovery import Discovered, discover
+from thawline.data.files import SPLITS, Skipped
+from thawline.data.fingerprint import Fingerprint
+from thawline.data.image_cache import ImageCache, build_image_cache
+from thawline.models.depthwise import use_fast_depthwise
+from thawline.models.multidepth import install_multidepth_head
+from thawline.models.stages import StageMap, stage_map
+from thawline.models.weights import build_model_with_info
+from thawline.training import distributed
+from thawline.training.strategies import ResolvedPhase, Strategy, resolve
 
 
 def warn(message: str) -> None:
@@ -144,7 +148,6 @@ def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
     """Discover the folder and decode every image once at the model's input size (reused across runs)."""
     found, img_size, interpolation = discover_data(config)
     data_print = fingerprint.of_discovered(found)  # the files as found, before decoding reads them at length
-    from thawline.datacheck import check_leakage
 
     splits: dict[str, SplitData] = {}
     skipped = [(s.path, s.reason) for s in found.skipped]

@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from thawline.atomic import WriteFailed, append_text
-from thawline.checkpoint import load_checkpoint
-from thawline.config import FIELD_NAMES, PLACE_OPTIONS, atomic_write_text, option_specs
-from thawline.errors import ThawlineError
-from thawline.files import RUN_FORMAT, RUN_MARKER, marker_kind, printable
+from thawline.core.atomic import WriteFailed, append_text, write_text_atomic
+from thawline.core.config import FIELD_NAMES, PLACE_OPTIONS, option_specs
+from thawline.core.errors import ThawlineError
+from thawline.data.files import RUN_FORMAT, RUN_MARKER, marker_kind, printable
+from thawline.training.checkpoint import load_checkpoint
 
 # Files that say a folder holds a run (partial: last.pt; finished: summary.json): a fresh run never writes there.
 RUN_FILES = ("last.pt", "summary.json")
@@ -147,7 +147,7 @@ def write_marker(folder: Path, kind: str) -> None:
     and keeps discovery from reading it as data."""
     assert kind in MARKER_KINDS, kind
     if marker_kind(folder) != kind:
-        atomic_write_text(folder / RUN_MARKER, json.dumps({"kind": kind, "format": RUN_FORMAT}) + "\n")
+        write_text_atomic(folder / RUN_MARKER, json.dumps({"kind": kind, "format": RUN_FORMAT}) + "\n")
 
 
 def in_format(name: str, parent: str = "") -> bool:
@@ -379,7 +379,7 @@ def truncate_metrics(path: Path, done_epochs: int) -> list[dict[str, Any]]:
                 continue  # a line cut by a crash
             if row.get("epoch", 0) <= done_epochs:
                 rows.append(row)
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -393,4 +393,4 @@ def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
     w = csv.writer(buf)
     w.writerow(["path", "reason"])
     w.writerows((printable(path), printable(reason)) for path, reason in skipped)  # no raw escapes in a CSV cell
-    atomic_write_text(out / "skipped.csv", buf.getvalue())
+    write_text_atomic(out / "skipped.csv", buf.getvalue())

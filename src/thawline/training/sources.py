@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from thawline import distributed, runtime
-from thawline.cache import FeatureCache, state_fingerprint
-from thawline.data import Batches, Normalize
-from thawline.models import Forward, Split, eval_mode, is_suffix, split_at
-from thawline.prepare import RunSetup, SplitData
-from thawline.strategies import ResolvedPhase
+from thawline.data.batches import Batches, Normalize
+from thawline.data.feature_cache import FeatureCache, state_fingerprint
+from thawline.models.stages import Forward, Split, eval_mode, is_suffix, split_at
+from thawline.training import distributed, runtime
+from thawline.training.prepare import RunSetup, SplitData
+from thawline.training.strategies import ResolvedPhase
 
 
 @dataclass

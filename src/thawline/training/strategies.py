@@ -34,11 +34,13 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
-from thawline.errors import ThawlineError, close_matches
+from thawline.core.config import load_yaml_mapping
+from thawline.core.errors import ThawlineError, close_matches
+from thawline.data.names import check_name, folder_name
 
 BN_POLICIES = ("frozen", "train", "eval")
 INITS = ("pretrained", "random")
-HEADS = ("linear", "multi-depth")  # the classifier a strategy trains (thawline.multidepth builds the second)
+HEADS = ("linear", "multi-depth")  # the classifier a strategy trains (thawline.models.multidepth builds the second)
 KINDS = ("bias", "norm")  # parameter kinds a selector can restrict its body stages to (`all@bias`)
 SELECTORS = "head, all, last:K, first:K, stages:A-B, middle, after:F (e.g. after:2/3), gradual"
 
@@ -69,7 +71,7 @@ class Strategy:
     description: str = ""
     init: str = "pretrained"  # "random" ignores the weights source: the from-scratch baseline
     reference: str = ""  # the paper the recipe comes from, shown by `thawline strategies`
-    head: str = "linear"  # "multi-depth": a linear head over every stage's pooled features (thawline.multidepth)
+    head: str = "linear"  # "multi-depth": a linear head over every stage's pooled features (thawline.models.multidepth)
 
 
 @dataclass(frozen=True)
@@ -266,8 +268,6 @@ def validate_phase(phase: Phase, where: str) -> None:
 
 
 def load_strategies_file(path: str) -> dict[str, Strategy]:
-    from thawline.config import load_yaml_mapping
-
     data = load_yaml_mapping(path, what="strategies file")
     block = data.get("strategies", data)
     if not isinstance(block, dict):
@@ -279,8 +279,6 @@ def load_strategies_file(path: str) -> dict[str, Strategy]:
 def check_user_name(name: Any, path: str) -> str:
     """A strategy name from a strategies file: safe as a run folder's name, and not a built-in's (a file's
     `head-only: {train: all}` would train every layer and be reported as head-only)."""
-    from thawline.names import check_name, folder_name
-
     try:
         builtin = name in STRATEGIES or name in LITERATURE or partial_with_fraction(str(name)) is not None
     except ThawlineError:  # partial-<fraction out of range>: still the built-in partial's grammar

@@ -12,8 +12,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from thawline.atomic import writing
-from thawline.errors import ThawlineError
+from thawline.core.atomic import writing
+from thawline.core.errors import ThawlineError
+from thawline.models.weights import hub_reachable
 
 SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
 _thread_hook = threading.excepthook
@@ -45,7 +46,6 @@ def wandb_mode() -> str:
     """WANDB_MODE when the user set it; otherwise online only when the W&B server answers."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    from thawline.weights import hub_reachable
 
     return "online" if hub_reachable("api.wandb.ai", timeout=2.0) else "offline"
 

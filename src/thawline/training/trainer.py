@@ -17,23 +17,28 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from thawline import distributed, engine, faults, fingerprint, headfit, runtime
-from thawline.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
-from thawline.config import TrainConfig, atomic_write_text, save_yaml
-from thawline.errors import ThawlineError
-from thawline.lrfind import LRFindResult, lr_find, resolve_auto_lr, write_lr_find
-from thawline.metrics import read_predictions, write_predictions
-from thawline.models import apply_freezing, count_params, split_at, stage_drift
-from thawline.plots import GRID_NAME, plot_prediction_grid
-from thawline.prepare import PreparedData, RunSetup, prepare_data, seed_everything, setup_run
-from thawline.runfolder import (
+from thawline.core import faults
+from thawline.core.atomic import write_text_atomic
+from thawline.core.config import TrainConfig, save_yaml
+from thawline.core.errors import ThawlineError
+from thawline.data import fingerprint
+from thawline.models import headfit
+from thawline.models.stages import apply_freezing, split_at
+from thawline.report.metrics import read_predictions, write_predictions
+from thawline.report.plots import GRID_NAME, plot_prediction_grid
+from thawline.training import distributed, engine, runtime
+from thawline.training.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
+from thawline.training.lrfind import LRFindResult, lr_find, resolve_auto_lr, write_lr_find
+from thawline.training.prepare import PreparedData, RunSetup, prepare_data, seed_everything, setup_run
+from thawline.training.rows import _epoch_line, _epoch_row, _summary
+from thawline.training.run_state import LoopState, Run, RunResult
+from thawline.training.runfolder import (
     RUNS_PARENT,
     RunInterrupted,
     append_jsonl,
@@ -48,62 +53,11 @@ from thawline.runfolder import (
     truncate_metrics,
     write_skipped,
 )
-from thawline.sources import PhaseSource, eval_batches, passes_per_epoch, phase_source
-from thawline.strategies import ResolvedPhase, Strategy, check_budget, get_strategy
-from thawline.tracking import SCALARS, Tracker, wandb_module
-from thawline.uncertainty import bootstrap_interval
+from thawline.training.sources import PhaseSource, eval_batches, passes_per_epoch, phase_source
+from thawline.training.strategies import ResolvedPhase, Strategy, check_budget, get_strategy
+from thawline.training.tracking import SCALARS, Tracker, wandb_module
 
 EpochSink = Callable[[dict[str, Any], ResolvedPhase], None]
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    summary: dict[str, Any] | None  # None: paused before its last epoch (train's stop_after_epoch)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def best_val_acc(self) -> float:
-        return float(self.summary["best_val_acc"])
-
-    @property
-    def test_acc(self) -> float | None:
-        return self.summary.get("test_acc")
-
-
-@dataclass
-class Run:
-    """The fixed parts of one run, set up before its first step."""
-
-    setup: RunSetup
-    out: Path
-    resolved_config: dict[str, Any]  # config.yaml: the options plus everything derived from them
-    tracker: Tracker
-    meter: runtime.MemoryMeter
-    initial: dict[str, torch.Tensor]  # weights before training, for the per-stage drift
-    quiet: bool
-    main: bool = field(default_factory=distributed.is_main)  # under torchrun only rank 0 writes files and prints
-    folder_id: tuple[int, int] | None = None  # (device, inode) of `out` when the run opened it: replaced -> stop
-    across: bool = field(default_factory=distributed.active)  # DDP: statistics and evaluation over all ranks
-
-    @property
-    def name(self) -> str:
-        return self.setup.strategy.name
-
-
-@dataclass
-class LoopState:
-    """What changes as the run trains; restored from last.pt on resume."""
-
-    optimizer: torch.optim.Optimizer | None = None
-    best_acc: float = -1.0
-    best_epoch: int = -1
-    best_state: dict[str, torch.Tensor] | None = None
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    done_epochs: int = 0  # epochs the restored checkpoint holds (skipped on resume)
-    global_epoch: int = 0
-    trainable_per_phase: list[int] = field(default_factory=list)
-    phase_test: dict[int, float] = field(default_factory=dict)
 
 
 def log(message: str, quiet: bool = False) -> None:
@@ -418,38 +372,6 @@ def _set_head(head: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -
     head.bias.copy_(bias)
 
 
-def _epoch_row(
-    run: Run,
-    loop: LoopState,
-    phase: ResolvedPhase,
-    source: PhaseSource,
-    epoch_in_phase: int,
-    stats: engine.EpochStats,
-    val: engine.EvalResult,
-    n_trainable: int,
-) -> dict[str, Any]:
-    """One line of metrics.jsonl (the keys the tracker, the console and the report read)."""
-    seconds = stats.seconds + source.take_setup_seconds()
-    groups = loop.optimizer.param_groups if loop.optimizer else []
-    return {
-        "strategy": run.name,
-        "phase": phase.index + 1,
-        "phase_train": phase.train,
-        "epoch": loop.global_epoch,
-        "epoch_in_phase": epoch_in_phase + 1,
-        "train_loss": round(stats.loss, 6),
-        "train_acc": round(stats.acc, 6),
-        "val_loss": round(val.loss, 6),
-        "val_acc": round(val.acc, 6),
-        "lr": groups[-1]["lr"] if groups else 0.0,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(stats.images / seconds, 2) if seconds > 0 else None,
-        "trainable_params": n_trainable,
-        "feature_cache": source.cached,
-        "rss_mb": round(run.meter.peak_rss_mb, 1),
-    }
-
-
 def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float, best: bool = False) -> None:
     """best.pt when validation improved (or `best`: a solved head that tied), then last.pt: everything an exact
     resume needs. Weights that are no longer finite (a blown-up epoch) are never saved: the run stops and last.pt
@@ -519,7 +441,7 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
     result = _evaluate_split(run, eval_split)
     split = setup.data.splits[eval_split]
     # The val split's per-image predictions too (predictions_val.csv) when predictions.csv holds test: the val
-    # interval and paired tests of `thawline.uncertainty` need them. Every rank evaluates (a gather under DDP).
+    # interval and paired tests of `thawline.report.uncertainty` need them. Every rank evaluates (a gather under DDP).
     val = _evaluate_split(run, "val") if eval_split == "test" else result
     if run.main:
         write_predictions(
@@ -533,58 +455,11 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
             )  # fmt: skip
     summary = _summary(run, loop, val, result if eval_split == "test" else None, eval_split, started)
     if run.main:
-        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(run.out / "summary.json", json.dumps(summary, indent=2))
         if summary["test_acc"] is not None:
             run.tracker.scalars({"test_acc": summary["test_acc"]}, loop.global_epoch)
         _log_prediction_grid(run, loop.global_epoch)
     return summary
-
-
-def _interval(result: engine.EvalResult) -> list[float] | None:
-    """95% percentile bootstrap interval [lo, hi] of the accuracy of `result`."""
-    return bootstrap_interval((result.logits.argmax(dim=1) == result.labels).numpy())
-
-
-def _summary(
-    run: Run,
-    loop: LoopState,
-    val: engine.EvalResult,
-    test: engine.EvalResult | None,
-    eval_split: str,
-    started: float,
-) -> dict[str, Any]:
-    setup, metrics = run.setup, loop.metrics
-    train_seconds = sum(r["seconds"] for r in metrics)
-    train_images = sum(r["images_per_s"] * r["seconds"] for r in metrics if r["images_per_s"])
-    return {
-        "strategy": run.name,
-        "model": setup.config.model,
-        "weights": setup.weights_info.get("source"),
-        "classes": setup.data.classes,
-        "best_val_acc": round(loop.best_acc, 6),
-        "best_epoch": loop.best_epoch,
-        "test_acc": round(test.acc, 6) if test else None,
-        "test_loss": round(test.loss, 6) if test else None,
-        "epochs": setup.total_epochs,
-        "phases": [p.to_dict() for p in setup.phases],
-        "trainable_params": loop.trainable_per_phase,
-        "phase_results": _phase_results(setup.phases, metrics, loop.phase_test),
-        "total_params": count_params(setup.model),
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "train_time_s": round(train_seconds, 2),
-        "images_per_s": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
-        "peak_rss_mb": round(run.meter.peak_rss_mb, 1),
-        "peak_gpu_mb": run.meter.peak_gpu_mb,
-        "layer_drift": stage_drift(setup.model, run.initial, setup.smap),
-        **setup.data.counts(),
-        "data_digest": setup.data.fingerprint.digests(),  # per split: which files the accuracies are on (data.csv)
-        "skipped_files": len(setup.data.skipped),
-        "img_size": setup.data.img_size,
-        "device": str(setup.device),
-        "predictions_split": eval_split,
-        "val_acc_ci": _interval(val),
-        "test_acc_ci": _interval(test) if test else None,
-    }
 
 
 def _log_prediction_grid(run: Run, step: int) -> None:
@@ -593,41 +468,3 @@ def _log_prediction_grid(run: Run, step: int) -> None:
     shown, _ = plot_prediction_grid(read_predictions(run.out / "predictions.csv", run.setup.data.classes), grid)
     if shown:
         run.tracker.image("prediction_grid", grid, step)
-
-
-def _phase_results(
-    phases: list[ResolvedPhase], metrics: list[dict[str, Any]], phase_test: dict[int, float]
-) -> list[dict[str, Any]]:
-    """Per phase: best and last val accuracy, and test accuracy at the phase's end when measured."""
-    out = []
-    for phase in phases:
-        rows = [r for r in metrics if r["phase"] == phase.index + 1]
-        out.append(
-            {
-                "phase": phase.index + 1,
-                "train": phase.train,
-                "epochs": phase.epochs,
-                "best_val_acc": max((r["val_acc"] for r in rows), default=None),
-                "last_val_acc": rows[-1]["val_acc"] if rows else None,
-                "test_acc_at_end": round(phase_test[phase.index], 6) if phase.index in phase_test else None,
-            }
-        )
-    return out
-
-
-def _epoch_line(row: dict[str, Any], phase: ResolvedPhase, n_phases: int, total_epochs: int) -> str:
-    cached = " cached" if row["feature_cache"] else ""
-    ips = f"{row['images_per_s']:.0f}" if row["images_per_s"] else "-"
-    return (
-        f"[{row['strategy']}] phase {row['phase']}/{n_phases} ({phase.train}{cached}) "
-        f"epoch {row['epoch']}/{total_epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
-        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  lr {row['lr']:.2e}  "
-        f"{row['seconds']:.1f}s  {ips} img/s"
-    ) + _head_fit_note(row.get("head_fit"))
-
-
-def _head_fit_note(fit: dict[str, Any] | None) -> str:
-    if not fit:
-        return ""
-    which = "kept" if fit["kept"] else f"not kept (stepped head: val {fit['stepped_val_acc']:.2%})"
-    return f"  | solved head (C={fit['C']:g}, {fit['cv_folds']}-fold CV) val {fit['val_acc']:.2%}: {which}"
