@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from thawline.training.run_state import RunResult
 
 
+# train, compare and advise import their modules when called: `import thawline`, which every `thawline.x` import
+# runs first (the CLI's included), loads no torch.
 def train(config: TrainConfig, **kwargs: Any) -> RunResult:
     from thawline.training.trainer import train as _train
 
