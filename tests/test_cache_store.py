@@ -14,6 +14,7 @@ from PIL import Image
 
 from thawline.cli import main
 from thawline.core.errors import ThawlineError
+from thawline.data import cache_admin
 from thawline.data import cache_store as cache
 from thawline.data.cache_admin import cache_entries, enforce_limit
 from thawline.data.image_cache import build_image_cache
@@ -112,7 +113,7 @@ def test_lru_eviction_goes_oldest_first_and_spares_entries_in_use(
     sizes = {e.data: e.size for e in cache_entries(root)}
     assert sizes[oldest] >= kb
     # Room for exactly three entries: the stale temp file goes, then the least recently used that nobody holds.
-    monkeypatch.setenv(cache.MAX_GB_ENV, str((3 * sizes[oldest] + 2 * 4096) / 1e9))
+    monkeypatch.setenv(cache_admin.MAX_GB_ENV, str((3 * sizes[oldest] + 2 * 4096) / 1e9))
     cache._use(mine)
     other = os.open(held, os.O_RDONLY)
     fcntl.flock(other, fcntl.LOCK_SH)
@@ -137,7 +138,7 @@ def test_using_an_image_cache_touches_it(tmp_path: Path, monkeypatch: pytest.Mon
     build_image_cache(_bmp_folder(tmp_path / "a", seed=1), 8, "nearest", root, workers=1).store.close()
     cache._release(a.store.path)
     assert [e.key for e in cache_entries(root)] == [b.key, a.key]  # a was used last
-    monkeypatch.setenv(cache.MAX_GB_ENV, "0")
+    monkeypatch.setenv(cache_admin.MAX_GB_ENV, "0")
     assert [e.key for e in enforce_limit(root)] == [b.key, a.key]
 
 
@@ -181,18 +182,18 @@ def test_clear_keeps_what_a_run_is_reading(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_bad_cache_cap_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cache.MAX_GB_ENV, "lots")
+    monkeypatch.setenv(cache_admin.MAX_GB_ENV, "lots")
     with pytest.raises(ThawlineError, match="THAWLINE_CACHE_MAX_GB='lots' is not a size in GB"):
-        cache.cache_limit_bytes()
-    monkeypatch.setenv(cache.MAX_GB_ENV, "off")
-    assert cache.cache_limit_bytes() is None
+        cache_admin.cache_limit_bytes()
+    monkeypatch.setenv(cache_admin.MAX_GB_ENV, "off")
+    assert cache_admin.cache_limit_bytes() is None
 
 
 def test_feature_entries_say_what_they_were_computed_from() -> None:
     images = {"a" * 20: "12 images under /data/val at 224 px (bicubic)"}
     of = "(images under /data/val at 224 px (bicubic))"
-    train = cache._describe_features(f"resnet50_s4_v2_{'a' * 20}_{'f' * 20}_12_77", images)
+    train = cache_admin._describe_features(f"resnet50_s4_v2_{'a' * 20}_{'f' * 20}_12_77", images)
     assert train == f"resnet50 features before stage 4, 2 view(s), 12 images {of}"
     advise_key = f"advise_tf_efficientnet_lite0_{'a' * 20}_{'f' * 20}_amp0cl1_12_0123456789"
-    advise = cache._describe_features(advise_key, images)
+    advise = cache_admin._describe_features(advise_key, images)
     assert advise == f"advise probe features of tf_efficientnet_lite0, 12 images {of}"

@@ -15,7 +15,12 @@ from pathlib import Path
 
 from thawline.core.atomic import WriteFailed
 from thawline.core.errors import ThawlineError
-from thawline.data.cache_store import _IN_USE, DEFAULT_MAX_GB, MAX_GB_ENV, STALE_TEMP_S, default_cache_dir
+from thawline.data.cache_store import _IN_USE, default_cache_dir
+
+MAX_GB_ENV = "THAWLINE_CACHE_MAX_GB"
+DEFAULT_MAX_GB = 20.0
+# A temp file without an owner pid (an atomic write's) this old was left by a killed process.
+STALE_TEMP_S = 3600.0
 
 # ---- size cap, listing and clearing ---------------------------------------------------------------------------
 

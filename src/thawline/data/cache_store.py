@@ -26,12 +26,8 @@ from thawline.core.atomic import WriteFailed, write_text_atomic
 from thawline.core.errors import ThawlineError
 
 CACHE_VERSION = 3  # 2: image keys cover the files' bytes, not only their size and mtime; 3: large JPEGs decoded scaled
-MAX_GB_ENV = "THAWLINE_CACHE_MAX_GB"
-DEFAULT_MAX_GB = 20.0
 # A file changed this recently may change again within its clock tick unseen by stat: its content hash is not memoised.
 RACY_S = 2.0
-# A temp file without an owner pid (an atomic write's) this old was left by a killed process.
-STALE_TEMP_S = 3600.0
 
 # Data files of the cache entries this process has open: its own eviction never removes them (other processes'
 # entries are protected by the shared flock their readers hold).
