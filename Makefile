@@ -6,13 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 
-.PHONY: demo test install system-deps lint bench gpu-check clean
+.PHONY: demo test check install system-deps lint bench gpu-check clean
 
 demo: install
 	$(VENV)/bin/thawline compare
 
+# The whole suite across every core (pytest-xdist; worksteal balances the few long tests), the 20 slowest printed.
 test: install lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n auto --dist worksteal --durations=20
+
+# The edit loop: lint and every test but the slow and heavy ones (fresh processes, DDP, servers), in minutes.
+check: install lint
+	$(PY) -m pytest -q -ra -n auto --dist worksteal -m "not slow and not heavy" --durations=10
 
 install: $(STAMP) system-deps
 
@@ -36,8 +41,10 @@ system-deps:
 	  echo "warning: could not install$$missing; tests that need them are skipped (install them by hand)"; \
 	fi
 
+# ruff, and the layers of .importlinter (which subpackage may import which; the report and the leaves no torch).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) benchmarks/seed_vs_thawline.py

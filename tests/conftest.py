@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from thawline.core.config import TrainConfig, make_config
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (make test: pytest -n auto): each trains on one thread, and so do the processes it starts,
+    # instead of every worker's OpenMP pool contending for every core.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 CLASSES = ("circle", "stripes", "square")
 
