@@ -103,7 +103,7 @@ def first_epochs(curves: dict[str, list[dict[str, Any]]], epochs: int) -> dict[s
 
 def read_curves(compare_dir: Path, strategies: list[str], epochs: int) -> dict[str, list[dict[str, Any]]] | None:
     """Each strategy's first `epochs` metrics rows from a compare's run folders; None when one stopped earlier."""
-    from thawline.report.build import read_metrics
+    from thawline.report.runfiles import read_metrics
 
     return first_epochs({n: read_metrics(compare_dir / n.replace("/", "_") / "metrics.jsonl") for n in strategies},
                         epochs)  # fmt: skip

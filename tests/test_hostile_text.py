@@ -134,7 +134,7 @@ def test_a_yaml_error_in_a_strategies_file_names_a_strategies_file(capfd, tmp_pa
 
 
 def test_the_report_does_not_expand_an_alias_bomb_in_a_run_file(tmp_path: Path) -> None:
-    from thawline.report.build import _read_yaml
+    from thawline.report.runfiles import _read_yaml
 
     (tmp_path / "config.yaml").write_text(alias_bomb("seed"))
     start = time.perf_counter()

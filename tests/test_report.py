@@ -17,7 +17,7 @@ from conftest import make_image_folder, tiny_config
 
 import thawline
 from thawline.core.errors import ThawlineError
-from thawline.report.build import _phase_plan, build_report
+from thawline.report.build import build_report
 from thawline.report.metrics import (
     Predictions,
     accuracy,
@@ -27,6 +27,7 @@ from thawline.report.metrics import (
     read_predictions,
     row_normalize,
 )
+from thawline.report.sections import _phase_plan
 
 STRATEGIES = ["head-only", "full"]
 
@@ -447,7 +448,7 @@ def test_confusion_matrix_keeps_long_class_names_short_enough_to_lay_out(tmp_pat
 
 
 def test_augmentation_line_of_the_report_header() -> None:
-    from thawline.report.build import _augmentation
+    from thawline.report.sections import _augmentation
 
     assert _augmentation({"hflip": True, "min_scale": 1.0}) == "flips"
     assert _augmentation({"hflip": True, "min_scale": 0.35}) == "flips, crops ≥ 35% of the area"

@@ -17,8 +17,9 @@ from thawline.cli import main
 from thawline.comparing.comparison import compare
 from thawline.data.shift import CORRUPTIONS, load_pixels, write_shifted
 from thawline.deploy.evaluate import evaluate_run
-from thawline.report.build import build_report, load_folder
+from thawline.report.build import build_report
 from thawline.report.ranking import format_table
+from thawline.report.runfiles import load_folder
 
 KINDS = tuple(CORRUPTIONS)
 
