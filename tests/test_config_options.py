@@ -12,7 +12,7 @@ import yaml
 from conftest import tiny_config
 
 import thawline
-from thawline.cli import add_config_options, build_parser
+from thawline.cli.parser import add_config_options, build_parser
 from thawline.core.config import TrainConfig, make_config, option, option_specs
 from thawline.core.errors import ThawlineError
 

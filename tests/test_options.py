@@ -16,8 +16,7 @@ import yaml
 from conftest import interrupt_after_checkpoint, make_image_folder
 
 import thawline
-from thawline import cli
-from thawline.cli import main
+from thawline.cli import commands, main
 from thawline.core.config import TrainConfig
 from thawline.data.batches import Batches
 from thawline.training import lrfind, prepare, sources, trainer
@@ -60,7 +59,7 @@ def skewed_folder(root: Path, big: int = 30, small: int = 6) -> Path:
 def no_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip the prediction grid plot and the HTML report (seconds each on 2 CPU cores) where they are not tested."""
     monkeypatch.setattr(trainer, "_log_prediction_grid", lambda *args, **kwargs: None)
-    monkeypatch.setattr(cli, "_report", lambda run_dir: None)
+    monkeypatch.setattr(commands, "_report", lambda run_dir: None)
 
 
 def one_error_line(err: str) -> str:
@@ -163,7 +162,7 @@ def test_balanced_sampler_draws_classes_equally_and_is_seeded() -> None:
 def test_leakage_refuses_to_train_unless_allowed_and_every_run_has_tensorboard_events(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "_report", lambda run_dir: None)  # report.html is not what is tested here
+    monkeypatch.setattr(commands, "_report", lambda run_dir: None)  # report.html is not what is tested here
     data = make_image_folder(tmp_path / "data", {"train": 6, "val": 3})
     shutil.copyfile(data / "train/circle/circle_2.png", data / "val/circle/copy_of_train.png")
     out = tmp_path / "run"
@@ -263,7 +262,7 @@ def test_wandb_offline_logs_into_the_run_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     wandb = pytest.importorskip("wandb")
-    monkeypatch.setattr(cli, "_report", lambda run_dir: None)
+    monkeypatch.setattr(commands, "_report", lambda run_dir: None)
     image_folder = make_image_folder(tmp_path / "data", {"train": 6, "val": 3})
     wandb_home = tmp_path / "wandb-home"
     for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):

@@ -29,9 +29,9 @@ def epochs_logged(folder: Path) -> list[int]:
 
 @pytest.fixture
 def no_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    from thawline import cli
+    from thawline.cli import commands
 
-    monkeypatch.setattr(cli, "_report", lambda run_dir: None)  # report.html is tested elsewhere
+    monkeypatch.setattr(commands, "_report", lambda run_dir: None)  # report.html is tested elsewhere
 
 
 # ---- a bare --resume ---------------------------------------------------------------------------------------------

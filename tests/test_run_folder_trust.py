@@ -22,9 +22,9 @@ TINY = ["--model", "test_efficientnet", "--weights", "none", "--img-size", "32",
 
 @pytest.fixture
 def no_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    from thawline import cli
+    from thawline.cli import commands
 
-    monkeypatch.setattr(cli, "_report", lambda run_dir: None)  # report.html is tested elsewhere
+    monkeypatch.setattr(commands, "_report", lambda run_dir: None)  # report.html is tested elsewhere
 
 
 def project_folder(tmp_path: Path, image_folder: Path) -> Path:

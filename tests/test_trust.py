@@ -13,8 +13,7 @@ import yaml
 from conftest import interrupt_after_checkpoint, make_image_folder, one_error_line, tiny_config
 
 import thawline
-from thawline import cli
-from thawline.cli import main
+from thawline.cli import commands, main
 from thawline.comparing import comparison
 from thawline.core.config import DERIVED_KEYS, FIELD_NAMES, make_config, replace
 from thawline.core.errors import ThawlineError
@@ -33,7 +32,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture
 def no_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_report", lambda run_dir: None)  # report.html is tested elsewhere; it takes seconds
+    monkeypatch.setattr(commands, "_report", lambda run_dir: None)  # report.html is tested elsewhere; it takes seconds
 
 
 @pytest.fixture(scope="module")

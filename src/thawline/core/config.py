@@ -24,7 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def option(default: Any, help: str, *, words: tuple[str, ...] = (), cli: dict[str, Any] | None = None) -> Any:
     """A `TrainConfig` field declared once: default and help text. The CLI flag, the YAML key and the type check
-    are derived from the field (`cli.add_config_options`, `make_config`); `cli` holds the argparse settings that
+    are derived from the field (`cli.parser.add_config_options`, `make_config`); `cli` holds the argparse settings that
     the field's type cannot tell (choices, a const, `{"skip": True}` for no flag). `words` are the strings a
     numeric option also accepts (`lr: auto`)."""
     metadata = {"help": help, "words": words, "cli": cli or {}}

@@ -1,0 +1,5 @@
+import sys
+
+from thawline.cli import main
+
+sys.exit(main())
