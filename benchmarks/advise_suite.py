@@ -171,7 +171,7 @@ def simulate_halving(
     `halving_carried`). The time share is estimated from the epochs' own `seconds` (training + validation; start-up
     and the test pass left out). An exact tie in best val accuracy among the last survivors goes to the one with
     less time, as in `compare`: the one part that can differ from a real run, whose times are its own."""
-    from thawline.comparing.comparison import halving_keep, halving_rungs, halving_survivors
+    from thawline.comparing import halving_keep, halving_rungs, halving_survivors
 
     strategies = list(curves)
     entered = [n for n in strategies if n not in left_out]
@@ -257,8 +257,7 @@ def score_task(row: dict, result: dict[str, Any]) -> dict[str, Any]:
     """Fill `result` with everything computed from the suite's measured runs and advise's recorded signals (no
     training, no advise pass): advise's ranking by the current rules and prior, its tau and top pick, halving
     replayed. `--rescore` calls it alone after a strategy's recipe changed or the rules did."""
-    from thawline.comparing.comparison import halving_carried
-    from thawline.report.advice_rules import far_behind, rank_strategies, signals_from_doc
+    from thawline.comparing import far_behind, halving_carried, rank_strategies, signals_from_doc
 
     runs = row["thawline"]["strategies"]
     strategies = [s for s in row["strategies"] if s in runs]
@@ -315,7 +314,7 @@ def advise_with_prior(
 ) -> dict[str, Any]:
     """advise's rules (all, or `rules`) on the task's recorded signals, started from a prior in `order` (the fixed
     ranking fitted on the other tasks) instead of the shipped one: do the rules add anything to it?"""
-    from thawline.report.advice_rules import (
+    from thawline.comparing import (
         PRIOR,
         RULE_WEIGHT,
         RULES,
@@ -404,7 +403,7 @@ def rule_ablation(results: list[dict]) -> dict[str, dict[str, float]]:
     """Which of advise's rule sets earn their place: each one left out in turn (and all of them), the rest applied
     to the recorded signals from the fixed ranking fitted on the other tasks; mean tau and top picks within 1 point.
     A rule set whose removal raises the tau carries no information beyond the fixed order on this suite."""
-    from thawline.report.advice_rules import RULES
+    from thawline.comparing import RULES
 
     scored = [r for r in results if "advise_loo_prior" in r]
     if not scored:

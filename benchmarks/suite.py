@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 import thawline
-from thawline.comparing.comparison import parse_strategies
+from thawline.comparing import parse_strategies
 from thawline.core.errors import ThawlineError
 from thawline.data.images import IMAGE_EXTENSIONS, decode_resized
 from thawline.models.weights import build_model_with_info

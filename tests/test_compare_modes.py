@@ -13,8 +13,8 @@ import torch
 from conftest import tiny_config
 
 import thawline
-from thawline.comparing.comparison import (
-    compare,
+from thawline.comparing.comparison import compare
+from thawline.comparing.schedulers import (
     halving_carried,
     halving_keep,
     halving_rungs,
@@ -224,7 +224,7 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(
     assert all(r["halving_replayed"]["winner"] == replay["winner"] for r in out["tasks"])
     # --advise replayed: the race without what far_behind leaves out, those counted as entrants, the top pick carried
     monkeypatch.setattr(
-        importlib.import_module("thawline.report.advice_rules"), "far_behind", lambda ranking, names: {"scratch": ""}
+        importlib.import_module("thawline.comparing"), "far_behind", lambda ranking, names: {"scratch": ""}
     )
     scored = advise_suite.score_task(tasks[0], json.loads(json.dumps(out["tasks"][0])))
     advised = scored["halving_replayed_advise"]

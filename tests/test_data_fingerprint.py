@@ -16,7 +16,7 @@ from PIL import Image
 
 import thawline
 from thawline.cli import main
-from thawline.comparing.comparison import finished_run
+from thawline.comparing.executor import finished_run
 from thawline.core.config import replace
 from thawline.core.errors import ThawlineError
 from thawline.training.checkpoint import load_checkpoint
@@ -180,7 +180,7 @@ def test_compare_resume_on_changed_data_is_refused_before_any_strategy_continues
 
 
 def test_finished_strategy_trained_on_other_data_is_not_ranked(tmp_path: Path) -> None:
-    """A finished run in a resumed comparison (comparison.finished_run) is checked too: its data.csv against the data
+    """A finished run in a resumed comparison (executor.finished_run) is checked too: its data.csv against the data
     the comparison now trains on."""
     data = make_image_folder(tmp_path / "data", {"train": 8, "val": 4})
     cfg = tiny_config(data, strategy="head-only", epochs=1)

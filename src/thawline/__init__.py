@@ -39,11 +39,30 @@ def train(config: TrainConfig, **kwargs: Any) -> RunResult:
     return _train(config, **kwargs)
 
 
-def compare(config: TrainConfig, strategies: Any = None, **kwargs: Any) -> CompareResult:
+def compare(
+    config: TrainConfig,
+    strategies: str | list[str] | tuple[str, ...] | None = None,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    seeds: int = 1,
+    halving: bool = False,
+    advise: bool = False,
+    models: str | list[str] | tuple[str, ...] | None = None,
+    shift_test: str | Path | None = None,
+    overwrite: bool = False,
+) -> CompareResult:
+    """Every strategy (all by default) trained on the same data and ranked (`thawline.comparing.comparison`: what
+    each option does, what it writes); the keyword form of `thawline.comparing.run_comparison(config,
+    CompareOptions(...))`."""
     from thawline.comparing.comparison import DEFAULT_STRATEGIES
     from thawline.comparing.comparison import compare as _compare
 
-    return _compare(config, strategies or DEFAULT_STRATEGIES, **kwargs)
+    return _compare(
+        config, strategies or DEFAULT_STRATEGIES, out, resume=resume, quiet=quiet, seeds=seeds, halving=halving,
+        advise=advise, models=models, shift_test=shift_test, overwrite=overwrite,
+    )  # fmt: skip
 
 
 def advise(config: TrainConfig, out: str | Path | None = None, **kwargs: Any) -> Advice:

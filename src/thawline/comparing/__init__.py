@@ -1,2 +1,74 @@
 """Several runs and predictions about them: the comparison (seeds, halving, model grid, shift test), the Optuna
-sweep, and the advisor's frozen-feature probes."""
+sweep, and the advisor's frozen-feature probes.
+
+The public API of a comparison's parts, for scripts (benchmarks/) and other schedulers or executors; importing it
+loads no torch (`run_comparison` and `InProcessExecutor` load theirs when first used):
+- a comparison's options and trials: `CompareOptions`, `Trial`, `Request`, `make_trials`, `trial_folder`,
+  `parse_strategies`, `DEFAULT_STRATEGIES`;
+- its schedulers: `AllTrials`, `Halving` (and the race's parts `halving_rungs`, `halving_keep`,
+  `halving_survivors`, `halving_carried`), driven by `run_schedule`;
+- the advisor's rules that `--advise` and the halving race read: `PRIOR`, `RULES`, `RULE_WEIGHT`,
+  `STRATEGY_ORDER`, `signals_from_doc`, `rank_strategies`, `far_behind`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thawline.comparing.options import DEFAULT_STRATEGIES, CompareOptions, parse_strategies
+from thawline.comparing.schedulers import (
+    AllTrials,
+    Halving,
+    halving_carried,
+    halving_keep,
+    halving_rungs,
+    halving_survivors,
+    run_schedule,
+)
+from thawline.comparing.trials import Request, Trial, make_trials, trial_folder
+from thawline.report.advice_rules import (
+    PRIOR,
+    RULE_WEIGHT,
+    RULES,
+    STRATEGY_ORDER,
+    far_behind,
+    rank_strategies,
+    signals_from_doc,
+)
+
+_LAZY = {"run_comparison": "thawline.comparing.comparison", "InProcessExecutor": "thawline.comparing.executor"}
+
+
+def __getattr__(name: str) -> Any:  # the parts that train import torch: only when asked for
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'thawline.comparing' has no attribute '{name}'")
+
+
+__all__ = [
+    "DEFAULT_STRATEGIES",
+    "PRIOR",
+    "RULES",
+    "RULE_WEIGHT",
+    "STRATEGY_ORDER",
+    "AllTrials",
+    "CompareOptions",
+    "Halving",
+    "InProcessExecutor",
+    "Request",
+    "Trial",
+    "far_behind",
+    "halving_carried",
+    "halving_keep",
+    "halving_rungs",
+    "halving_survivors",
+    "make_trials",
+    "parse_strategies",
+    "rank_strategies",
+    "run_comparison",
+    "run_schedule",
+    "signals_from_doc",
+    "trial_folder",
+]

@@ -1,17 +1,25 @@
 """Run several strategies on the same data, model, seed and epoch budget; rank them in one table.
 
+A comparison is trials -> scheduler -> executor -> answer: its `CompareOptions` give the trials (`trials.py`: a
+strategy, on a model of a grid, with a seed; each its own run folder), a scheduler decides which run and how far
+(`schedulers.py`: `AllTrials`, or `Halving`), an executor trains each request (`executor.py`: in this process, on
+the data decoded once per model) and the answer (the ranking, its ties, the report) reads the run folders.
+
 Three options change how much is trained:
 - `seeds=N` trains every strategy N times (seeds seed, seed+1, ...; the extra ones in `seeds/seed-<s>/`) and ranks
   by the mean best val accuracy, with the spread over seeds in the table;
 - `halving=True` is successive halving: every strategy trains to a first rung (a fraction of the budget), the
-  best third by best val accuracy so far continues from its checkpoint to the next rung (exactly as if it had
-  never stopped), then the best ninth, ... until the last rung, the whole budget; the strategy predicted best (the
-  advisor's top pick) is carried to the end whatever its early score; `halving.json` records who stopped where.
+  best third by best val accuracy so far (its mean over the seeds with `seeds=N`) continues from its checkpoint to
+  the next rung (exactly as if it had never stopped), then the best ninth, ... until the last rung, the whole
+  budget; the strategy predicted best (the advisor's top pick) is carried to the end whatever its early score;
+  `halving.json` records who stopped where.
 - `advise=True` runs `thawline advise` first (its prediction heads the report) and leaves out the strategies it
   ranks far behind (`advise.far_behind`); advise/skipped.json records which and why.
 
 `models=[a, b]` is a model x strategy grid: each model trains every strategy into `OUT/<model>/<strategy>` (its
-data decoded at its own input size) and one table ranks every (model, strategy) pair, named "a / partial".
+data decoded at its own input size) and one table ranks every (model, strategy) pair, named "a / partial"; with
+`halving` each model runs its own race (`OUT/<model>/halving.json`), with `advise` its own advisor's pass
+(`OUT/<model>/advise/`).
 `shift_test=DIR` (a tree of `thawline data shift`) evaluates each ranked run's best weights on every shifted set:
 the run folder gets shift.json ({set: accuracy}) and its summary.json the table's `shifted_acc` and `shift_gap`.
 """
@@ -19,35 +27,45 @@ the run folder gets shift.json ({set: accuracy}) and its summary.json the table'
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import replace as with_options
 from pathlib import Path
 from typing import Any
 
 from thawline.comparing.advise import advise as run_advice
+from thawline.comparing.executor import InProcessExecutor
+from thawline.comparing.options import (
+    DEFAULT_STRATEGIES,
+    CompareOptions,
+    Names,
+    check_options,
+    parse_models,
+    parse_strategies,
+)
+from thawline.comparing.schedulers import (
+    HALVING_JSON,
+    AllTrials,
+    Halving,
+    Scheduler,
+    halving_carried,
+    halving_stopped_line,
+    run_schedule,
+)
+from thawline.comparing.trials import Request, Trial, make_trials, model_dir, trial_folder
 from thawline.core.atomic import write_text_atomic
 from thawline.core.config import TrainConfig, load_yaml_mapping, replace, save_yaml
 from thawline.core.errors import ThawlineError
 from thawline.data import fingerprint
 from thawline.data.files import RUN_MARKER
-from thawline.data.names import folder_name
 from thawline.data.shift import read_shift, shift_sets, shift_summary
 from thawline.deploy.evaluate import evaluate_folders
-from thawline.models.weights import check_model_name
 from thawline.report.advice import ADVICE_DIR, SKIPPED_JSON, load_advice
-from thawline.report.advice_rules import PRIOR, far_behind
-from thawline.report.ranking import (
-    format_table,
-    grid_name,
-    model_folder,
-    rank,
-    row_from_summary,
-    run_subdir,
-    write_comparison,
-)
+from thawline.report.advice_rules import far_behind
+from thawline.report.ranking import format_table, model_folder, rank, row_from_summary, run_subdir, write_comparison
 from thawline.report.uncertainty import Verdict, annotate, seed_spread, verdict_line
 from thawline.training import distributed
-from thawline.training.prepare import PreparedData, discover_folder, prepare_data
+from thawline.training.prepare import discover_folder, prepare_data
 from thawline.training.run_state import RunResult
 from thawline.training.runfolder import (
     RUNS_PARENT,
@@ -59,13 +77,10 @@ from thawline.training.runfolder import (
     mismatch_message,
     next_run_dir,
 )
-from thawline.training.strategies import STRATEGIES, check_budget, get_strategy
 from thawline.training.tracking import wandb_module
-from thawline.training.trainer import train
 
-# Every registered strategy: a default that leaves one out can miss the winner (layer-wise and gradual won on
-# small real photos where the other five were compared).
-DEFAULT_STRATEGIES = tuple(STRATEGIES)
+__all__ = ["DEFAULT_STRATEGIES", "CompareOptions", "CompareResult", "compare", "parse_models", "parse_strategies",
+           "run_comparison"]  # fmt: skip
 
 
 @dataclass
@@ -79,44 +94,9 @@ class CompareResult:
         return self.rows[0]["strategy"]
 
 
-def parse_strategies(text: str | list[str] | tuple[str, ...], strategies_file: str | None = None) -> list[str]:
-    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
-    if not names:
-        raise ThawlineError("--strategies is empty; give a comma-separated list such as head-only,full")
-    for name in names:
-        get_strategy(name, strategies_file)  # one clear line for an unknown name
-    if len(set(names)) != len(names):
-        raise ThawlineError(f"--strategies lists a strategy twice: {','.join(names)}")
-    folders: dict[str, str] = {}
-    for name in names:  # each strategy's run folder is its name made safe (partial-2/3 -> partial-2_3)
-        if (other := folders.setdefault(folder_name(name), name)) != name:
-            raise ThawlineError(f"--strategies: '{other}' and '{name}' would share the run folder "
-                                f"'{folder_name(name)}'; rename one in the strategies file")  # fmt: skip
-    return names
-
-
-def parse_models(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """`--models a,b`: the grid's model names (checked against timm before anything trains); [] when not given
-    (a compare.yaml of a one-model comparison records [])."""
-    if text is None or (not isinstance(text, str) and not text):
-        return []
-    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
-    if not names:
-        raise ThawlineError("--models is empty; give a comma-separated list such as tf_efficientnet_lite0,resnet50")
-    if len(set(names)) != len(names):
-        raise ThawlineError(f"--models lists a model twice: {','.join(names)}")
-
-    for name in names:
-        check_model_name(name)  # one clear line for an unknown name
-    folders = [model_folder(n) for n in names]
-    if len(set(folders)) != len(folders):
-        raise ThawlineError(f"--models {','.join(names)}: two names share a folder name; list each model once")
-    return names
-
-
 def compare(
     config: TrainConfig,
-    strategies: list[str] | tuple[str, ...] | str = DEFAULT_STRATEGIES,
+    strategies: Names = DEFAULT_STRATEGIES,
     out: str | Path | None = None,
     *,
     resume: bool = False,
@@ -124,36 +104,31 @@ def compare(
     seeds: int = 1,
     halving: bool = False,
     advise: bool = False,
-    models: str | list[str] | tuple[str, ...] | None = None,
+    models: Names | None = None,
     shift_test: str | Path | None = None,
     overwrite: bool = False,
 ) -> CompareResult:
+    """`run_comparison` with its `CompareOptions` given as keyword arguments (the CLI's and the API's form)."""
+    options = CompareOptions.of(strategies, out, models=models, seeds=seeds, halving=halving, advise=advise,
+                                shift_test=shift_test, resume=resume, overwrite=overwrite, quiet=quiet)  # fmt: skip
+    return run_comparison(config, options)
+
+
+def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResult:
     """Train every strategy with the same config (only `strategy` differs) and write comparison.csv; with `models`,
     every strategy on every model; with `shift_test`, each run's accuracy on the shifted sets too. A fresh comparison
     into a folder that holds one is refused unless `overwrite`; the folder is locked while this process writes it."""
-    names = parse_strategies(strategies, config.strategies_file)
-    grid = parse_models(models)
+    names, grid = check_options(config, options)
     if len(grid) == 1:  # one model is no grid: the plain layout, as with --model
         config, grid = replace(config, model=grid[0]), []
-    if seeds < 1:
-        raise ThawlineError(f"--seeds {seeds}: must be 1 or more")
-    if halving and seeds > 1:
-        raise ThawlineError("--halving and --seeds N do not combine yet; use one of them")
-    for flag, on in (("--halving", halving), ("--advise", advise)):
-        if grid and on:
-            raise ThawlineError(f"--models and {flag} do not combine yet; use one of them")
-    shift_dir = Path(shift_test) if shift_test else None
-    if shift_dir is not None:
-        shift_sets(shift_dir)  # one line before anything is written; its classes are checked once data is read
     if config.wandb:
 
         wandb_module()  # fail before decoding any image when --wandb cannot be honoured
-    for name in names:  # every strategy's budget before any is trained
-        check_budget(get_strategy(name, config.strategies_file), config.epochs)
     distributed.init(config.device)
     main = distributed.is_main()  # under torchrun rank 0 writes and prints; every rank trains
-    quiet = quiet or not main
-    folder = out or config.out
+    options = with_options(options, quiet=options.quiet or not main)
+    resume, overwrite, quiet = options.resume, options.overwrite, options.quiet
+    folder = options.out or config.out
     if resume:
         check_compare_resume(folder, config)  # before compare.yaml is rewritten
     elif folder and not overwrite:
@@ -168,12 +143,13 @@ def compare(
             if not resume or not (out_dir / "compare.yaml").is_file():  # a start (a resume of nothing is one too)
                 # data.csv before compare.yaml: a compare.yaml alone is a folder older than data.csv, not checked
                 fingerprint.write(out_dir, fingerprint.of_discovered(discover_folder(config)))
-            plan = {"strategies": names, "config": config.to_dict(), "seeds": seeds, "halving": halving,
-                    "advise": advise, "models": grid, "shift_test": str(shift_dir) if shift_dir else None}  # fmt: skip
+            shift_dir = options.shift_test
+            plan = {"strategies": names, "config": config.to_dict(), "seeds": options.seeds,
+                    "halving": options.halving, "advise": options.advise, "models": grid,
+                    "shift_test": str(shift_dir) if shift_dir else None}  # fmt: skip
             save_yaml(out_dir / "compare.yaml", plan)
-        options = {"resume": resume, "quiet": quiet, "seeds": seeds, "halving": halving, "advise": advise}
         try:
-            runs = train_grid(config, names, grid, out_dir, shift_dir, options)
+            runs = train_grid(config, names, grid, out_dir, options)
         except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
             raise RunInterrupted(out_dir, "compare") from None
         except ThawlineError:
@@ -190,42 +166,77 @@ def compare(
             print(lines, flush=True)
         if rows and all(r.get("test_acc") is None for r in rows):
             print(f"note: {NO_TEST_NOTE}", flush=True)
-        for folder in [out_dir, *(out_dir / model_folder(m) for m in grid)] if halving else []:
+        for folder in [out_dir, *(out_dir / model_folder(m) for m in grid)] if options.halving else []:
             if line := halving_stopped_line(folder):
                 print(line, flush=True)
     return CompareResult(out_dir, runs, rows)
 
 
-def halving_stopped_line(folder: Path) -> str | None:
-    """The strategies `--halving` stopped early, which the ranked table leaves out: 'stopped early by --halving
-    (not ranked): two-phase after epoch 1 (val 74.0%), ...', from the folder's halving.json."""
-    try:
-        stopped = json.loads((folder / "halving.json").read_text()).get("stopped") or {}
-    except (OSError, ValueError):
-        return None
-    if not stopped:
-        return None
-    by_epoch = sorted(stopped.items(), key=lambda kv: (kv[1]["epoch"], -kv[1]["val_acc"]))
-    parts = [f"{name} after epoch {s['epoch']} (val {s['val_acc']:.1%})" for name, s in by_epoch]
-    return "stopped early by --halving (not ranked): " + ", ".join(parts)
-
-
 def train_grid(
-    config: TrainConfig, names: list[str], grid: list[str], out_dir: Path, shift_dir: Path | None, options: dict
+    config: TrainConfig, names: list[str], grid: list[str], out_dir: Path, options: CompareOptions
 ) -> dict[str, RunResult]:
-    """Every strategy (on every model of a grid), then each run on the shifted sets when asked."""
-    if grid:
-        runs = {}
-        for model in grid:
-            trained = train_model(replace(config, model=model), names, out_dir, model_folder(model),
-                                  shift_dir=shift_dir, **options)  # fmt: skip
-            runs.update({grid_name(model, name): run for name, run in trained.items()})
-    else:
-        runs = train_model(config, names, out_dir, "", shift_dir=shift_dir, **options)
-    if shift_dir is not None and distributed.is_main():
-        sets = shift_sets(shift_dir)
+    """Every strategy (on every model of a grid), then each ranked run on the shifted sets when asked."""
+    runs: dict[str, RunResult] = {}
+    for model in grid or [None]:
+        runs.update(train_model(replace(config, model=model) if model else config, names, model, out_dir, options))
+    if options.shift_test is not None and distributed.is_main():
+        sets = shift_sets(options.shift_test)
         for name, run in runs.items():
-            shift_test_run(name, run, sets, shift_dir, config, quiet=options["quiet"])
+            shift_test_run(name, run, sets, options.shift_test, config, quiet=options.quiet)
+    return runs
+
+
+def train_model(
+    config: TrainConfig, names: list[str], model: str | None, out_dir: Path, options: CompareOptions
+) -> dict[str, RunResult]:
+    """One model's trials (`model`: its name in a grid, None outside one) on its data decoded once: the advisor's
+    pass first when asked (it may leave strategies out), then its scheduler's requests, run in this process. The
+    ranked runs: the first seed's that reached the whole budget, by row name."""
+    quiet = options.quiet
+    data = prepare_data(config, quiet)
+    if options.shift_test is not None:
+        shift_sets(options.shift_test, data.classes)  # before any training: the shifted sets hold the same classes
+    folder = model_dir(out_dir, model)
+    if options.advise and distributed.is_main() and not (
+        options.resume and (folder / ADVICE_DIR / "advise.json").is_file()
+    ):
+        run_advice(config, folder / ADVICE_DIR, data=data, quiet=quiet)  # seconds; the report's first section
+    entrants = len(names)
+    if options.advise:
+        names = skip_far_behind(names, folder, quiet=quiet)
+    trials = make_trials(names, model, config.seed, options.seeds)
+    scheduler = halving(trials, config, folder, entrants, options) if options.halving else AllTrials(trials)
+    executor = InProcessExecutor(config, data, out_dir, resume=options.resume, quiet=quiet)
+    results = run_schedule(scheduler, executor.run)
+    return ranked_runs(scheduler, results, out_dir, config.seed)
+
+
+def halving(trials: list[Trial], config: TrainConfig, folder: Path, entrants: int, options: CompareOptions) -> Halving:
+    """The race of one model's trials in `folder`: its halving.json continued on resume, the strategy carried to
+    the end the advisor's pick (or the prior's)."""
+    assert config.epochs is not None  # check_options refused --halving without --epochs
+    log = folder / HALVING_JSON
+    state = json.loads(log.read_text()) if options.resume and log.is_file() else None
+    carried = halving_carried(list(dict.fromkeys(t.strategy for t in trials)), folder)
+    return Halving(trials, config.epochs, carried, entrants=entrants, state=state,
+                   log=log if distributed.is_main() else None, quiet=options.quiet)  # fmt: skip
+
+
+def ranked_runs(
+    scheduler: Scheduler, results: Mapping[Request, RunResult], out_dir: Path, first_seed: int
+) -> dict[str, RunResult]:
+    """The scheduler's finalists of the first seed (the others' spread is read from their folders), each from this
+    session's result, or from its folder when it finished before a resume."""
+    latest = {request.trial: result for request, result in results.items()}
+    runs: dict[str, RunResult] = {}
+    for trial in scheduler.finalists:
+        if trial.seed != first_seed:
+            continue
+        run = latest.get(trial)
+        if run is None or run.summary is None:
+            run_dir = trial_folder(out_dir, trial, first_seed)
+            run = RunResult(run_dir, json.loads((run_dir / "summary.json").read_text()))
+        runs[trial.name] = run
     return runs
 
 
@@ -236,42 +247,6 @@ def forget_unstarted(folder: Path) -> None:
     if not any(p.parent != folder and p.name == RUN_MARKER for p in folder.rglob(RUN_MARKER)):
         for name in ("compare.yaml", fingerprint.DATA_FILE):
             (folder / name).unlink(missing_ok=True)
-
-
-def train_model(
-    config: TrainConfig,
-    names: list[str],
-    out_dir: Path,
-    sub: str,
-    *,
-    resume: bool,
-    quiet: bool,
-    seeds: int,
-    halving: bool,
-    advise: bool,
-    shift_dir: Path | None,
-) -> dict[str, RunResult]:
-    """Every strategy on `config.model` into `out_dir/sub` (sub: "" for one model, its folder in a grid), the extra
-    seeds into `out_dir/seeds/seed-<s>/sub`; the data decoded once for them all."""
-    data = prepare_data(config, quiet)
-    if shift_dir is not None:
-        shift_sets(shift_dir, data.classes)  # before any training: the shifted sets must hold the same classes
-    folder = out_dir / sub
-    if advise and distributed.is_main() and not (resume and (folder / ADVICE_DIR / "advise.json").is_file()):
-
-        run_advice(config, folder / ADVICE_DIR, data=data, quiet=quiet)  # seconds; the report's first section
-    entrants = len(names)
-    if advise:
-        names = skip_far_behind(names, folder, quiet=quiet)
-    if halving:
-        runs = successive_halving(config, names, folder, data, resume=resume, quiet=quiet, entrants=entrants)
-    else:
-        runs = train_strategies(config, names, folder, data, resume=resume, quiet=quiet)
-    for extra in range(1, seeds):
-        seed = config.seed + extra
-        train_strategies(replace(config, seed=seed), names, out_dir / "seeds" / f"seed-{seed}" / sub, data,
-                         resume=resume, quiet=quiet)  # fmt: skip
-    return runs
 
 
 def skip_far_behind(names: list[str], folder: Path, *, quiet: bool) -> list[str]:
@@ -331,159 +306,6 @@ def uncertainty_lines(verdict: Verdict | None, notes: list[str]) -> str:
     """The lines after the console table: is the winner's lead significant, and what could not be computed."""
     line = verdict_line(verdict)
     return "\n".join(([line] if line else []) + [f"note: {n}" for n in notes])
-
-
-def train_strategies(
-    config: TrainConfig, names: list[str], out_dir: Path, data: PreparedData, *, resume: bool, quiet: bool
-) -> dict[str, RunResult]:
-    """Each strategy into its sub-folder of `out_dir`; on resume, a finished one trained with the same options is
-    skipped and a partial one continues."""
-    runs: dict[str, RunResult] = {}
-    for name in names:
-        run_dir = out_dir / folder_name(name)
-        cfg = replace(config, strategy=name, out=str(run_dir))
-        finished = finished_run(run_dir, cfg, data) if resume else None
-        if finished is not None:
-            runs[name] = finished
-            if not quiet:
-                print(f"[{name}] already finished in {run_dir}; skipped", flush=True)
-            continue
-        strategy = get_strategy(name, config.strategies_file)
-        runs[name] = train(cfg, data=data, run_dir=run_dir, resume=resume, quiet=quiet, strategy=strategy)
-    return runs
-
-
-# The schedule's reduction factor (Hyperband's, Li et al. 2017): the rungs divide the budget by 3 per round and the
-# i-th rung keeps the best n / 3^i of the n strategies (7: 3, then 1). Replayed on the 13-task suite
-# (benchmarks/advise_suite.py) it named the full compare's pick on every task; keeping the better half at epochs
-# 2, 4, 8 named it on 10 of 13 in more time.
-HALVING_ETA = 3
-
-
-def halving_rungs(budget: int, n_strategies: int) -> list[int]:
-    """The epochs at which strategies are compared: the budget divided by HALVING_ETA once per round until one
-    would remain, the last rung the whole budget (e.g. 7 strategies, 8 epochs: 1, 3, 8). On a short budget a rung
-    that would fall on or before the previous one moves to the next epoch (7 strategies, 4 epochs: 1, 2, 4, not
-    1, 4: merged, the first rung's three survivors and the carried one all ran the last three epochs, 71% of the
-    full compare's time on the suite's 4-epoch task); rounds that find no epoch left before the budget are dropped."""
-    rounds = max(1, math.ceil(math.log(max(n_strategies, 2)) / math.log(HALVING_ETA) - 1e-9))
-    rungs: list[int] = []
-    for i in range(rounds):
-        epoch = max(round(budget / HALVING_ETA ** (rounds - i)), rungs[-1] + 1 if rungs else 1)
-        if epoch >= budget:
-            break
-        rungs.append(epoch)
-    return [*rungs, budget]
-
-
-def halving_keep(n_strategies: int, rung: int) -> int:
-    """How many of `n_strategies` continue past the `rung`-th rung (1, 2, ...) on their score: n / 3^rung rounded
-    up, at least one (7 strategies: 3, then 1). The carried strategy comes on top of these, so it never makes the
-    schedule's later rungs keep more (counting it in the third had 7 -> 4 -> 3 reach the end on 3 suite tasks)."""
-    return max(1, math.ceil(n_strategies / HALVING_ETA**rung))
-
-
-def halving_survivors(scores: dict[str, float], carried: str | None, keep: int) -> list[str]:
-    """Who continues past a rung, best first: the `keep` best of `scores` (each strategy's best val accuracy so far;
-    ties keep the given order), and `carried` whatever its score. Halving judges every strategy at the same epoch,
-    which is unfair to a schedule that thaws late (gradual lost 7 and 15 points on the suite when stopped early), so
-    the strategy predicted best is carried to the end instead of being judged on its first phases."""
-    kept = sorted(scores, key=lambda n: -scores[n])[:keep]  # stable
-    return kept + [carried] if carried in scores and carried not in kept else kept
-
-
-def halving_carried(names: list[str], folder: Path) -> str:
-    """The strategy halving never stops: the advisor's top pick among `names` when `--advise` ran into `folder`,
-    else the first of `names` in the advisor's prior (the order that fits the task suite best; no pass needed)."""
-    doc = load_advice(folder / ADVICE_DIR)
-    order = [r["strategy"] for r in doc["ranking"]] if doc else sorted(PRIOR, key=lambda n: -PRIOR[n])
-    return next((n for n in order if n in names), names[0])
-
-
-def successive_halving(
-    config: TrainConfig,
-    names: list[str],
-    out_dir: Path,
-    data: PreparedData,
-    *,
-    resume: bool,
-    quiet: bool,
-    entrants: int | None = None,
-) -> dict[str, RunResult]:
-    """Successive halving across strategies; returns the runs that reached the whole budget. `entrants`: how many
-    strategies the race started with, when `--advise` left some out before any training (a rung zero): the rungs
-    and the counts kept follow from it, so leaving out a strategy that would have lost at the first rung changes
-    nothing else."""
-    if config.epochs is None:
-        raise ThawlineError("--halving needs an epoch budget: pass --epochs N")
-    entrants = max(entrants or 0, len(names))
-    log_path = out_dir / "halving.json"
-    state = json.loads(log_path.read_text()) if resume and log_path.is_file() else {}
-    rungs = state.get("rungs") or halving_rungs(config.epochs, entrants)  # a resumed race keeps its schedule
-    if len(rungs) == 1 and not quiet and not state:
-        print(f"[halving] --epochs {config.epochs} leaves no earlier epoch to compare at: every strategy trains the "
-              "whole budget (halving needs 2 or more)", flush=True)  # fmt: skip
-    carried = state.get("carried") or halving_carried(names, out_dir)
-    alive = list(state.get("alive", names))
-    stopped: dict[str, dict[str, Any]] = dict(state.get("stopped", {}))
-    scores: dict[str, dict[str, float]] = dict(state.get("scores", {}))
-    runs: dict[str, RunResult] = {}
-    for i, rung in enumerate(rungs):
-        if str(rung) in state.get("done_rungs", []):
-            continue
-        for name in alive:
-            run_dir = out_dir / folder_name(name)
-            cfg = replace(config, strategy=name, out=str(run_dir))
-            started = (run_dir / "last.pt").is_file() or (run_dir / "summary.json").is_file()
-            strategy = get_strategy(name, config.strategies_file)
-            result = train(cfg, data=data, run_dir=run_dir, resume=started, quiet=quiet, strategy=strategy,
-                           stop_after_epoch=rung)  # fmt: skip
-            best = max((r["val_acc"] for r in result.metrics), default=0.0)
-            scores.setdefault(name, {})[str(rung)] = best
-            if result.summary is not None:
-                runs[name] = result
-        if i + 1 < len(rungs):
-            survivors = halving_survivors(
-                {n: scores[n][str(rung)] for n in alive}, carried, halving_keep(entrants, i + 1)
-            )
-            for name in (n for n in alive if n not in survivors):
-                stopped[name] = {"epoch": rung, "val_acc": scores[name][str(rung)], "rung": i + 1}
-                if not quiet:
-                    print(f"[halving] {name} stops after epoch {rung} "
-                          f"(best val acc {scores[name][str(rung)]:.2%})", flush=True)  # fmt: skip
-            alive = survivors
-        state = {"rungs": rungs, "entrants": entrants, "carried": carried, "alive": alive, "stopped": stopped,
-                 "scores": scores, "done_rungs": [*state.get("done_rungs", []), str(rung)]}  # fmt: skip
-        if distributed.is_main():
-            write_text_atomic(log_path, json.dumps(state, indent=2))
-    for name in alive:  # a resumed comparison whose last rung was done before
-        if name not in runs:
-            runs[name] = RunResult(
-                out_dir / folder_name(name),
-                json.loads((out_dir / folder_name(name) / "summary.json").read_text()),
-            )
-    return runs
-
-
-def finished_run(run_dir: Path, cfg: TrainConfig, data: PreparedData) -> RunResult | None:
-    """The finished run in `run_dir` (summary.json), or None; refused when its config.yaml's defining options
-    differ from `cfg`'s on `data`, so a resumed comparison never ranks runs trained with other options."""
-    done = run_dir / "summary.json"
-    if not done.exists():
-        return None
-    if not (run_dir / "config.yaml").is_file():
-        raise ThawlineError(f"'{run_dir}' holds a finished run without config.yaml, so its options cannot be checked; "
-                            "pass a new --out")  # fmt: skip
-    saved = load_yaml_mapping(str(run_dir / "config.yaml"))
-    expected = {**cfg.to_dict(), "img_size": data.img_size, "classes": data.classes}
-    for key in ("amp", "channels_last"):  # derived from the device when not given: whatever the run derived
-        if expected[key] is None:
-            del expected[key]
-    diff = first_difference(saved, expected)
-    if diff is not None:
-        raise ThawlineError(mismatch_message(run_dir, *diff))
-    fingerprint.check_same_data(run_dir, data.fingerprint)  # nothing trained on other data is ranked
-    return RunResult(run_dir, json.loads(done.read_text()))
 
 
 def check_compare_resume(folder: str | Path | None, config: TrainConfig) -> None:

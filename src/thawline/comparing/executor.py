@@ -1,0 +1,71 @@
+"""Runs a comparison's requests: `InProcessExecutor` trains each in this process on data decoded once. Another
+executor (processes, a cluster) runs the same requests into the same folders; what a trial's folder holds never
+depends on which executor trained it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+from thawline.comparing.trials import Request, trial_folder
+from thawline.core.config import TrainConfig, load_yaml_mapping, replace
+from thawline.core.errors import ThawlineError
+from thawline.data import fingerprint
+from thawline.training.prepare import PreparedData
+from thawline.training.run_state import RunResult
+from thawline.training.runfolder import first_difference, mismatch_message
+from thawline.training.strategies import get_strategy
+from thawline.training.trainer import train
+
+
+class Executor(Protocol):
+    def run(self, request: Request) -> RunResult: ...
+
+
+class InProcessExecutor:
+    """Trains each request with `config` (its trial's strategy, seed and model set) on `data`, into its trial's
+    folder under `out_dir`. A request to the whole budget reuses a finished run when `resume` (its options
+    checked) and otherwise trains, continuing a partial one when `resume`; a request until an epoch continues
+    whatever its folder holds (a halving survivor, exactly as if it had never stopped) and pauses there."""
+
+    def __init__(self, config: TrainConfig, data: PreparedData, out_dir: Path, *, resume: bool, quiet: bool) -> None:
+        self.config, self.data, self.out_dir, self.resume, self.quiet = config, data, out_dir, resume, quiet
+
+    def run(self, request: Request) -> RunResult:
+        trial = request.trial
+        run_dir = trial_folder(self.out_dir, trial, self.config.seed)
+        model = {"model": trial.model} if trial.model else {}
+        cfg = replace(self.config, **model, seed=trial.seed, strategy=trial.strategy, out=str(run_dir))
+        strategy = get_strategy(trial.strategy, cfg.strategies_file)
+        if request.until is not None:
+            started = (run_dir / "last.pt").is_file() or (run_dir / "summary.json").is_file()
+            return train(cfg, data=self.data, run_dir=run_dir, resume=started, quiet=self.quiet, strategy=strategy,
+                         stop_after_epoch=request.until)  # fmt: skip
+        finished = finished_run(run_dir, cfg, self.data) if self.resume else None
+        if finished is not None:
+            if not self.quiet:
+                print(f"[{trial.strategy}] already finished in {run_dir}; skipped", flush=True)
+            return finished
+        return train(cfg, data=self.data, run_dir=run_dir, resume=self.resume, quiet=self.quiet, strategy=strategy)
+
+
+def finished_run(run_dir: Path, cfg: TrainConfig, data: PreparedData) -> RunResult | None:
+    """The finished run in `run_dir` (summary.json), or None; refused when its config.yaml's defining options
+    differ from `cfg`'s on `data`, so a resumed comparison never ranks runs trained with other options."""
+    done = run_dir / "summary.json"
+    if not done.exists():
+        return None
+    if not (run_dir / "config.yaml").is_file():
+        raise ThawlineError(f"'{run_dir}' holds a finished run without config.yaml, so its options cannot be checked; "
+                            "pass a new --out")  # fmt: skip
+    saved = load_yaml_mapping(str(run_dir / "config.yaml"))
+    expected = {**cfg.to_dict(), "img_size": data.img_size, "classes": data.classes}
+    for key in ("amp", "channels_last"):  # derived from the device when not given: whatever the run derived
+        if expected[key] is None:
+            del expected[key]
+    diff = first_difference(saved, expected)
+    if diff is not None:
+        raise ThawlineError(mismatch_message(run_dir, *diff))
+    fingerprint.check_same_data(run_dir, data.fingerprint)  # nothing trained on other data is ranked
+    return RunResult(run_dir, json.loads(done.read_text()))

@@ -1,0 +1,121 @@
+"""What a comparison trains: `CompareOptions`, checked against its config before anything is written. No torch
+(the model names are looked up in timm only when a grid is asked for)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from thawline.core.config import TrainConfig
+from thawline.core.errors import ThawlineError
+from thawline.data.names import folder_name
+from thawline.data.shift import shift_sets
+from thawline.report.ranking import model_folder
+from thawline.training.strategies import STRATEGIES, check_budget, get_strategy
+
+# Every registered strategy: a default that leaves one out can miss the winner (layer-wise and gradual won on
+# small real photos where the other five were compared).
+DEFAULT_STRATEGIES = tuple(STRATEGIES)
+
+Names = str | list[str] | tuple[str, ...]
+EMPTY_MODELS = "--models is empty; give a comma-separated list such as tf_efficientnet_lite0,resnet50"
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """A comparison's options besides the training config (`thawline.compare`'s keyword arguments, typed):
+    `strategies` on every model of `models` (a grid when two or more; one is the plain layout with that model),
+    each with `seeds` seeds; `halving`: successive halving (per model, by the mean over seeds); `advise`: the
+    advisor's pass first (per model), leaving out the strategies it ranks far behind; `shift_test`: a tree of
+    `thawline data shift` to evaluate every ranked run on; `out`: the folder (None: the config's `out`, else a new
+    runs/compare-N)."""
+
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    out: Path | None = None
+    models: tuple[str, ...] = ()
+    seeds: int = 1
+    halving: bool = False
+    advise: bool = False
+    shift_test: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        strategies: Names = DEFAULT_STRATEGIES,
+        out: str | Path | None = None,
+        *,
+        models: Names | None = None,
+        seeds: int = 1,
+        halving: bool = False,
+        advise: bool = False,
+        shift_test: str | Path | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        quiet: bool = False,
+    ) -> CompareOptions:
+        """From `thawline.compare`'s arguments: comma-separated names split, paths made `Path`s."""
+        if isinstance(models, str) and not split_names(models):
+            raise ThawlineError(EMPTY_MODELS)
+        return cls(strategies=tuple(split_names(strategies)), out=Path(out) if out else None,
+                   models=tuple(split_names(models or ())), seeds=seeds, halving=halving, advise=advise,
+                   shift_test=Path(shift_test) if shift_test else None, resume=resume, overwrite=overwrite,
+                   quiet=quiet)  # fmt: skip
+
+
+def split_names(text: Names) -> list[str]:
+    return [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+
+
+def parse_strategies(text: Names, strategies_file: str | None = None) -> list[str]:
+    names = split_names(text)
+    if not names:
+        raise ThawlineError("--strategies is empty; give a comma-separated list such as head-only,full")
+    for name in names:
+        get_strategy(name, strategies_file)  # one clear line for an unknown name
+    if len(set(names)) != len(names):
+        raise ThawlineError(f"--strategies lists a strategy twice: {','.join(names)}")
+    folders: dict[str, str] = {}
+    for name in names:  # each strategy's run folder is its name made safe (partial-2/3 -> partial-2_3)
+        if (other := folders.setdefault(folder_name(name), name)) != name:
+            raise ThawlineError(f"--strategies: '{other}' and '{name}' would share the run folder "
+                                f"'{folder_name(name)}'; rename one in the strategies file")  # fmt: skip
+    return names
+
+
+def parse_models(text: Names | None) -> list[str]:
+    """`--models a,b`: the grid's model names (checked against timm before anything trains); [] when not given
+    (a compare.yaml of a one-model comparison records [])."""
+    if text is None or (not isinstance(text, str) and not text):
+        return []
+    names = split_names(text)
+    if not names:
+        raise ThawlineError(EMPTY_MODELS)
+    if len(set(names)) != len(names):
+        raise ThawlineError(f"--models lists a model twice: {','.join(names)}")
+    from thawline.models.weights import check_model_name  # timm: only for a grid
+
+    for name in names:
+        check_model_name(name)  # one clear line for an unknown name
+    folders = [model_folder(n) for n in names]
+    if len(set(folders)) != len(folders):
+        raise ThawlineError(f"--models {','.join(names)}: two names share a folder name; list each model once")
+    return names
+
+
+def check_options(config: TrainConfig, options: CompareOptions) -> tuple[list[str], list[str]]:
+    """The strategies and the grid's models (none for one model), each refused in one line before anything is
+    written when it cannot run. Every combination of seeds, models, halving, advise and shift test runs."""
+    names = parse_strategies(options.strategies, config.strategies_file)
+    grid = parse_models(options.models)
+    if options.seeds < 1:
+        raise ThawlineError(f"--seeds {options.seeds}: must be 1 or more")
+    if options.halving and config.epochs is None:
+        raise ThawlineError("--halving needs an epoch budget: pass --epochs N")
+    if options.shift_test is not None:
+        shift_sets(options.shift_test)  # one line before anything is written; its classes once data is read
+    for name in names:  # every strategy's budget before any is trained
+        check_budget(get_strategy(name, config.strategies_file), config.epochs)
+    return names, grid
