@@ -393,7 +393,8 @@ def _predictions(tmp_path: Path, wrong: int) -> Predictions:
 def test_prediction_grid_enlarges_small_images_and_marks_mistakes_in_red(tmp_path: Path):
     from PIL import Image
 
-    from thawline.report.plots import BAD_COLOR, TILE, plot_prediction_grid, plot_top_losses
+    from thawline.report.plots import BAD_COLOR
+    from thawline.report.plots_predictions import TILE, plot_prediction_grid, plot_top_losses
 
     def count(png: Path, rgb: tuple[int, int, int]) -> int:
         return int((np.asarray(Image.open(png).convert("RGB")) == rgb).all(axis=-1).sum())
@@ -417,7 +418,7 @@ def test_long_class_names_are_shortened_in_the_middle_and_stay_on_the_page(tmp_p
     labels and into the next tile as titles: they keep their start and distinguishing end, and nothing is cut."""
     from PIL import Image
 
-    from thawline.report.plots import _shorten, _text_px, plot_prediction_grid, plot_top_losses
+    from thawline.report.plots_predictions import _shorten, _text_px, plot_prediction_grid, plot_top_losses
 
     taxonomy = "Plantae_Tracheophyta_Magnoliopsida_Asterales_Asteraceae_Taraxacum"
     names = [f"{taxonomy}_{species}" for species in ("officinale", "erythrospermum")]
@@ -437,7 +438,7 @@ def test_confusion_matrix_keeps_long_class_names_short_enough_to_lay_out(tmp_pat
     """Whole-taxonomy names on the axes collapsed the constrained layout (a UserWarning, labels over the matrix)."""
     import warnings
 
-    from thawline.report.plots import CLASS_NAME_PX, _text_px, plot_confusion
+    from thawline.report.plots_predictions import CLASS_NAME_PX, _text_px, plot_confusion
 
     names = [f"Plantae Tracheophyta Magnoliopsida Asterales Asteraceae Taraxacum {s}" for s in ("officinale", "rubrum")]
     names.append("Fungi")
@@ -470,8 +471,10 @@ def test_phase_plan_is_short_under_the_name_and_whole_on_hover() -> None:
 
 @pytest.fixture
 def figures(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every matplotlib figure thawline.report.plots makes during the test, to read its texts and tick labels."""
+    """Every matplotlib figure thawline.report.plots* make during the test, to read its texts and tick labels."""
     import thawline.report.plots as plots
+    import thawline.report.plots_compare as plots_compare
+    import thawline.report.plots_predictions as plots_predictions
 
     made: list = []
     make = plots._figure
@@ -480,7 +483,8 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> list:
         made.append(make(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(plots, "_figure", keep)
+    for module in (plots, plots_compare, plots_predictions):  # each calls the `_figure` it imported
+        monkeypatch.setattr(module, "_figure", keep)
     return made
 
 
@@ -513,7 +517,7 @@ def test_most_confused_pairs_largest_first_with_the_true_class_share() -> None:
 
 
 def test_confusion_matrix_names_at_most_40_classes_per_axis(tmp_path: Path, figures: list) -> None:
-    import thawline.report.plots as plots
+    import thawline.report.plots_predictions as plots
 
     for k in (12, 200):
         classes = [f"class_{i:03d}" for i in range(k)]

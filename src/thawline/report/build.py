@@ -22,7 +22,8 @@ from markupsafe import Markup
 
 from thawline.core.atomic import WriteFailed, write_text_atomic, writing
 from thawline.data.files import printable
-from thawline.report.plots import plot_curves, plot_layer_drift, plot_tradeoffs
+from thawline.report.plots import plot_curves
+from thawline.report.plots_compare import plot_layer_drift, plot_tradeoffs
 from thawline.report.ranking import shown_columns, split_name
 from thawline.report.runfiles import _read_yaml, folder_kind, load_folder, read_trials
 from thawline.report.sections import (

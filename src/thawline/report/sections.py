@@ -23,12 +23,12 @@ from thawline.report.metrics import (
     most_confused,
     per_class_metrics,
 )
-from thawline.report.plots import (
+from thawline.report.plots_compare import plot_shift
+from thawline.report.plots_predictions import (
     GRID_NAME,
     plot_confusion,
     plot_prediction_grid,
     plot_reliability,
-    plot_shift,
     plot_top_losses,
 )
 from thawline.report.ranking import fmt_pct, fmt_seconds, report_cells

@@ -31,7 +31,7 @@ from thawline.data import fingerprint
 from thawline.models import headfit
 from thawline.models.stages import apply_freezing, split_at
 from thawline.report.metrics import read_predictions, write_predictions
-from thawline.report.plots import GRID_NAME, plot_prediction_grid
+from thawline.report.plots_predictions import GRID_NAME, plot_prediction_grid
 from thawline.training import distributed, engine, runtime
 from thawline.training.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from thawline.training.lrfind import LRFindResult, lr_find, resolve_auto_lr, write_lr_find
