@@ -18,9 +18,9 @@ from test_images import BAD, GOOD
 
 from thawline.cli import main
 from thawline.core.errors import ThawlineError
-from thawline.data.check import find_leakage
 from thawline.data.discovery import discover
 from thawline.data.image_cache import build_image_cache
+from thawline.data.leakage import find_leakage
 
 CLASSES = ("circle", "stripes", "square café")  # a class name with a space and a non-ASCII letter
 NOT_UTF8 = b"latin1 \xe9t\xe9.png"  # a file name from an old zip: not valid UTF-8

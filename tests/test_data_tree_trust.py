@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from thawline.cli import main
-from thawline.data.check import check_folder, scan
+from thawline.data.check import scan
+from thawline.data.check_format import check_folder
 from thawline.data.discovery import discover
 
 MARKER = ".thawline.json"  # what thawline writes into each run folder it creates (files.RUN_MARKER)

@@ -11,11 +11,13 @@ import pytest
 from conftest import make_image_folder
 from test_bad_input import make_corpus
 
-import thawline.data.check as datacheck
+import thawline.data.leakage as leakage
 from thawline.cli import main
 from thawline.core.errors import ThawlineError
-from thawline.data.check import check_folder, check_leakage, find_leakage, format_result, scan
+from thawline.data.check import scan
+from thawline.data.check_format import check_folder, format_result
 from thawline.data.discovery import discover
+from thawline.data.leakage import check_leakage, find_leakage
 
 
 @pytest.fixture
@@ -136,8 +138,8 @@ def test_find_leakage_hashes_only_files_whose_size_repeats(tmp_path: Path, monke
     root = make_image_folder(tmp_path / "d", {"train": 4, "val": 2, "test": 2}, classes=("a", "b"))
     found = discover(root)
     hashed: list[str] = []
-    real = datacheck._sha1_file
-    monkeypatch.setattr(datacheck, "_sha1_file", lambda p: hashed.append(p) or real(p))
+    real = leakage._sha1_file
+    monkeypatch.setattr(leakage, "_sha1_file", lambda p: hashed.append(p) or real(p))
     assert find_leakage(found) == [] and check_leakage(found) is None
     all_files = sum(len(s.paths) for s in found.splits.values())
     assert len(hashed) < all_files  # random images compress to different sizes: most are never read
@@ -194,11 +196,11 @@ def test_resized_and_reencoded_copies_across_splits_are_listed_as_near_copies(tm
     r = scan(root)
     pairs = {(a, b) for a, b, _ in r.near_copies}
     assert pairs == {("train/a/copy_half.jpg", "test/a/p7.png"), ("train/b/copy.jpg", "val/b/p6.png")}
-    assert all(0 < rms <= datacheck.NEAR_RMS for _, _, rms in r.near_copies)
+    assert all(0 < rms <= leakage.NEAR_RMS for _, _, rms in r.near_copies)
     assert r.leaked_files == 1 and not r.ok  # byte-identical copies stay a problem, listed once, as leakage
     assert any("2 image(s) in val/test look like resized or re-encoded copies" in w for w in r.warnings)
     assert "near copies across splits (2)" in format_result(r)
-    assert datacheck.near_copies({"train": [("x", "h1", bytes(256))], "val": [("y", "h2", bytes([4]) * 256)]}) == []
-    assert datacheck.near_copies({"train": [("x", "h1", bytes(256))], "val": [("y", "h2", bytes([3]) * 256)]}) == [
+    assert leakage.near_copies({"train": [("x", "h1", bytes(256))], "val": [("y", "h2", bytes([4]) * 256)]}) == []
+    assert leakage.near_copies({"train": [("x", "h1", bytes(256))], "val": [("y", "h2", bytes([3]) * 256)]}) == [
         ("x", "y", 3.0)
     ]  # the bound is inclusive; 4 levels apart is another picture

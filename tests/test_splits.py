@@ -14,8 +14,9 @@ from PIL import Image
 import thawline
 from thawline.cli import main
 from thawline.core.errors import ThawlineError
-from thawline.data.check import check_leakage, scan
+from thawline.data.check import scan
 from thawline.data.discovery import discover
+from thawline.data.leakage import check_leakage
 from thawline.data.splits import SAMPLE, find_layout, hold_out
 from thawline.deploy.evaluate import evaluate_run
 from thawline.report.build import build_report

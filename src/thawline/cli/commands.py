@@ -160,7 +160,7 @@ def cmd_data_shift(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from thawline.data.check import check_folder
+    from thawline.data.check_format import check_folder
 
     return check_folder(args.dir, as_json=args.json)
 

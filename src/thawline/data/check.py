@@ -1,20 +1,19 @@
-"""`thawline data check DIR`: what in an ImageFolder tree needs fixing before training, and a fast leakage check.
+"""`thawline data check DIR`: what in an ImageFolder tree needs fixing before training.
 
 `scan` decodes every file once (with the same safe decoder training uses) and reports images per class and split,
 class imbalance, unreadable and odd files with the reason, sizes and modes, exact duplicates (sha1 of the file
-bytes) within a split and across splits, classes missing from a split and empty class folders. `find_leakage` is
-the cheap part training runs: file sizes first, then hashes of only the files whose size occurs in another split.
+bytes) within a split and across splits, near copies across splits, classes missing from a split and empty class
+folders. The copies across splits are found in leakage; check_format prints the result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,19 +22,12 @@ from typing import Any
 from PIL import Image
 
 from thawline.core.errors import ThawlineError
-from thawline.data.discovery import Discovered
 from thawline.data.files import SPLITS, Skipped, Walker, printable
 from thawline.data.images import BadImage, open_rgb, upright_size
+from thawline.data.leakage import NEAR_RMS, THUMB, near_copies
 from thawline.data.splits import Layout, held_out_shares, hold_out, training_layout
 
 IMBALANCE_WARN = 10.0  # largest / smallest class above this is worth a warning
-SHOWN = 20  # items listed per section of the text report (--json lists all)
-# Near copies across splits (a resized or re-encoded image): 16x16 grayscale thumbnails within this RMS difference,
-# in levels of 255. Copies made by resizing to half and JPEG quality 50-85 measured 1.5-2.2; the closest distinct
-# images of the suite's Fashion-MNIST, shapes and photo tasks 5.2-8.8.
-THUMB = 16
-NEAR_RMS = 3.0
-NEAR_BLOCK = 256  # later-split thumbnails compared at once: 54,000 x 256 float32 distances, 55 MB
 _CHUNK = 64
 
 
@@ -103,74 +95,6 @@ class CheckResult:
         return d
 
 
-# ---------------------------------------------------------------------------------------------- fast leakage
-
-
-def _sha1_file(path: str) -> str | None:
-    h = hashlib.sha1()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    except OSError:
-        return None
-    return h.hexdigest()
-
-
-def find_leakage(discovered: Discovered, only: Collection[str] | None = None) -> list[tuple[str, str, str, str]]:
-    """(split_a, path_a, split_b, path_b) for each file in a later split that is byte-identical to one in an earlier
-    split (train < val < test), among `only` (the images that decode) when given. Only files whose size also occurs
-    in another split are read, so this is cheap."""
-    by_size: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for split in sorted(discovered.splits, key=SPLITS.index):
-        for path in discovered.splits[split].paths:
-            if only is not None and path not in only:
-                continue
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                continue
-            if size:
-                by_size[size].append((split, path))
-    by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for files in by_size.values():
-        if len({s for s, _ in files}) < 2:
-            continue
-        for split, path in files:
-            digest = _sha1_file(path)
-            if digest is not None:
-                by_hash[digest].append((split, path))
-    leaks: list[tuple[str, str, str, str]] = []
-    for files in by_hash.values():
-        if len({s for s, _ in files}) < 2:
-            continue
-        first_split, first_path = files[0]  # files are in split order, then path order
-        leaks.extend((first_split, first_path, s, p) for s, p in files if s != first_split)
-    return sorted(leaks, key=lambda t: (SPLITS.index(t[2]), t[3]))
-
-
-def leakage_message(leaks: list[tuple[str, str, str, str]], root: str | os.PathLike) -> str:
-    """One line: how many files leak, one example, and what to do."""
-    split_a, path_a, split_b, path_b = leaks[0]
-    where = "/".join(sorted({b for _, _, b, _ in leaks}, key=SPLITS.index))
-    return (
-        f"{len(leaks)} file(s) in {where} are byte-identical to files in an earlier split "
-        f"(e.g. '{path_b}' = '{path_a}'), which inflates accuracy on {where}; remove the copies "
-        f"(`thawline data check {root}` lists them all) or pass --allow-leakage"
-    )
-
-
-def check_leakage(discovered: Discovered, allow: bool = False, only: Collection[str] | None = None) -> str | None:
-    """Raise ThawlineError when val/test files duplicate earlier splits; with `allow`, return a warning instead."""
-    leaks = find_leakage(discovered, only)
-    if not leaks:
-        return None
-    message = leakage_message(leaks, discovered.root)
-    if not allow:
-        raise ThawlineError(message)
-    return message.replace(" or pass --allow-leakage", " (allowed by --allow-leakage)")
-
-
 # ---------------------------------------------------------------------------------------------- full scan
 
 
@@ -198,37 +122,6 @@ def _inspect(path: str) -> Inspected:
 
 def _inspect_chunk(paths: list[str]) -> list[Inspected]:
     return [_inspect(p) for p in paths]
-
-
-def near_copies(thumbs: dict[str, list[tuple[str, str, bytes]]]) -> list[tuple[str, str, float]]:
-    """Pairs across splits ({split: [(path, sha1, thumbnail)]}, earlier split first) whose thumbnails differ by at
-    most NEAR_RMS levels RMS but whose bytes differ (identical bytes are leakage already): every pair compared, in
-    blocks (54,000 + 6,000 + 10,000 thumbnails: 8-9 s here)."""
-    import numpy as np
-
-    out: list[tuple[str, str, float]] = []
-    names = [s for s in SPLITS if thumbs.get(s)]
-    arrays = {
-        s: np.frombuffer(b"".join(t for _, _, t in thumbs[s]), np.uint8).reshape(-1, THUMB * THUMB) for s in names
-    }
-    limit = NEAR_RMS**2 * THUMB * THUMB
-    for i, early in enumerate(names):
-        # centred on 128 and a 10% margin: the float32 sums stay far inside their precision, and every candidate
-        # is decided exactly from the uint8 values below
-        a = arrays[early].astype(np.float32) - 128
-        a_sq = (a * a).sum(1)
-        for late in names[i + 1 :]:
-            for start in range(0, len(arrays[late]), NEAR_BLOCK):
-                b = arrays[late][start : start + NEAR_BLOCK].astype(np.float32) - 128
-                d2 = a_sq[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
-                for x, y in zip(*np.nonzero(d2 <= 1.1 * limit), strict=True):
-                    (pa, ha, ta), (pb, hb, tb) = thumbs[early][x], thumbs[late][start + y]
-                    if ha != hb:
-                        diff = np.frombuffer(ta, np.uint8).astype(np.int32) - np.frombuffer(tb, np.uint8)
-                        rms = float(np.sqrt((diff * diff).mean()))
-                        if rms <= NEAR_RMS:
-                            out.append((pa, pb, round(rms, 2)))
-    return sorted(out, key=lambda t: (t[2], t[0], t[1]))
 
 
 def scan(
@@ -450,96 +343,3 @@ def _run_inspect(paths: list[str], workers: int | None, progress: Callable[[int]
             if progress:
                 progress(len(rows))
     return out
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def format_result(r: CheckResult) -> str:
-    """A compact human-readable report; leakage first, as it silently inflates every accuracy number."""
-    lines = [f"data check: {r.root}"]
-    if r.leakage:
-        bar = "!" * 78
-        lines += [
-            bar,
-            f"!! LEAKAGE: {r.leaked_files} file(s) in val/test are byte-identical to files in an earlier split.",
-            "!! Accuracy measured on them is inflated; remove the copies from val/ or test/.",
-        ]
-        for g in r.leakage[:SHOWN]:
-            lines.append("!!   " + " = ".join(f"{p}" for _, _, p in g.files))
-        if len(r.leakage) > SHOWN:
-            lines.append(f"!!   ... and {len(r.leakage) - SHOWN} more groups (--json lists all)")
-        lines.append(bar)
-
-    header = ["split", "classes", "images", "bad", "ignored", "min/class", "max/class", "imbalance"]
-    rows = []
-    for s in r.splits:
-        present = [n for n in r.counts[s].values() if n > 0]
-        rows.append(
-            [
-                s,
-                str(len(r.counts[s])),
-                str(sum(r.counts[s].values())),
-                str(sum(b.split == s for b in r.bad_files)),
-                str(sum(b.split == s for b in r.ignored_files)),
-                str(min(r.counts[s].values(), default=0)),
-                str(max(present, default=0)),
-                f"{r.imbalance[s]:g}x" if s in r.imbalance else "-",
-            ]
-        )
-    lines += ["", *_table(header, rows)]
-
-    class_rows = [[c] + [str(r.counts[s].get(c, "-")) for s in r.splits] for c in r.classes]
-    lines += ["", *_table(["class", *r.splits], class_rows[: SHOWN * 5])]
-    if len(class_rows) > SHOWN * 5:
-        lines.append(f"... and {len(class_rows) - SHOWN * 5} more classes (--json lists all)")
-
-    if r.sizes:
-        w, h = r.sizes["width"], r.sizes["height"]
-        lines.append("")
-        lines.append(f"sizes (min/median/max): width {w[0]}/{w[1]}/{w[2]}, height {h[0]}/{h[1]}/{h[2]}")
-        lines.append("modes: " + ", ".join(f"{m} {n}" for m, n in r.modes.items()))
-
-    def listing(title: str, items: list[str]) -> None:
-        if items:
-            lines.extend(["", f"{title} ({len(items)}):"])
-            lines.extend(f"  {i}" for i in items[:SHOWN])
-            if len(items) > SHOWN:
-                lines.append(f"  ... and {len(items) - SHOWN} more (--json lists all)")
-
-    listing("bad files", [f"{b.path}: {b.reason}" for b in r.bad_files])
-    listing("ignored", [f"{b.path}: {b.reason}" for b in r.ignored_files])
-    listing("duplicates within a split", [" = ".join(p for _, _, p in g.files) for g in r.duplicates])
-    listing(
-        "near copies across splits", [f"{a} ~ {b} (thumbnails {rms:g} levels apart)" for a, b, rms in r.near_copies]
-    )
-    listing("warnings", r.warnings)
-    listing("problems (need fixing)", r.problems)
-    lines.append("")
-    lines.append("OK: nothing needs fixing" if r.ok else f"{len(r.problems)} problem(s) need fixing")
-    return "\n".join(lines)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
-
-    def fmt(row: list[str]) -> str:
-        cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        return "  ".join(cells).rstrip()
-
-    return [fmt(header), *(fmt(r) for r in rows)]
-
-
-def check_folder(dir: str | os.PathLike, as_json: bool = False) -> int:
-    """`thawline data check DIR [--json]`: print the report; 1 when something needs fixing, else 0."""
-    import sys
-
-    from tqdm import tqdm
-
-    with tqdm(desc="check", unit="file", disable=not sys.stderr.isatty(), leave=False) as bar:
-        result = scan(dir, progress=bar.update)
-    if as_json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-    else:
-        print(format_result(result))
-    return 0 if result.ok else 1

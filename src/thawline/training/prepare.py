@@ -24,11 +24,11 @@ from thawline.core.errors import ThawlineError
 from thawline.data import fingerprint
 from thawline.data.batches import Normalize
 from thawline.data.cache_store import default_cache_dir
-from thawline.data.check import check_leakage
 from thawline.data.discovery import Discovered, discover
 from thawline.data.files import SPLITS, Skipped
 from thawline.data.fingerprint import Fingerprint
 from thawline.data.image_cache import ImageCache, build_image_cache
+from thawline.data.leakage import check_leakage
 from thawline.models.depthwise import use_fast_depthwise
 from thawline.models.multidepth import install_multidepth_head
 from thawline.models.stages import StageMap, stage_map
