@@ -156,13 +156,13 @@ def test_a_strategies_file_cannot_redefine_a_built_in(
 
 
 def test_two_strategies_that_would_share_a_folder_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from thawline.comparing import comparison
+    from thawline.comparing import options
     from thawline.core.errors import ThawlineError
 
-    assert comparison.parse_strategies("partial-2/3,partial-1/2", None) == ["partial-2/3", "partial-1/2"]
-    monkeypatch.setattr(comparison, "folder_name", lambda name: name.split("-")[0])  # two spellings, one folder
+    assert options.parse_strategies("partial-2/3,partial-1/2", None) == ["partial-2/3", "partial-1/2"]
+    monkeypatch.setattr(options, "folder_name", lambda name: name.split("-")[0])  # two spellings, one folder
     with pytest.raises(ThawlineError, match="'partial-2/3' and 'partial-1/2' would share the run folder 'partial'"):
-        comparison.parse_strategies("partial-2/3,partial-1/2", None)
+        options.parse_strategies("partial-2/3,partial-1/2", None)
 
 
 # ---- a comparison refused before training ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from conftest import interrupt_after_checkpoint, make_image_folder, one_error_li
 
 import thawline
 from thawline.cli import commands, main
-from thawline.comparing import comparison
+from thawline.comparing import executor
 from thawline.core.config import DERIVED_KEYS, FIELD_NAMES, make_config, replace
 from thawline.core.errors import ThawlineError
 from thawline.deploy import export
@@ -92,7 +92,7 @@ def test_compare_resume_dir_continues_from_compare_yaml(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "cmp"
-    real_train = comparison.train
+    real_train = executor.train
     calls = []
 
     def second_strategy_interrupted(*a, **k):
@@ -101,11 +101,11 @@ def test_compare_resume_dir_continues_from_compare_yaml(
             raise KeyboardInterrupt
         return real_train(*a, **k)
 
-    monkeypatch.setattr(comparison, "train", second_strategy_interrupted)
+    monkeypatch.setattr(executor, "train", second_strategy_interrupted)
     args = ["compare", "--data", str(image_folder), *TINY_ARGS, "--strategies", "head-only,full", "--epochs", "1"]
     assert main([*args, "--out", str(out), "--quiet"]) == 130
     assert f"thawline compare --resume {out}" in capsys.readouterr().err
-    monkeypatch.setattr(comparison, "train", real_train)
+    monkeypatch.setattr(executor, "train", real_train)
     stamp = (out / "head-only" / "summary.json").stat().st_mtime_ns
 
     assert main(["compare", "--resume", str(out), "--strategies", "full"]) == 2
