@@ -20,6 +20,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 CLASSES = ("circle", "stripes", "square")
+# Files whose tests start fresh processes (kill-and-resume at every kill point, two-rank DDP, a PostgreSQL server,
+# a full disk) or train on the real weights: `make check` (-m "not heavy") leaves them to `make test`.
+HEAVY_FILES = {"test_resume.py", "test_distributed.py", "test_atomic_writes.py", "test_fashion_mnist.py",
+               "test_sweep.py", "test_memory.py"}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in HEAVY_FILES:
+            item.add_marker(pytest.mark.heavy)
 
 
 def _draw(kind: str, rng: np.random.Generator, size: int = 32) -> np.ndarray:

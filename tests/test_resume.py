@@ -166,11 +166,56 @@ def test_resume_with_another_model_is_one_line(data: Path, reference: Path, tmp_
     assert proc.stderr.strip().startswith("thawline: error:") and "--model" in proc.stderr
 
 
+# Every kind of kill point, as a fault event (faults.py).
+KILL_EVENTS = ("best:1", "checkpoint:1", "checkpoint:2", "checkpoint:3", "phase:2", "batch:10")
+
+
+class Killed(BaseException):
+    """A kill at a fault point inside this process: nothing in thawline catches it, so the run stops there."""
+
+
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_every_strategy_resumes_exactly_from_every_kill_point(
+    strategy: str, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each strategy stopped at each fault event (best.pt written but not last.pt, every epoch boundary, entering
+    phase 2, mid-epoch after the 10th step), then `--resume`: bit-identical to the uninterrupted run. In this
+    process, raised at the event: what resume reads is what the folder holds, and a fresh interpreter per kill
+    point proves nothing more here; the real SIGKILL of every kind of kill point is the test below."""
+    from thawline import faults
+    from thawline.cli import main
+
+    straight = tmp_path / "straight"
+    argv = [c if c != "layer-wise" else strategy for c in command(data, straight, "--min-steps", "24")][3:]
+    assert main(argv) == 0
+    monkeypatch.setenv(faults.ENV, "in-process")  # faults.tick counts events only while it is set
+    for event in KILL_EVENTS:
+
+        def kill(name: str, n: int, event: str = event) -> None:
+            if f"{name}:{n}" == event:
+                raise Killed
+
+        out = tmp_path / event.replace(":", "-")
+        monkeypatch.setattr(faults, "_counts", {})
+        monkeypatch.setattr(faults, "after", kill)
+        try:
+            code = main([c if c != str(straight) else str(out) for c in argv])
+        except Killed:
+            code = None
+        monkeypatch.setattr(faults, "after", lambda name, n: None)
+        if code == 0:  # a one-phase strategy never enters phase 2
+            assert event == "phase:2" and len(STRATEGIES[strategy].phases) == 1
+            continue
+        assert code is None, f"{strategy} was not stopped at {event}"
+        assert main(["train", "--resume", str(out), "--quiet"]) == 0
+        assert_same_run(straight, out)
+
+
+@pytest.mark.parametrize("strategy", ["two-phase"])  # a cached head phase, then every layer: every kind of event
 def test_exact_kill_points_resume_to_the_uninterrupted_run(strategy: str, data: Path, tmp_path: Path) -> None:
     """SIGKILL at exact events (THAWLINE_KILL_AFTER: between best.pt and last.pt of epoch 1, right after every epoch
     boundary's checkpoint, right after entering phase 2, and mid-epoch after the 10th optimizer step), then
-    `--resume RUN_DIR`: metrics and weights bit-identical to the run that was never stopped."""
+    `--resume RUN_DIR` in a fresh process: metrics and weights bit-identical to the run that was never stopped."""
     straight = tmp_path / "straight"
     # --min-steps 24 over 4 epochs of 3 steps: 2 passes per epoch (the multi-pass epochs resume exactly too)
     cmd = [c if c != "layer-wise" else strategy for c in command(data, straight, "--min-steps", "24")]
@@ -190,7 +235,7 @@ def test_exact_kill_points_resume_to_the_uninterrupted_run(strategy: str, data: 
 
     # The kill points are events, not times, and each has its own folder (the straight run filled the shared
     # caches): two at a time, one thread each, as most of each process's time is start-up (torch and timm imports).
-    events = ("best:1", "checkpoint:1", "checkpoint:2", "checkpoint:3", "phase:2", "batch:10")
+    events = KILL_EVENTS
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         outcomes = list(pool.map(kill_then_resume, events))
     for event, (out, killed, resumed) in zip(events, outcomes, strict=True):

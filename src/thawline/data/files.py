@@ -67,7 +67,7 @@ def printable(path: str) -> str:
     try:
         text = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a lone surrogate that no file name's bytes could have made
-        text = path.encode("utf-8", "replace").decode("utf-8")
+        text = re.sub("[\ud800-\udfff]", "\ufffd", path)
     return _UNSAFE.sub(_escape, text)
 
 
