@@ -182,8 +182,8 @@ def test_every_strategy_resumes_exactly_from_every_kill_point(
     phase 2, mid-epoch after the 10th step), then `--resume`: bit-identical to the uninterrupted run. In this
     process, raised at the event: what resume reads is what the folder holds, and a fresh interpreter per kill
     point proves nothing more here; the real SIGKILL of every kind of kill point is the test below."""
-    from thawline.core import faults
     from thawline.cli import main
+    from thawline.core import faults
 
     straight = tmp_path / "straight"
     argv = [c if c != "layer-wise" else strategy for c in command(data, straight, "--min-steps", "24")][3:]

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # 64 MB, above glibc's largest mmap threshold: by default every such allocation is fresh mmap pages (16k faults).
 PROBE = """
 import json, resource, sys
-from thawline import runtime
+from thawline.training import runtime
 kept = runtime.keep_freed_memory()
 import torch
 def faults_of_alloc():
