@@ -194,6 +194,17 @@ def test_models_halving_advise_and_seeds_combine(tmp_path: Path, capsys: pytest.
     assert [r["strategy"] for r in again.rows] == [r["strategy"] for r in result.rows]
     assert [r["best_val_acc"] for r in again.rows] == [r["best_val_acc"] for r in result.rows]
 
+    from thawline.report.build import build_report
+
+    page = build_report(out).read_text()  # each model's race and advisor pass, headed by the model
+    for model in models:
+        assert f"<strong>{model}</strong>: successive halving (rungs at epochs 1, 2)" in page
+        assert f"<h2>{model}</h2>" in page and (out / "report_files" / f"{model}-advise_probes.png").is_file()
+        state = json.loads((out / model / "halving.json").read_text())
+        for name in state["stopped"]:
+            assert f"<strong>{name}</strong> after epoch 1" in page
+    assert page.count('id="halving"') == 1 and all(f'<section id="advice-{m}">' in page for m in models)
+
 
 def test_the_cli_takes_every_combination(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI's flags reach the same options: a grid with halving over two seeds runs; --seeds 0 is one line."""

@@ -90,11 +90,13 @@ def load_advice(folder: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def advice_html(doc: dict[str, Any], figure: str | None = FIGURE, left_out: Collection[str] = ()) -> str:
+def advice_html(
+    doc: dict[str, Any], figure: str | None = FIGURE, left_out: Collection[str] = (), section_id: str = "advice"
+) -> str:
     """advise.json's dict as one HTML <section id="advice">: the predicted ranking, the recommendation, the
     probe-accuracy-vs-depth figure (`figure`: its src relative to the page, None for none), one paragraph of
     reasons and the signals per stage; `left_out`: the strategies `compare --advise` did not train, marked in the
-    ranking. Uses the report's CSS classes; no scripts."""
+    ranking; `section_id`: its anchor (one a model in a grid's report). Uses the report's CSS classes; no scripts."""
     e = html.escape
     rec = doc["recommendation"]
     lr = rec["lr"]
@@ -130,7 +132,7 @@ def advice_html(doc: dict[str, Any], figure: str | None = FIGURE, left_out: Coll
         )
     return "\n".join(
         [
-            '<section id="advice">',
+            f'<section id="{html.escape(section_id)}">',
             f'<h2>Advice: predicted ranking without training <span class="sub">thawline advise on {s["train"]} '
             f"train / {s['val']} val images{took}</span></h2>",
             f"<p>Predicted winner: <b>{e(rec['run'])}</b>. For <code>partial</code>, freeze "

@@ -5,6 +5,7 @@ figure folder.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -286,36 +287,63 @@ def _shift_section(rows: list[dict[str, Any]], runs: dict[str, RunData], figdir:
     return {"image": image, "sets": sets, "rows": table}
 
 
-def _halving_rows(folder: Path, notes: list[str]) -> dict[str, Any] | None:
-    """`compare --halving`: the rungs, the strategy carried to the end, and each stopped strategy with the epoch and
-    val accuracy it stopped at."""
-    state = _read_json(folder / "halving.json", notes) if (folder / "halving.json").is_file() else None
-    if not isinstance(state, dict):
-        return None
-    stopped = sorted(state.get("stopped", {}).items(), key=lambda kv: (-kv[1]["epoch"], -kv[1]["val_acc"]))
-    return {
-        "rungs": ", ".join(str(r) for r in state.get("rungs", [])),
-        "carried": state.get("carried"),
-        "stopped": [{"name": n, "epoch": v["epoch"], "val_acc": fmt_pct(v["val_acc"])} for n, v in stopped],
-    }
+def model_folders(folder: Path) -> list[tuple[str | None, Path]]:
+    """Where a comparison keeps the files of each race and advisor pass: its own folder, and in a model grid each
+    model's (OUT/<model>/halving.json, OUT/<model>/advise/), named by that folder."""
+    grid = [
+        (p.name, p)
+        for p in sorted(folder.iterdir())
+        if p.is_dir() and not p.is_symlink() and ((p / "halving.json").is_file() or (p / ADVICE_DIR).is_dir())
+    ]
+    return [(None, folder), *grid]
+
+
+def _halving_rows(folder: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """`compare --halving`, one entry a race (one a model in a grid): the rungs, the strategy carried to the end,
+    and each stopped strategy with the epoch and val accuracy it stopped at."""
+    races = []
+    for model, where in model_folders(folder):
+        state = _read_json(where / "halving.json", notes) if (where / "halving.json").is_file() else None
+        if not isinstance(state, dict):
+            continue
+        stopped = sorted(state.get("stopped", {}).items(), key=lambda kv: (-kv[1]["epoch"], -kv[1]["val_acc"]))
+        races.append({
+            "model": model,
+            "rungs": ", ".join(str(r) for r in state.get("rungs", [])),
+            "carried": state.get("carried"),
+            "stopped": [{"name": n, "epoch": v["epoch"], "val_acc": fmt_pct(v["val_acc"])} for n, v in stopped],
+        })  # fmt: skip
+    return races
 
 
 def _skipped_rows(folder: Path, notes: list[str]) -> list[dict[str, str]]:
-    """`compare --advise`: the strategies it did not train because the advisor ranked them far behind, and why."""
-    skipped = _read_json(folder / ADVICE_DIR / SKIPPED_JSON, notes)
-    return [{"name": n, "why": w} for n, w in skipped.items()] if isinstance(skipped, dict) else []
+    """`compare --advise`: the strategies it did not train because the advisor ranked them far behind, and why
+    ("model / strategy" in a grid)."""
+    rows = []
+    for model, where in model_folders(folder):
+        skipped = _read_json(where / ADVICE_DIR / SKIPPED_JSON, notes)
+        if isinstance(skipped, dict):
+            rows += [{"name": f"{model} / {n}" if model else n, "model": model, "strategy": n, "why": w}
+                     for n, w in skipped.items()]  # fmt: skip
+    return rows
 
 
-def _advice_section(folder: Path, figdir: Path, left_out: list[str]) -> str | None:
+def _advice_section(folder: Path, figdir: Path, skipped: list[dict[str, str]]) -> str | None:
     """`compare --advise`: the advisor's prediction (made before training) as the report's first section, the
-    strategies it left out marked."""
-    doc = load_advice(folder / ADVICE_DIR)
-    if doc is None:
-        return None
-    figure = folder / ADVICE_DIR / FIGURE
-    if figure.is_file():
-        _copy_atomic(figure, figdir / FIGURE)
-    return advice_html(doc, f"{FIG_DIR}/{FIGURE}" if figure.is_file() else None, left_out)
+    strategies it left out marked; in a grid one section a model, headed by its name."""
+    sections = []
+    for model, where in model_folders(folder):
+        doc = load_advice(where / ADVICE_DIR)
+        if doc is None:
+            continue
+        figure, name = where / ADVICE_DIR / FIGURE, f"{model}-{FIGURE}" if model else FIGURE
+        if figure.is_file():
+            _copy_atomic(figure, figdir / name)
+        left_out = [s["strategy"] for s in skipped if s["model"] == model]
+        anchor = f"advice-{re.sub(r'[^A-Za-z0-9_-]+', '-', model)}" if model else "advice"
+        section = advice_html(doc, f"{FIG_DIR}/{name}" if figure.is_file() else None, left_out, anchor)
+        sections.append(f"<h2>{html.escape(model)}</h2>\n{section}" if model else section)
+    return "\n".join(sections) or None
 
 
 def _fmt_drift(v: Any) -> str:
