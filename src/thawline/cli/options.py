@@ -10,6 +10,7 @@ from typing import Any
 
 from thawline.core.config import PLACE_OPTIONS, load_yaml_mapping, make_config, option_specs
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import COMPARE_PLAN, CONFIG_FILE
 
 
 def _config_from_args(args: argparse.Namespace, **extra: Any):
@@ -51,9 +52,9 @@ def _resume_overrides(args: argparse.Namespace, saved: dict[str, Any], folder: P
 def _resumed_run_config(args: argparse.Namespace):
     """`train --resume RUN_DIR`: the run's own config.yaml (plus place flags), continuing in RUN_DIR."""
     folder = Path(args.resume)
-    saved_file = folder / "config.yaml"
+    saved_file = folder / CONFIG_FILE
     if not saved_file.is_file():
-        compare_folder = (folder / "compare.yaml").is_file()
+        compare_folder = (folder / COMPARE_PLAN).is_file()
         hint = "; resume a compare folder with `thawline compare --resume`" if compare_folder else ""
         raise ThawlineError(f"--resume {folder}: no config.yaml there, so it is not a run folder{hint}")
     saved = load_yaml_mapping(str(saved_file))
@@ -66,9 +67,9 @@ def _resumed_run_config(args: argparse.Namespace):
 def _resumed_compare(args: argparse.Namespace):
     """`compare --resume DIR`: the comparison's compare.yaml (options and strategies), continuing in DIR."""
     folder = Path(args.resume)
-    path = folder / "compare.yaml"
+    path = folder / COMPARE_PLAN
     if not path.is_file():
-        hint = "; resume a run folder with `thawline train --resume`" if (folder / "config.yaml").is_file() else ""
+        hint = "; resume a run folder with `thawline train --resume`" if (folder / CONFIG_FILE).is_file() else ""
         raise ThawlineError(f"--resume {folder}: no compare.yaml there, so it is not a compare folder{hint}")
     doc = load_yaml_mapping(str(path))
     saved, names = doc.get("config"), doc.get("strategies")

@@ -44,7 +44,6 @@ from thawline.comparing.options import (
     parse_strategies,
 )
 from thawline.comparing.schedulers import (
-    HALVING_JSON,
     AllTrials,
     Halving,
     Scheduler,
@@ -56,8 +55,8 @@ from thawline.comparing.trials import Request, Trial, make_trials, model_dir, tr
 from thawline.core.atomic import write_text_atomic
 from thawline.core.config import TrainConfig, load_yaml_mapping, replace, save_yaml
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import COMPARE_PLAN, HALVING_JSON, RUN_MARKER, SUMMARY_FILE
 from thawline.data import fingerprint
-from thawline.data.files import RUN_MARKER
 from thawline.data.shift import read_shift, shift_sets, shift_summary
 from thawline.deploy.evaluate import evaluate_folders
 from thawline.report.advice import ADVICE_DIR, SKIPPED_JSON, load_advice
@@ -140,14 +139,14 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
         if main and not resume and not overwrite:
             check_fresh_folder(out_dir, "compare")  # again, now that it is ours
         if main:
-            if not resume or not (out_dir / "compare.yaml").is_file():  # a start (a resume of nothing is one too)
+            if not resume or not (out_dir / COMPARE_PLAN).is_file():  # a start (a resume of nothing is one too)
                 # data.csv before compare.yaml: a compare.yaml alone is a folder older than data.csv, not checked
                 fingerprint.write(out_dir, fingerprint.of_discovered(discover_folder(config)))
             shift_dir = options.shift_test
             plan = {"strategies": names, "config": config.to_dict(), "seeds": options.seeds,
                     "halving": options.halving, "advise": options.advise, "models": grid,
                     "shift_test": str(shift_dir) if shift_dir else None}  # fmt: skip
-            save_yaml(out_dir / "compare.yaml", plan)
+            save_yaml(out_dir / COMPARE_PLAN, plan)
         try:
             runs = train_grid(config, names, grid, out_dir, options)
         except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
@@ -235,7 +234,7 @@ def ranked_runs(
         run = latest.get(trial)
         if run is None or run.summary is None:
             run_dir = trial_folder(out_dir, trial, first_seed)
-            run = RunResult(run_dir, json.loads((run_dir / "summary.json").read_text()))
+            run = RunResult(run_dir, json.loads((run_dir / SUMMARY_FILE).read_text()))
         runs[trial.name] = run
     return runs
 
@@ -245,7 +244,7 @@ def forget_unstarted(folder: Path) -> None:
     comparison refused before training, for leakage say, must not leave a folder that the same command then calls a
     comparison to resume."""
     if not any(p.parent != folder and p.name == RUN_MARKER for p in folder.rglob(RUN_MARKER)):
-        for name in ("compare.yaml", fingerprint.DATA_FILE):
+        for name in (COMPARE_PLAN, fingerprint.DATA_FILE):
             (folder / name).unlink(missing_ok=True)
 
 
@@ -283,7 +282,7 @@ def shift_test_run(
         done = {s: round(ev.accuracy, 6) for s, ev in evaluations.items()}
         write_text_atomic(run.run_dir / "shift.json", json.dumps(done, indent=2))
     run.summary.update(shift_summary(done, run.summary.get("test_acc")), shift_test=source)
-    write_text_atomic(run.run_dir / "summary.json", json.dumps(run.summary, indent=2))
+    write_text_atomic(run.run_dir / SUMMARY_FILE, json.dumps(run.summary, indent=2))
     if not quiet:
         gap = run.summary.get("shift_gap")
         gap_text = f", shift gap {gap * 100:+.1f} pts (test − shifted)" if gap is not None else ""
@@ -313,7 +312,7 @@ def check_compare_resume(folder: str | Path | None, config: TrainConfig) -> None
     data.csv (when there) list the same files as the data folder holds now."""
     if not folder:
         raise ThawlineError("resuming a comparison needs its folder: pass out (CLI: --resume DIR)")
-    path = Path(folder) / "compare.yaml"
+    path = Path(folder) / COMPARE_PLAN
     if not path.is_file():
         return
     saved = load_yaml_mapping(str(path)).get("config")

@@ -11,6 +11,7 @@ from typing import Protocol
 from thawline.comparing.trials import Request, trial_folder
 from thawline.core.config import TrainConfig, load_yaml_mapping, replace
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import CONFIG_FILE, LAST_CKPT, SUMMARY_FILE
 from thawline.data import fingerprint
 from thawline.training.prepare import PreparedData
 from thawline.training.run_state import RunResult
@@ -39,7 +40,7 @@ class InProcessExecutor:
         cfg = replace(self.config, **model, seed=trial.seed, strategy=trial.strategy, out=str(run_dir))
         strategy = get_strategy(trial.strategy, cfg.strategies_file)
         if request.until is not None:
-            started = (run_dir / "last.pt").is_file() or (run_dir / "summary.json").is_file()
+            started = (run_dir / LAST_CKPT).is_file() or (run_dir / SUMMARY_FILE).is_file()
             return train(cfg, data=self.data, run_dir=run_dir, resume=started, quiet=self.quiet, strategy=strategy,
                          stop_after_epoch=request.until)  # fmt: skip
         finished = finished_run(run_dir, cfg, self.data) if self.resume else None
@@ -53,13 +54,13 @@ class InProcessExecutor:
 def finished_run(run_dir: Path, cfg: TrainConfig, data: PreparedData) -> RunResult | None:
     """The finished run in `run_dir` (summary.json), or None; refused when its config.yaml's defining options
     differ from `cfg`'s on `data`, so a resumed comparison never ranks runs trained with other options."""
-    done = run_dir / "summary.json"
+    done = run_dir / SUMMARY_FILE
     if not done.exists():
         return None
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise ThawlineError(f"'{run_dir}' holds a finished run without config.yaml, so its options cannot be checked; "
                             "pass a new --out")  # fmt: skip
-    saved = load_yaml_mapping(str(run_dir / "config.yaml"))
+    saved = load_yaml_mapping(str(run_dir / CONFIG_FILE))
     expected = {**cfg.to_dict(), "img_size": data.img_size, "classes": data.classes}
     for key in ("amp", "channels_last"):  # derived from the device when not given: whatever the run derived
         if expected[key] is None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from thawline.comparing.trials import Request, Trial
 from thawline.core.atomic import write_text_atomic
+from thawline.core.runformat import HALVING_JSON
 from thawline.report.advice import ADVICE_DIR, load_advice
 from thawline.report.advice_rules import PRIOR
 
@@ -56,7 +57,6 @@ class AllTrials:
 # (benchmarks/advise_suite.py) it named the full compare's pick on every task; keeping the better half at epochs
 # 2, 4, 8 named it on 10 of 13 in more time.
 HALVING_ETA = 3
-HALVING_JSON = "halving.json"
 
 
 def halving_rungs(budget: int, n_strategies: int) -> list[int]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from thawline.core.runformat import SEEDS_DIR
 from thawline.data.names import folder_name
 from thawline.report.ranking import grid_name, model_folder
-
-SEEDS_DIR = "seeds"  # the extra seeds' runs: OUT/seeds/seed-<s>/[<model>/]<strategy>
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import RUN_MARKER
 from thawline.data.images import IMAGE_EXTENSIONS
 
 SPLITS = ("train", "val", "test")
@@ -32,8 +33,6 @@ class Skipped:
 
 # The file thawline writes into every run and compare folder it creates: what marks a folder as thawline's (so
 # --overwrite may empty it and discovery never reads it as data). Its JSON says the kind and the format version.
-RUN_MARKER = ".thawline.json"
-RUN_FORMAT = 1
 
 
 def marker_kind(folder: Path | str) -> str | None:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from thawline.core.atomic import write_bytes_atomic
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import DATA_FILE
 from thawline.data.discovery import Discovered
 from thawline.data.files import SPLITS, printable
 from thawline.data.splits import _content_key
 
-DATA_FILE = "data.csv"
 HEADER = ["split", "path", "label", "key"]
 Entry = tuple[str, str]  # (class name, content key in hex)
 

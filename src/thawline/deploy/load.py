@@ -16,6 +16,7 @@ from torch import nn
 
 from thawline.core.config import load_yaml_mapping
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import CONFIG_FILE, SUMMARY_FILE
 from thawline.data.batches import Normalize
 from thawline.data.images import decode_resized
 from thawline.models.multidepth import install_multidepth_head
@@ -42,7 +43,7 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
     for name in (which, "last") if which == "best" else (which,):
         if (path / f"{name}.pt").is_file():
             return path / f"{name}.pt"
-    if (path / "summary.json").is_file() and not (path / "config.yaml").is_file():
+    if (path / SUMMARY_FILE).is_file() and not (path / CONFIG_FILE).is_file():
         raise ThawlineError(f"'{path}' looks like a compare folder; pass one of its strategy sub-folders")
     raise ThawlineError(f"run folder '{path}' has no {which}.pt checkpoint; train into it first (`thawline train`)")
 
@@ -99,9 +100,9 @@ def load_run(
 
 
 def _config_yaml(folder: Path) -> dict[str, Any]:
-    if not (folder / "config.yaml").is_file():
+    if not (folder / CONFIG_FILE).is_file():
         raise ThawlineError(f"'{folder}' has no config.yaml and its checkpoint records none; not a thawline run")
-    return load_yaml_mapping(str(folder / "config.yaml"))
+    return load_yaml_mapping(str(folder / CONFIG_FILE))
 
 
 def pick_device(device: str | None) -> torch.device:

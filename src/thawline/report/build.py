@@ -21,13 +21,13 @@ from typing import Any
 from markupsafe import Markup
 
 from thawline.core.atomic import WriteFailed, write_text_atomic, writing
+from thawline.core.runformat import COMPARE_PLAN, FIG_DIR, REPORT_NAME
 from thawline.data.files import printable
 from thawline.report.plots import plot_curves
 from thawline.report.plots_compare import plot_layer_drift, plot_tradeoffs
 from thawline.report.ranking import shown_columns, split_name
 from thawline.report.runfiles import _read_yaml, folder_kind, load_folder, read_trials
 from thawline.report.sections import (
-    FIG_DIR,
     _advice_section,
     _best_run_section,
     _display_row,
@@ -42,9 +42,6 @@ from thawline.report.sections import (
     _trial_display,
 )
 from thawline.report.uncertainty import RESAMPLES, annotate
-
-REPORT_NAME = "report.html"
-
 
 _LINE_BREAKS = re.compile(r"([\n\r\t])")
 
@@ -71,14 +68,14 @@ def _template():
         lstrip_blocks=True,
         finalize=visible,  # runs on every {{ value }} before autoescaping
     )
-    return env.get_template("report.html")
+    return env.get_template("report.html")  # the template, named as the page it renders
 
 
 def render(folder: Path, figdir: Path) -> str:
     """Write every figure into `figdir` and return the page's HTML."""
     kind, rows, runs, notes = load_folder(folder)
     verdict, uncertainty_notes = annotate(rows, {name: run.run_dir for name, run in runs.items()})
-    spec = _read_yaml(folder / "compare.yaml") if kind == "compare" else None
+    spec = _read_yaml(folder / COMPARE_PLAN) if kind == "compare" else None
     trials = _trial_display(read_trials(folder, [])) if kind == "sweep" else None
     columns = shown_columns(rows)
     display = [_display_row(r, runs.get(r["strategy"]), folder, columns) for r in rows]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from thawline.core.atomic import write_text_atomic
+from thawline.core.runformat import COMPARISON_CSV, COMPARISON_JSON
 from thawline.data.names import folder_name
 from thawline.report.uncertainty import ALPHA, RESAMPLES, fmt_p
 
@@ -332,8 +333,8 @@ def write_comparison(out_dir: Path, rows: list[Row]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k) for k in CSV_FIELDS})
-    write_text_atomic(out_dir / "comparison.csv", buf.getvalue())
-    write_text_atomic(out_dir / "comparison.json", json.dumps(rows, indent=2))
+    write_text_atomic(out_dir / COMPARISON_CSV, buf.getvalue())
+    write_text_atomic(out_dir / COMPARISON_JSON, json.dumps(rows, indent=2))
 
 
 def format_table(rows: list[Row]) -> str:

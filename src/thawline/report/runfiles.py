@@ -13,6 +13,7 @@ from typing import Any
 
 from thawline.core.config import read_yaml
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import COMPARE_PLAN, COMPARISON_JSON, CONFIG_FILE, METRICS_FILE, PREDICTIONS, SUMMARY_FILE
 from thawline.report.metrics import Predictions, read_predictions
 from thawline.report.ranking import grid_name, rank, row_from_summary, run_subdir
 from thawline.report.uncertainty import seed_spread
@@ -74,15 +75,15 @@ def _read_yaml(path: Path) -> dict[str, Any] | None:
 
 def load_run(run_dir: Path, name: str | None = None) -> RunData:
     run = RunData(name=name or run_dir.name, run_dir=run_dir)
-    summary = _read_json(run_dir / "summary.json", run.notes)
+    summary = _read_json(run_dir / SUMMARY_FILE, run.notes)
     run.summary = summary if isinstance(summary, dict) else None
     if run.summary is None:
         run.notes.append("summary.json is missing: the run has not finished")
     else:
         run.name = name or str(run.summary.get("strategy") or run.name)
-    run.metrics = read_metrics(run_dir / "metrics.jsonl")
-    run.config = _read_yaml(run_dir / "config.yaml")
-    pred_path = run_dir / "predictions.csv"
+    run.metrics = read_metrics(run_dir / METRICS_FILE)
+    run.config = _read_yaml(run_dir / CONFIG_FILE)
+    pred_path = run_dir / PREDICTIONS
     if pred_path.is_file():
         classes = run.summary.get("classes") if run.summary else None
         try:
@@ -97,9 +98,9 @@ def folder_kind(folder: Path) -> str:
         raise ThawlineError(f"'{folder}' is not a folder; pass a run or compare folder such as runs/compare-1")
     if (folder / "sweep_summary.json").is_file() or (folder / "trials.csv").is_file():
         return "sweep"
-    if (folder / "comparison.json").is_file() or (folder / "compare.yaml").is_file():
+    if (folder / COMPARISON_JSON).is_file() or (folder / COMPARE_PLAN).is_file():
         return "compare"
-    if (folder / "summary.json").is_file() or (folder / "metrics.jsonl").is_file():
+    if (folder / SUMMARY_FILE).is_file() or (folder / METRICS_FILE).is_file():
         return "run"
     raise ThawlineError(
         f"'{folder}' is neither a run folder (summary.json, metrics.jsonl) nor a compare folder "
@@ -113,7 +114,7 @@ def _resolve_subrun(folder: Path, strategy: str, run_dir: str | None) -> Path:
     if run_dir:
         candidates += [folder / Path(run_dir).name, Path(run_dir)]
     for c in candidates:
-        if (c / "summary.json").is_file() or (c / "metrics.jsonl").is_file():
+        if (c / SUMMARY_FILE).is_file() or (c / METRICS_FILE).is_file():
             return c
     return candidates[0]
 
@@ -152,7 +153,7 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
         rows = []
         for trial in read_trials(folder, notes):
             path = folder / f"trial-{trial['number']}"
-            if not (path / "summary.json").is_file():
+            if not (path / SUMMARY_FILE).is_file():
                 continue
             name = f"trial-{trial['number']} {trial.get('strategy') or ''}".strip()
             runs[name] = load_run(path, name)
@@ -160,8 +161,8 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
                 rows.append(row_from_summary(name, path, runs[name].summary))
         return kind, rank(rows), runs, notes
 
-    table = _read_json(folder / "comparison.json", notes)
-    spec = _read_yaml(folder / "compare.yaml") or {}
+    table = _read_json(folder / COMPARISON_JSON, notes)
+    spec = _read_yaml(folder / COMPARE_PLAN) or {}
     if isinstance(table, list) and table and all(isinstance(r, dict) and "strategy" in r for r in table):
         rows = [dict(r) for r in table]
         for r in rows:
@@ -174,7 +175,7 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
         if spec.get("models"):  # a model x strategy grid: OUT/<model>/<strategy>
             names = [grid_name(str(m), n) for m in spec["models"] for n in names]
         else:
-            found = [p.name for p in sorted(folder.iterdir()) if (p / "summary.json").is_file()]
+            found = [p.name for p in sorted(folder.iterdir()) if (p / SUMMARY_FILE).is_file()]
             names += [n for n in found if n not in names]
         rows = []
         for name in names:

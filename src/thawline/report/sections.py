@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from thawline.core.atomic import WriteFailed, atomic_path
+from thawline.core.runformat import FIG_DIR, HALVING_JSON, PREDICTIONS
 from thawline.data.shift import read_shift
 from thawline.report.advice import ADVICE_DIR, FIGURE, SKIPPED_JSON, advice_html, load_advice
 from thawline.report.metrics import (
@@ -36,7 +37,6 @@ from thawline.report.ranking import fmt_pct, fmt_seconds, report_cells
 from thawline.report.runfiles import RunData, _read_json
 from thawline.report.uncertainty import ALPHA, Verdict, fmt_p
 
-FIG_DIR = "report_files"
 MOST_CONFUSED = 10  # rows of the best run's most confused pairs
 
 
@@ -187,7 +187,7 @@ def _best_run_section(run: RunData, figdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"name": run.name, "missing": None, "notes": []}
     preds = run.predictions
     if preds is None:
-        why = next((n for n in run.notes if "predictions.csv" in n), None)
+        why = next((n for n in run.notes if PREDICTIONS in n), None)
         out["missing"] = why or (
             f"predictions.csv is missing in {run.run_dir}: the confusion matrix, per-class metrics, prediction "
             "grid, top losses and calibration need it (it is written when a run finishes)"
@@ -293,7 +293,7 @@ def model_folders(folder: Path) -> list[tuple[str | None, Path]]:
     grid = [
         (p.name, p)
         for p in sorted(folder.iterdir())
-        if p.is_dir() and not p.is_symlink() and ((p / "halving.json").is_file() or (p / ADVICE_DIR).is_dir())
+        if p.is_dir() and not p.is_symlink() and ((p / HALVING_JSON).is_file() or (p / ADVICE_DIR).is_dir())
     ]
     return [(None, folder), *grid]
 
@@ -303,7 +303,7 @@ def _halving_rows(folder: Path, notes: list[str]) -> list[dict[str, Any]]:
     and each stopped strategy with the epoch and val accuracy it stopped at."""
     races = []
     for model, where in model_folders(folder):
-        state = _read_json(where / "halving.json", notes) if (where / "halving.json").is_file() else None
+        state = _read_json(where / HALVING_JSON, notes) if (where / HALVING_JSON).is_file() else None
         if not isinstance(state, dict):
             continue
         stopped = sorted(state.get("stopped", {}).items(), key=lambda kv: (-kv[1]["epoch"], -kv[1]["val_acc"]))

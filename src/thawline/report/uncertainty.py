@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import PREDICTIONS, SEEDS_DIR, VAL_PREDICTIONS
 from thawline.data.names import folder_name
 from thawline.report.metrics import read_predictions
 
@@ -29,8 +30,6 @@ RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
 ALPHA = 0.05  # McNemar p below this: the difference from the winner is significant
-PREDICTIONS = "predictions.csv"
-VAL_PREDICTIONS = "predictions_val.csv"
 SPLIT_KEYS = {"val": "val_acc_ci", "test": "test_acc_ci"}  # the row/summary key of each split's interval
 
 
@@ -294,7 +293,7 @@ def seed_spread(
     / as _); rows with one seed are left alone."""
     import json
 
-    seeds_dir = Path(compare_dir) / "seeds"
+    seeds_dir = Path(compare_dir) / SEEDS_DIR
     for row in rows:
         folder = folder_of(str(row["strategy"])) if folder_of else folder_name(str(row["strategy"]))
         values = {key: [row.get(key)] for key in SEED_KEYS}

@@ -17,27 +17,25 @@ from typing import Any
 from thawline.core.atomic import WriteFailed, append_text, write_text_atomic
 from thawline.core.config import FIELD_NAMES, PLACE_OPTIONS, option_specs
 from thawline.core.errors import ThawlineError
-from thawline.data.files import RUN_FORMAT, RUN_MARKER, marker_kind, printable
+from thawline.core.runformat import (
+    COMPARE_FILES,
+    COMPARE_PLAN,
+    COMPARISON_JSON,
+    CONFIG_FILE,
+    FORMAT_ENTRIES,
+    LAST_CKPT,
+    LOCK_NAME,
+    MARKER_KINDS,
+    RUN_FILES,
+    RUN_FORMAT,
+    RUN_MARKER,
+    SKIPPED_CSV,
+    SUMMARY_FILE,
+)
+from thawline.data.files import marker_kind, printable
 from thawline.training.checkpoint import load_checkpoint
 
-# Files that say a folder holds a run (partial: last.pt; finished: summary.json): a fresh run never writes there.
-RUN_FILES = ("last.pt", "summary.json")
-# What a compare folder holds (comparison.json once finished): a fresh comparison never writes there.
-COMPARE_FILES = ("compare.yaml", "comparison.json")
 RUNS_PARENT = Path("runs")  # where runs go without --out, relative to the working folder
-LOCK_NAME = ".thawline.lock"
-# The run-folder format: every entry thawline writes into a run, compare or sweep folder it created (shell patterns).
-# --overwrite removes these and nothing else; a sub-folder goes only when it is marked, or holds nothing else.
-FORMAT_ENTRIES = (
-    RUN_MARKER, LOCK_NAME, ".*.tmp", ".write-test",  # the marker, the lock, atomic writes cut short, the write probe
-    "config.yaml", "summary.json", "metrics.jsonl", "last.pt", "best.pt", "skipped.csv", "skipped.json",
-    "predictions*.csv", "prediction_grid.png", "events.out.tfevents.*", "lr_find.json", "evaluation.json",
-    "shift.json", "shift.png", "data.csv", "data.json",
-    "compare.yaml", "comparison.csv", "comparison.json", "halving.json", "report.html", "report_files",
-    "report_files/*.png", "advise", "advise/*", "seeds", "seed-*",
-    "trials.csv", "sweep_summary.json", "sweep.db", "best_strategy.yaml", "best_config.yaml", "trial-*",
-)  # fmt: skip
-MARKER_KINDS = ("run", "compare", "sweep")
 # What defines a run beyond its options: a resume with other classes or other phases would mix two runs.
 DEFINING_DERIVED = ("classes", "phases")
 PATH_OPTIONS = ("data", "strategies_file", "weights")
@@ -119,9 +117,9 @@ def unfinished(folder: Path, command: str) -> bool:
     """Whether `folder` holds a stopped run (`train`: last.pt, no summary.json) or comparison (`compare`: compare.yaml,
     no comparison.json)."""
     if command == "compare":
-        return (folder / "compare.yaml").is_file() and not (folder / "comparison.json").exists()
-    resumable = (folder / "last.pt").is_file() and (folder / "config.yaml").is_file()
-    return resumable and not (folder / "summary.json").exists()
+        return (folder / COMPARE_PLAN).is_file() and not (folder / COMPARISON_JSON).exists()
+    resumable = (folder / LAST_CKPT).is_file() and (folder / CONFIG_FILE).is_file()
+    return resumable and not (folder / SUMMARY_FILE).exists()
 
 
 def latest_unfinished(command: str, parent: Path = RUNS_PARENT) -> Path:
@@ -131,7 +129,7 @@ def latest_unfinished(command: str, parent: Path = RUNS_PARENT) -> Path:
     if parent.is_dir():
         for folder in parent.iterdir():
             if folder.is_dir() and unfinished(folder, command):
-                marker = folder / ("compare.yaml" if command == "compare" else "last.pt")
+                marker = folder / (COMPARE_PLAN if command == "compare" else LAST_CKPT)
                 newest = max(f.stat().st_mtime for f in folder.rglob("*") if f.is_file())
                 found.append((max(newest, marker.stat().st_mtime), folder.name, folder))
     if not found:
@@ -215,7 +213,7 @@ def clear_run_folder(folder: Path) -> None:
     resumable run go first and the marker last, so a crash midway leaves a folder that is neither resumed nor
     mistaken for a foreign one: --overwrite again finishes the job."""
     entries = check_clearable(folder)
-    rank = {**{n: 0 for n in (*RUN_FILES, "comparison.json")}, RUN_MARKER: 2}
+    rank = {**{n: 0 for n in (*RUN_FILES, COMPARISON_JSON)}, RUN_MARKER: 2}
     try:
         for entry in sorted(entries, key=lambda e: rank.get(e.name, 1)):
             if entry.is_dir() and not entry.is_symlink():
@@ -356,9 +354,9 @@ def mismatch_message(folder: Path, key: str, saved: Any, new: Any, what: str = "
 def resume_state(out: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
     """last.pt of the run in `out` when it exists; refused unless its saved config (what config.yaml holds) has the
     same defining options as `resolved`, the new run's config.yaml, so a resume never mixes two runs."""
-    if not (out / "last.pt").exists():
+    if not (out / LAST_CKPT).exists():
         return None
-    state = load_checkpoint(out / "last.pt")
+    state = load_checkpoint(out / LAST_CKPT)
     saved = state.get("config")
     if not isinstance(saved, dict):
         raise ThawlineError(f"'{out / 'last.pt'}' records no config to check a resume against; pass a new --out")
@@ -393,4 +391,4 @@ def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
     w = csv.writer(buf)
     w.writerow(["path", "reason"])
     w.writerows((printable(path), printable(reason)) for path, reason in skipped)  # no raw escapes in a CSV cell
-    write_text_atomic(out / "skipped.csv", buf.getvalue())
+    write_text_atomic(out / SKIPPED_CSV, buf.getvalue())

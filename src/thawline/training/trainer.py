@@ -27,6 +27,15 @@ from thawline.core import faults
 from thawline.core.atomic import write_text_atomic
 from thawline.core.config import TrainConfig, save_yaml
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import (
+    BEST_CKPT,
+    CONFIG_FILE,
+    LAST_CKPT,
+    METRICS_FILE,
+    PREDICTIONS,
+    SUMMARY_FILE,
+    VAL_PREDICTIONS,
+)
 from thawline.data import fingerprint
 from thawline.models import headfit
 from thawline.models.stages import apply_freezing, split_at
@@ -143,12 +152,12 @@ def _open_run(
     """Write the run folder's fixed files (config.yaml once, complete) and open the tracker."""
     resolved = setup.resolved_config(lr_auto)
     if distributed.is_main():
-        if not resuming and (out / "metrics.jsonl").exists():
+        if not resuming and (out / METRICS_FILE).exists():
             # A fresh run in an old folder, or a resume killed before its first checkpoint: start a fresh log.
-            (out / "metrics.jsonl").unlink()
+            (out / METRICS_FILE).unlink()
         if lr_found is not None:
             write_lr_find(out, lr_found)
-        save_yaml(out / "config.yaml", resolved)
+        save_yaml(out / CONFIG_FILE, resolved)
         write_skipped(out, setup.data.skipped)
         if not resuming:  # a resume keeps the list it was checked against (none in a folder older than data.csv)
             fingerprint.write(out, setup.data.fingerprint)
@@ -171,9 +180,9 @@ def _restore(run: Run, saved: dict[str, Any] | None) -> LoopState:
     loop.optimizer.load_state_dict(saved["optimizer"])
     loop.best_acc, loop.best_epoch = saved["best_val_acc"], saved["best_epoch"]
     loop.done_epochs = saved["global_epoch"]
-    loop.metrics = truncate_metrics(run.out / "metrics.jsonl", loop.done_epochs)
-    if (run.out / "best.pt").exists():
-        loop.best_state = load_checkpoint(run.out / "best.pt")["model"]
+    loop.metrics = truncate_metrics(run.out / METRICS_FILE, loop.done_epochs)
+    if (run.out / BEST_CKPT).exists():
+        loop.best_state = load_checkpoint(run.out / BEST_CKPT)["model"]
     log(f"[{run.name}] resuming after epoch {loop.done_epochs}", run.quiet)
     return loop
 
@@ -183,7 +192,7 @@ def _epoch_sinks(run: Run, on_epoch: Callable[[dict[str, Any]], None] | None) ->
     sinks: list[EpochSink] = []
     if run.main:
         sinks.append(lambda row, phase: check_same_folder(run.out, run.folder_id))  # before the epoch writes anything
-        sinks.append(lambda row, phase: append_jsonl(run.out / "metrics.jsonl", row))
+        sinks.append(lambda row, phase: append_jsonl(run.out / METRICS_FILE, row))
     if on_epoch is not None:
         sinks.append(lambda row, phase: on_epoch(row))
     sinks.append(lambda row, phase: run.tracker.scalars({k: row[k] for k in SCALARS}, row["epoch"]))
@@ -412,11 +421,11 @@ def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float,
         "torch_rng": torch.get_rng_state(),
     }
     if improved:  # best.pt first: a crash before last.pt leaves a resume at the older epoch, never a stale best
-        save_checkpoint(run.out / "best.pt", state)
+        save_checkpoint(run.out / BEST_CKPT, state)
         faults.after("best", loop.global_epoch)
-        link_checkpoint(run.out / "best.pt", run.out / "last.pt")  # the same state: ~0.2 s saved per epoch
+        link_checkpoint(run.out / BEST_CKPT, run.out / LAST_CKPT)  # the same state: ~0.2 s saved per epoch
     else:
-        save_checkpoint(run.out / "last.pt", state)
+        save_checkpoint(run.out / LAST_CKPT, state)
     faults.after("checkpoint", loop.global_epoch)
 
 
@@ -445,17 +454,17 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
     val = _evaluate_split(run, "val") if eval_split == "test" else result
     if run.main:
         write_predictions(
-            run.out / "predictions.csv", eval_split, split.paths, result.labels.numpy(), result.logits.numpy(),
+            run.out / PREDICTIONS, eval_split, split.paths, result.labels.numpy(), result.logits.numpy(),
             setup.data.classes,
         )  # fmt: skip
         if eval_split == "test":
             write_predictions(
-                run.out / "predictions_val.csv", "val", setup.data.splits["val"].paths, val.labels.numpy(),
+                run.out / VAL_PREDICTIONS, "val", setup.data.splits["val"].paths, val.labels.numpy(),
                 val.logits.numpy(), setup.data.classes,
             )  # fmt: skip
     summary = _summary(run, loop, val, result if eval_split == "test" else None, eval_split, started)
     if run.main:
-        write_text_atomic(run.out / "summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(run.out / SUMMARY_FILE, json.dumps(summary, indent=2))
         if summary["test_acc"] is not None:
             run.tracker.scalars({"test_acc": summary["test_acc"]}, loop.global_epoch)
         _log_prediction_grid(run, loop.global_epoch)
@@ -465,6 +474,6 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
 def _log_prediction_grid(run: Run, step: int) -> None:
     """prediction_grid.png in the run folder (the report reuses it) and as an image in TensorBoard / W&B."""
     grid = run.out / GRID_NAME
-    shown, _ = plot_prediction_grid(read_predictions(run.out / "predictions.csv", run.setup.data.classes), grid)
+    shown, _ = plot_prediction_grid(read_predictions(run.out / PREDICTIONS, run.setup.data.classes), grid)
     if shown:
         run.tracker.image("prediction_grid", grid, step)
