@@ -533,7 +533,28 @@ def export_records(rows: list[dict], results: list[dict], path: Path) -> None:
         suite.append(row)
     recorded = [{**r, "advise": {**r["advise"], "doc": advice_doc(r)}} for r in results if has_advice(r)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"format": 1, "suite": suite, "advise": recorded}, indent=1) + "\n")
+    doc = {"format": 1, "recorded": recording_context(), "suite": suite, "advise": recorded}
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+
+
+def recording_context() -> dict[str, Any]:
+    """Where, when and how a records file was written (docs/gen_tables.py prints it above the tables): the machine,
+    the date, the command line and the load average at export time (the measurements' own loads are per task)."""
+    import platform
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        lines = cpuinfo.read_text().splitlines()
+        models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    return {
+        "machine": f"{cpu}, {os.cpu_count()} CPUs, {platform.system()}, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", *sys.argv]),
+        "load": f"{load[0]:.2f} at export" if load else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,10 +163,24 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def installed_version() -> str:
+    """The installed distribution's version (the wheel's or the editable install's metadata); the package's own
+    `__version__` when thawline runs from a source tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("thawline")
+    except PackageNotFoundError:
+        from thawline import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thawline", description="Compare fine-tuning strategies for image classifiers."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one strategy into a run folder")
