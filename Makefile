@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 
-.PHONY: demo test check install system-deps lint bench gpu-check clean
+.PHONY: demo test check install system-deps lint docs bench gpu-check clean
 
 demo: install
 	$(VENV)/bin/thawline compare
@@ -43,8 +43,13 @@ system-deps:
 
 # ruff, and the layers of .importlinter (which subpackage may import which; the report and the leaves no torch).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs
 	$(VENV)/bin/lint-imports
+
+# The docs site (MkDocs + Material, mkdocs.yml), offline, into site/: open site/index.html. docs/hooks.py first
+# generates the measurement tables from benchmarks/records/*.json (docs/gen_tables.py) into docs/generated/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: install
 	$(PY) benchmarks/seed_vs_thawline.py
@@ -61,4 +66,4 @@ gpu-check:
 	$$py benchmarks/gpu_check.py $(GPU_CHECK_ARGS) && exit $$tests
 
 clean:
-	rm -rf $(VENV) runs data .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs data site docs/generated .pytest_cache .ruff_cache
