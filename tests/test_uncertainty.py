@@ -22,6 +22,7 @@ from thawline.report.uncertainty import (
     Correctness,
     annotate,
     bootstrap_interval,
+    holm,
     mark_ties,
     mcnemar,
     mcnemar_p,
@@ -131,6 +132,24 @@ def _pair(both: int, neither: int, first_only: int, second_only: int) -> tuple[n
     return a, b
 
 
+def test_holm_adjusts_the_comparisons_against_the_winner() -> None:
+    """Hand-computed Holm: raw p (0.01, 0.04, 0.03) sorted 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, 0.04, made
+    monotone -> 0.03, 0.06, 0.06; in the given order 0.03, 0.06, 0.06."""
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([]) == [] and holm([0.2]) == pytest.approx([0.2])
+    # Two strategies each 7 vs 0 discordant behind the winner: raw p 2/128 = 0.0156 significant alone, but with Holm
+    # over two comparisons 0.03125 and 0.03125: still significant; with 6 vs 0 (raw 0.03125) Holm makes it 0.0625.
+    winner = np.r_[np.ones(50), np.ones(6)].astype(int)
+    behind = np.r_[np.ones(50), np.zeros(6)].astype(int)
+    rows = _rows("a", "b", "c")
+    mark_ties(rows, {"a": {"test": winner}, "b": {"test": behind}, "c": {"test": behind}})
+    assert [r["p_vs_winner"] for r in rows[1:]] == pytest.approx([0.0625, 0.0625])
+    assert [r["tied"] for r in rows] == [None, True, True]  # each alone (p 0.03125) would be significant
+    rows = _rows("a", "b")
+    mark_ties(rows, {"a": {"test": winner}, "b": {"test": behind}})
+    assert rows[1]["p_vs_winner"] == pytest.approx(0.03125) and rows[1]["tied"] is False
+
+
 def test_tied_when_not_significant_and_not_when_significant() -> None:
     winner = np.r_[np.ones(50), np.zeros(10), np.ones(8)].astype(int)
     close = np.r_[np.ones(50), 1, np.zeros(9), 1, np.zeros(7)].astype(int)  # 7 vs 1 discordant: p = 0.0703, tied
@@ -138,8 +157,9 @@ def test_tied_when_not_significant_and_not_when_significant() -> None:
     rows = _rows("a", "b", "c")
     verdict = mark_ties(rows, {"a": {"test": winner}, "b": {"test": close}, "c": {"test": far}})
     assert [r["tied"] for r in rows] == [None, True, False]
+    # Holm over the two tested: the smaller raw p (2/256) doubled, the larger (0.0703) kept as it is the largest
     assert rows[1]["p_vs_winner"] == pytest.approx(0.0703125)
-    assert rows[2]["p_vs_winner"] == pytest.approx(0.0078125)
+    assert rows[2]["p_vs_winner"] == pytest.approx(2 * 0.0078125)
     assert rows[0]["p_vs_winner"] is None and {r["tie_split"] for r in rows} == {"test"}
     assert (verdict.winner, verdict.runner_up, verdict.split, verdict.n) == ("a", "b", "test", 68)
     assert (verdict.winner_only, verdict.runner_up_only, verdict.tied) == (7, 1, ["b"])
@@ -147,12 +167,12 @@ def test_tied_when_not_significant_and_not_when_significant() -> None:
     line = verdict_line(verdict)
     assert line == (
         "winner a, runner-up b: they differ by 6 images of 68 on test (7 vs 1 right only by one of them), "
-        "McNemar p=0.070: not significant (tied)"
+        "McNemar p=0.070 (Holm): not significant (tied)"
     )
     lines = format_table(rows).splitlines()
     assert "tied" in lines[0] and "p vs #1" in lines[0]
     assert "tied" in lines[3] and "0.070" in lines[3]
-    assert " no" in lines[4] and "0.008" in lines[4]
+    assert " no" in lines[4] and "0.016" in lines[4]
 
 
 def test_significant_runner_up_and_extra_ties_in_the_line() -> None:
@@ -162,7 +182,7 @@ def test_significant_runner_up_and_extra_ties_in_the_line() -> None:
     verdict = mark_ties(rows, {"a": {"test": winner}, "far": {"test": far}, "close": {"test": close}})
     assert verdict.significant is True and verdict.tied == ["close"]
     line = verdict_line(verdict)
-    assert "differ by 8 images of 68" in line and "p=0.008: significant" in line
+    assert "differ by 8 images of 68" in line and "p=0.016 (Holm): significant" in line  # 2/256 doubled by Holm
     assert line.endswith("also tied with the winner: close")
 
 

@@ -51,6 +51,8 @@ def compare(
     advise: bool = False,
     models: str | list[str] | tuple[str, ...] | None = None,
     shift_test: str | Path | None = None,
+    folds: int | None = None,
+    race: bool = False,
     overwrite: bool = False,
 ) -> CompareResult:
     """Every strategy (all by default) trained on the same data and ranked (`thawline.comparing.comparison`: what
@@ -61,7 +63,7 @@ def compare(
 
     return _compare(
         config, strategies or DEFAULT_STRATEGIES, out, resume=resume, quiet=quiet, seeds=seeds, halving=halving,
-        advise=advise, models=models, shift_test=shift_test, overwrite=overwrite,
+        advise=advise, models=models, shift_test=shift_test, folds=folds, race=race, overwrite=overwrite,
     )  # fmt: skip
 
 

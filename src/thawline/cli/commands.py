@@ -67,7 +67,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(
         config, strategies, config.out, resume=bool(args.resume), quiet=args.quiet, seeds=args.seeds,
         halving=args.halving, advise=args.advise, models=args.models, shift_test=args.shift_test,
-        overwrite=args.overwrite,
+        folds=args.folds, race=args.race, overwrite=args.overwrite,
     )  # fmt: skip
     from thawline.training import distributed
 

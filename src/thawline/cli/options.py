@@ -82,7 +82,7 @@ def _resumed_compare(args: argparse.Namespace):
             "with; drop it to resume, or pass a new --out"
         )
     options = {k: v for k, v in saved.items() if k != "out"}
-    for key in ("seeds", "halving", "advise", "models", "shift_test"):  # how the comparison trains: as it was started
+    for key in ("seeds", "halving", "advise", "models", "shift_test", "folds", "race"):  # as it was started
         setattr(args, key, doc.get(key, getattr(args, key)))
     return make_config({**options, **overrides, "out": str(folder)}), names
 

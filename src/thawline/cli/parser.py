@@ -160,6 +160,15 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         help="after training, evaluate each strategy's best weights on every shifted set in DIR "
         "(`thawline data shift`): shift.json per run, shifted acc and shift gap in the table",
     )  # fmt: skip
+    p.add_argument(
+        "--folds", type=int, metavar="K",
+        help="K-fold cross-validation (5 is usual): train and val pooled, each strategy trained once per fold; "
+        "ranked by out-of-fold accuracy, and the answer is an ensemble of strategies when it beats the best one",
+    )  # fmt: skip
+    p.add_argument(
+        "--race", action="store_true",
+        help="with --folds: after each fold (from the second) a strategy clearly behind the leader stops",
+    )  # fmt: skip
     p.set_defaults(func=cmd_compare)
 
 

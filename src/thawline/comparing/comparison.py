@@ -34,6 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from thawline.comparing.advise import advise as run_advice
+from thawline.comparing.crossval import (
+    FoldSchedule,
+    answer_of,
+    crossval_rows,
+    members,
+    verdict_lines,
+    write_folds_csv,
+    write_oof,
+)
 from thawline.comparing.executor import InProcessExecutor
 from thawline.comparing.options import (
     DEFAULT_STRATEGIES,
@@ -55,7 +64,7 @@ from thawline.comparing.trials import Request, Trial, make_trials, model_dir, tr
 from thawline.core.atomic import write_text_atomic
 from thawline.core.config import TrainConfig, load_yaml_mapping, replace, save_yaml
 from thawline.core.errors import ThawlineError
-from thawline.core.runformat import COMPARE_PLAN, HALVING_JSON, RUN_MARKER, SUMMARY_FILE
+from thawline.core.runformat import COMPARE_PLAN, HALVING_JSON, RACE_JSON, RUN_MARKER, SUMMARY_FILE
 from thawline.data import fingerprint
 from thawline.data.shift import read_shift, shift_sets, shift_summary
 from thawline.deploy.evaluate import evaluate_folders
@@ -64,6 +73,7 @@ from thawline.report.advice_rules import far_behind
 from thawline.report.ranking import format_table, model_folder, rank, row_from_summary, run_subdir, write_comparison
 from thawline.report.uncertainty import Verdict, annotate, seed_spread, verdict_line
 from thawline.training import distributed
+from thawline.training.folds import prepare_folds
 from thawline.training.prepare import discover_folder, prepare_data
 from thawline.training.run_state import RunResult
 from thawline.training.runfolder import (
@@ -87,6 +97,7 @@ class CompareResult:
     out_dir: Path
     runs: dict[str, RunResult]
     rows: list[dict[str, Any]]
+    answer: dict[str, Any] | None = None  # compare --folds: the delivered answer (comparison.json's `answer`)
 
     @property
     def winner(self) -> str:
@@ -105,11 +116,14 @@ def compare(
     advise: bool = False,
     models: Names | None = None,
     shift_test: str | Path | None = None,
+    folds: int | None = None,
+    race: bool = False,
     overwrite: bool = False,
 ) -> CompareResult:
     """`run_comparison` with its `CompareOptions` given as keyword arguments (the CLI's and the API's form)."""
     options = CompareOptions.of(strategies, out, models=models, seeds=seeds, halving=halving, advise=advise,
-                                shift_test=shift_test, resume=resume, overwrite=overwrite, quiet=quiet)  # fmt: skip
+                                shift_test=shift_test, folds=folds, race=race, resume=resume, overwrite=overwrite,
+                                quiet=quiet)  # fmt: skip
     return run_comparison(config, options)
 
 
@@ -145,30 +159,79 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
             shift_dir = options.shift_test
             plan = {"strategies": names, "config": config.to_dict(), "seeds": options.seeds,
                     "halving": options.halving, "advise": options.advise, "models": grid,
-                    "shift_test": str(shift_dir) if shift_dir else None}  # fmt: skip
+                    "shift_test": str(shift_dir) if shift_dir else None, "folds": options.folds,
+                    "race": options.race}  # fmt: skip
             save_yaml(out_dir / COMPARE_PLAN, plan)
+        crossval: CrossValidated | None = None
         try:
-            runs = train_grid(config, names, grid, out_dir, options)
+            if options.folds:
+                crossval = cross_validate(config, names, out_dir, options)
+                runs = crossval.runs
+            else:
+                runs = train_grid(config, names, grid, out_dir, options)
         except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
             raise RunInterrupted(out_dir, "compare") from None
         except ThawlineError:
             if main and not resume:
                 forget_unstarted(out_dir)  # refused before any run began (bad data): the same command may run again
             raise
-        rows = ranked_rows(runs, out_dir)
-        verdict, notes = mark_uncertainty(rows, runs) if main else (None, [])
+        if crossval is not None:
+            rows, verdict, notes = crossval.rows, None, []
+        else:
+            rows = ranked_rows(runs, out_dir)
+            verdict, notes = mark_uncertainty(rows, runs) if main else (None, [])
         if main:
-            write_comparison(out_dir, rows)
+            write_comparison(out_dir, rows, crossval.document if crossval else None)
     if not quiet:
         print(format_table(rows), flush=True)
-        if lines := uncertainty_lines(verdict, notes):
+        if lines := uncertainty_lines(verdict, notes) if crossval is None else "\n".join(crossval.lines):
             print(lines, flush=True)
         if rows and all(r.get("test_acc") is None for r in rows):
             print(f"note: {NO_TEST_NOTE}", flush=True)
         for folder in [out_dir, *(out_dir / model_folder(m) for m in grid)] if options.halving else []:
             if line := halving_stopped_line(folder):
                 print(line, flush=True)
-    return CompareResult(out_dir, runs, rows)
+    return CompareResult(out_dir, runs, rows, crossval.answer if crossval else None)
+
+
+@dataclass
+class CrossValidated:
+    runs: dict[str, RunResult]  # each finalist's first fold run
+    rows: list[dict[str, Any]]
+    answer: dict[str, Any]
+    document: dict[str, Any]  # comparison.json's entries besides the rows
+    lines: list[str]  # the console lines after the table
+
+
+def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options: CompareOptions) -> CrossValidated:
+    """`--folds K [--race]` (crossval.py): the pool decoded once and cut into folds (folds.csv), the advisor's pass
+    on the first fold when asked, every strategy trained fold by fold (the race stopping some), then the ranking by
+    out-of-fold accuracy, the tests against the winner and the delivered answer (oof.npz, race.json)."""
+    assert options.folds is not None
+    folded = prepare_folds(config, options.folds, options.quiet)
+    main = distributed.is_main()
+    if main:
+        write_folds_csv(out_dir, folded)
+    if options.advise and main and not (options.resume and (out_dir / ADVICE_DIR / "advise.json").is_file()):
+        run_advice(config, out_dir / ADVICE_DIR, data=folded.fold(0), quiet=options.quiet)
+    if options.advise:
+        names = skip_far_behind(names, out_dir, quiet=options.quiet)
+    schedule = FoldSchedule(names, options.folds, config.seed, race=options.race,
+                            log=out_dir / RACE_JSON if main else None, quiet=options.quiet)  # fmt: skip
+    executor = InProcessExecutor(config, folded.pool, out_dir, resume=options.resume, quiet=options.quiet,
+                                 fold_data=folded.fold)  # fmt: skip
+    results = run_schedule(schedule, executor.run)
+    mem = members(folded, schedule, results)
+    labels = folded.pool.splits["train"].labels
+    test = folded.pool.splits.get("test")
+    test_labels = test.labels if test is not None else None
+    rows = crossval_rows(mem, labels, test_labels, options.folds, out_dir)
+    answer = answer_of(mem, labels, test_labels, options.folds)
+    if main:
+        write_oof(out_dir, folded, mem, answer)
+    document = {"folds": options.folds, "race": schedule.state(options.folds), "answer": answer}
+    runs = {name: m.runs[0] for name, m in mem.items()}
+    return CrossValidated(runs, rows, answer, document, verdict_lines(rows, answer, schedule.stopped))
 
 
 def train_grid(

@@ -5,6 +5,7 @@ depends on which executor trained it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -28,27 +29,39 @@ class InProcessExecutor:
     """Trains each request with `config` (its trial's strategy, seed and model set) on `data`, into its trial's
     folder under `out_dir`. A request to the whole budget reuses a finished run when `resume` (its options
     checked) and otherwise trains, continuing a partial one when `resume`; a request until an epoch continues
-    whatever its folder holds (a halving survivor, exactly as if it had never stopped) and pauses there."""
+    whatever its folder holds (a halving survivor, exactly as if it had never stopped) and pauses there. A trial of
+    a fold trains on `fold_data(fold)` (its own train and val cut from the pool)."""
 
-    def __init__(self, config: TrainConfig, data: PreparedData, out_dir: Path, *, resume: bool, quiet: bool) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: PreparedData,
+        out_dir: Path,
+        *,
+        resume: bool,
+        quiet: bool,
+        fold_data: Callable[[int], PreparedData] | None = None,
+    ) -> None:
         self.config, self.data, self.out_dir, self.resume, self.quiet = config, data, out_dir, resume, quiet
+        self.fold_data = fold_data
 
     def run(self, request: Request) -> RunResult:
         trial = request.trial
+        data = self.data if trial.fold is None or self.fold_data is None else self.fold_data(trial.fold)
         run_dir = trial_folder(self.out_dir, trial, self.config.seed)
         model = {"model": trial.model} if trial.model else {}
         cfg = replace(self.config, **model, seed=trial.seed, strategy=trial.strategy, out=str(run_dir))
         strategy = get_strategy(trial.strategy, cfg.strategies_file)
         if request.until is not None:
             started = (run_dir / LAST_CKPT).is_file() or (run_dir / SUMMARY_FILE).is_file()
-            return train(cfg, data=self.data, run_dir=run_dir, resume=started, quiet=self.quiet, strategy=strategy,
+            return train(cfg, data=data, run_dir=run_dir, resume=started, quiet=self.quiet, strategy=strategy,
                          stop_after_epoch=request.until)  # fmt: skip
-        finished = finished_run(run_dir, cfg, self.data) if self.resume else None
+        finished = finished_run(run_dir, cfg, data) if self.resume else None
         if finished is not None:
             if not self.quiet:
                 print(f"[{trial.strategy}] already finished in {run_dir}; skipped", flush=True)
             return finished
-        return train(cfg, data=self.data, run_dir=run_dir, resume=self.resume, quiet=self.quiet, strategy=strategy)
+        return train(cfg, data=data, run_dir=run_dir, resume=self.resume, quiet=self.quiet, strategy=strategy)
 
 
 def finished_run(run_dir: Path, cfg: TrainConfig, data: PreparedData) -> RunResult | None:

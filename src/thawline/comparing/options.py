@@ -8,6 +8,7 @@ from pathlib import Path
 
 from thawline.core.config import TrainConfig
 from thawline.core.errors import ThawlineError
+from thawline.data.folds import check_k
 from thawline.data.names import folder_name
 from thawline.data.shift import shift_sets
 from thawline.report.ranking import model_folder
@@ -27,8 +28,9 @@ class CompareOptions:
     `strategies` on every model of `models` (a grid when two or more; one is the plain layout with that model),
     each with `seeds` seeds; `halving`: successive halving (per model, by the mean over seeds); `advise`: the
     advisor's pass first (per model), leaving out the strategies it ranks far behind; `shift_test`: a tree of
-    `thawline data shift` to evaluate every ranked run on; `out`: the folder (None: the config's `out`, else a new
-    runs/compare-N)."""
+    `thawline data shift` to evaluate every ranked run on; `folds`: K-fold cross-validation over train and val
+    pooled (`crossval.py`), `race`: strategies clearly behind stop between folds; `out`: the folder (None: the
+    config's `out`, else a new runs/compare-N)."""
 
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     out: Path | None = None
@@ -37,6 +39,8 @@ class CompareOptions:
     halving: bool = False
     advise: bool = False
     shift_test: Path | None = None
+    folds: int | None = None
+    race: bool = False
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -52,6 +56,8 @@ class CompareOptions:
         halving: bool = False,
         advise: bool = False,
         shift_test: str | Path | None = None,
+        folds: int | None = None,
+        race: bool = False,
         resume: bool = False,
         overwrite: bool = False,
         quiet: bool = False,
@@ -61,8 +67,8 @@ class CompareOptions:
             raise ThawlineError(EMPTY_MODELS)
         return cls(strategies=tuple(split_names(strategies)), out=Path(out) if out else None,
                    models=tuple(split_names(models or ())), seeds=seeds, halving=halving, advise=advise,
-                   shift_test=Path(shift_test) if shift_test else None, resume=resume, overwrite=overwrite,
-                   quiet=quiet)  # fmt: skip
+                   shift_test=Path(shift_test) if shift_test else None, folds=folds, race=race, resume=resume,
+                   overwrite=overwrite, quiet=quiet)  # fmt: skip
 
 
 def split_names(text: Names) -> list[str]:
@@ -107,15 +113,39 @@ def parse_models(text: Names | None) -> list[str]:
 
 def check_options(config: TrainConfig, options: CompareOptions) -> tuple[list[str], list[str]]:
     """The strategies and the grid's models (none for one model), each refused in one line before anything is
-    written when it cannot run. Every combination of seeds, models, halving, advise and shift test runs."""
+    written when it cannot run. Every combination of seeds, models, halving, advise and shift test runs; folds run
+    with advise, and the others are refused with them (`check_folds_options`)."""
     names = parse_strategies(options.strategies, config.strategies_file)
     grid = parse_models(options.models)
     if options.seeds < 1:
         raise ThawlineError(f"--seeds {options.seeds}: must be 1 or more")
     if options.halving and config.epochs is None:
         raise ThawlineError("--halving needs an epoch budget: pass --epochs N")
+    check_folds_options(options, grid)
     if options.shift_test is not None:
         shift_sets(options.shift_test)  # one line before anything is written; its classes once data is read
     for name in names:  # every strategy's budget before any is trained
         check_budget(get_strategy(name, config.strategies_file), config.epochs)
     return names, grid
+
+
+def check_folds_options(options: CompareOptions, grid: list[str]) -> None:
+    """`--folds` and `--race`: what they combine with, refused in one line with the reason."""
+    if options.race and not options.folds:
+        raise ThawlineError("--race stops strategies between folds: pass --folds K with it (--folds 5 --race)")
+    if not options.folds:
+        return
+    check_k(options.folds)
+    refused = {
+        "--halving": (options.halving, "halving stops strategies on the first epochs of one val split; with folds, "
+                      "--race stops them on whole folds: pass --race instead"),
+        "--seeds": (options.seeds > 1, "each strategy already trains once per fold, which averages over training "
+                    "randomness: drop --seeds"),
+        "--models": (len(grid) > 1, "a cross-validated model grid is not built yet: compare one --model with "
+                     "--folds, or drop --folds"),
+        "--shift-test": (options.shift_test is not None, "the shift test of a cross-validated answer is not built "
+                         "yet: run `thawline evaluate` of the answer on each shifted set, or drop --folds"),
+    }  # fmt: skip
+    for flag, (given, why) in refused.items():
+        if given:
+            raise ThawlineError(f"--folds {options.folds} with {flag}: {why}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from thawline.core.runformat import SEEDS_DIR
+from thawline.core.runformat import FOLD_PREFIX, SEEDS_DIR
 from thawline.data.names import folder_name
 from thawline.report.ranking import grid_name, model_folder
 
@@ -19,12 +19,13 @@ from thawline.report.ranking import grid_name, model_folder
 @dataclass(frozen=True)
 class Trial:
     """One run of a comparison. `model`: its model in a model grid (None outside one: the config's model); `seed`:
-    its training seed (the config's for the ranked runs, the next ones for `seeds=N`). A k-fold comparison would add
-    a `fold` here and a level in `trial_folder`, and nothing else would name folders."""
+    its training seed (the config's for the ranked runs, the next ones for `seeds=N`); `fold`: its fold (0-based) in
+    a K-fold comparison (None outside one), validated on that fold and trained on the others."""
 
     strategy: str
     model: str | None
     seed: int
+    fold: int | None = None
 
     @property
     def name(self) -> str:
@@ -47,10 +48,16 @@ def model_dir(out_dir: Path, model: str | None) -> Path:
 
 
 def trial_folder(out_dir: Path, trial: Trial, first_seed: int) -> Path:
-    """The trial's run folder: OUT/<strategy>, OUT/<model>/<strategy> in a grid, and for a seed other than
-    `first_seed` (the config's) OUT/seeds/seed-<s>/[<model>/]<strategy>."""
+    """The trial's run folder: OUT/<strategy>, OUT/<model>/<strategy> in a grid, OUT/<strategy>/fold-<i> (1-based)
+    in a K-fold comparison, and for a seed other than `first_seed` (the config's) OUT/seeds/seed-<s>/[<model>/]..."""
     run = model_dir(Path(), trial.model) / folder_name(trial.strategy)
+    if trial.fold is not None:
+        run = run / fold_folder(trial.fold)
     return out_dir / run if trial.seed == first_seed else out_dir / SEEDS_DIR / f"seed-{trial.seed}" / run
+
+
+def fold_folder(fold: int) -> str:
+    return f"{FOLD_PREFIX}{fold + 1}"
 
 
 def make_trials(strategies: list[str], model: str | None, first_seed: int, seeds: int) -> list[Trial]:

@@ -18,6 +18,7 @@ LAST_CKPT = "last.pt"  # what --resume continues from
 BEST_CKPT = "best.pt"  # the best val epoch's weights
 PREDICTIONS = "predictions.csv"  # the best weights on test (val when there is no test split)
 VAL_PREDICTIONS = "predictions_val.csv"
+PROBABILITIES = "probabilities.npz"  # the best weights' class probabilities on val and test (folds, ensembles)
 SKIPPED_CSV = "skipped.csv"  # every file left out, with the reason
 DATA_FILE = "data.csv"  # the files the run was given (split, path, class, content key): resume checks it
 
@@ -27,6 +28,10 @@ COMPARISON_JSON = "comparison.json"  # written last: a finished comparison
 COMPARISON_CSV = "comparison.csv"
 HALVING_JSON = "halving.json"
 SEEDS_DIR = "seeds"  # the extra seeds' runs: OUT/seeds/seed-<s>/[<model>/]<strategy>
+FOLD_PREFIX = "fold-"  # compare --folds K: OUT/<strategy>/fold-<i>, i = 1..K
+FOLDS_CSV = "folds.csv"  # compare --folds: every pooled file's fold (path, class, fold)
+RACE_JSON = "race.json"  # compare --race: the folds seen, who stopped after which fold and why
+OOF_NPZ = "oof.npz"  # compare --folds: each finalist's out-of-fold and test probabilities, and the answer's
 
 # The report, in a run or compare folder.
 REPORT_NAME = "report.html"
@@ -43,8 +48,8 @@ FORMAT_ENTRIES = (
     RUN_MARKER, LOCK_NAME, ".*.tmp", ".write-test",  # the marker, the lock, atomic writes cut short, the write probe
     CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, LAST_CKPT, BEST_CKPT, SKIPPED_CSV, "skipped.json",
     "predictions*.csv", "prediction_grid.png", "events.out.tfevents.*", "lr_find*.json", "evaluation.json",
-    "shift.json", "shift.png", DATA_FILE,
+    "shift.json", "shift.png", DATA_FILE, PROBABILITIES,
     COMPARE_PLAN, COMPARISON_CSV, COMPARISON_JSON, HALVING_JSON, REPORT_NAME, FIG_DIR, f"{FIG_DIR}/*.png",
-    "advise", "advise/*", SEEDS_DIR, "seed-*",
+    "advise", "advise/*", SEEDS_DIR, "seed-*", f"{FOLD_PREFIX}*", FOLDS_CSV, RACE_JSON, OOF_NPZ,
     "trials.csv", "sweep_summary.json", "sweep.db", "best_strategy.yaml", "best_config.yaml", "trial-*",
 )  # fmt: skip

@@ -63,7 +63,7 @@ def build(root: Path, splits: dict[str, tuple[Iterable[str], Iterable[int]]], cl
     """The fingerprint of `splits` ({split: (paths, labels)}, as `data.discover` found them under `root`)."""
     fp = Fingerprint()
     for split, (paths, labels) in splits.items():
-        fp.splits[split] = {_relative(p, root): (classes[label], _content_key(p).hex()) for p, label in
+        fp.splits[split] = {relative(p, root): (classes[label], _content_key(p).hex()) for p, label in
                             zip(paths, labels, strict=True)}  # fmt: skip
     return fp
 
@@ -73,7 +73,17 @@ def of_discovered(found: Discovered) -> Fingerprint:
     return build(found.root, {name: (f.paths, f.labels) for name, f in found.splits.items()}, found.classes)
 
 
-def _relative(path: str, root: Path) -> str:
+def resplit(fp: Fingerprint, root: Path, splits: dict[str, Iterable[str]]) -> Fingerprint:
+    """The fingerprint of `splits` ({split: paths under `root`}) from the entries `fp` already holds for those paths
+    under any split: the folds of a pool without reading a file again."""
+    entries = {rel: entry for files in fp.splits.values() for rel, entry in files.items()}
+    out = Fingerprint()
+    for split, paths in splits.items():
+        out.splits[split] = {rel: entries[rel] for rel in (relative(p, root) for p in paths)}
+    return out
+
+
+def relative(path: str, root: Path) -> str:
     try:
         rel = os.path.relpath(path, root)
     except ValueError:  # another drive (Windows): the path as is

@@ -65,7 +65,7 @@ def fold_split(found: Discovered, folds: Sequence[int], i: int) -> Discovered:
     pool = found.splits["train"]
     take = [[j for j, f in enumerate(folds) if (f == i) == own] for own in (False, True)]
     train, val = (SplitFiles(name, [pool.paths[j] for j in js], [pool.labels[j] for j in js])
-                  for name, js in zip(("train", "val"), take))  # fmt: skip
+                  for name, js in zip(("train", "val"), take, strict=True))  # fmt: skip
     splits = {"train": train, "val": val, **({"test": found.splits["test"]} if "test" in found.splits else {})}
     return replace(found, splits=splits)
 

@@ -54,8 +54,11 @@ def read_probabilities(path: str | Path) -> dict[str, SplitProbabilities]:
         with np.load(path, allow_pickle=False) as npz:
             splits = sorted({k.rsplit("_", 1)[0] for k in npz.files})
             return {
-                s: SplitProbabilities([str(p) for p in npz[f"{s}_paths"]], npz[f"{s}_labels"].astype(np.int64),
-                                      npz[f"{s}_probs"].astype(np.float64))  # fmt: skip
+                s: SplitProbabilities(
+                    [str(p) for p in npz[f"{s}_paths"]],
+                    npz[f"{s}_labels"].astype(np.int64),
+                    npz[f"{s}_probs"].astype(np.float64),
+                )  # fmt: skip
                 for s in splits
             }
     except FileNotFoundError:

@@ -196,7 +196,8 @@ def _interval_cell(split: str) -> Callable[[Row, Summary], Cell]:
 
 
 def _versus(row: Row) -> str:
-    return f"from the winner on the same {row.get('tie_split')} images (exact McNemar test)"
+    return (f"from the winner on the same {row.get('tie_split')} images (exact McNemar test, Holm-adjusted over the "
+            "strategies tested against the winner)")  # fmt: skip
 
 
 def _p_cell(row: Row, s: Summary) -> Cell:
@@ -232,11 +233,28 @@ class Column:
 
 
 COLUMNS: tuple[Column, ...] = (
+    # compare --folds: every pooled image's out-of-fold prediction, and the spread of the folds' accuracies; filled
+    # in by `comparing.crossval` (the val columns are empty there: each fold has its own val)
+    Column(
+        "oof_acc", "out-of-fold acc", value=lambda s: None, cli=("oof acc", 8, _console(".2%")), text=fmt_pct,
+        optional=True,
+    ),
+    Column(
+        "oof_acc_ci", "out-of-fold 95% CI", value=lambda s: None, cli=("oof 95% CI", 11, _console_interval),
+        text=fmt_interval, optional=True,
+    ),
+    Column(
+        "folds_acc", "val acc over folds (mean ± std)", value=lambda s: None, cli=("fold mean±sd", 12, _console_seeds),
+        text=fmt_seed_spread, optional=True,
+    ),
     Column(
         "best_val_acc", "best val acc", cli=("val acc", 8, _console(".2%")),
-        cell=lambda r, s: Cell(fmt_pct(r.get("best_val_acc")), f"best epoch {s.get('best_epoch')}"),
+        cell=lambda r, s: Cell(fmt_pct(r.get("best_val_acc")), f"best epoch {s.get('best_epoch')}"), optional=True,
     ),
-    Column("val_acc_ci", "val 95% CI", cli=("val 95% CI", 11, _console_interval), cell=_interval_cell("val")),
+    Column(
+        "val_acc_ci", "val 95% CI", cli=("val 95% CI", 11, _console_interval), cell=_interval_cell("val"),
+        optional=True,
+    ),
     Column(
         "val_acc_seeds", "val acc over seeds (mean ± std)",
         value=lambda s: None,  # filled in by `uncertainty.seed_spread` from the compare folder's seeds/
@@ -258,9 +276,13 @@ COLUMNS: tuple[Column, ...] = (
         text=lambda v: "—" if v is None else f"{float(v) * 100:+.1f} pts", optional=True,
     ),
     Column(
-        "p_vs_winner", "McNemar p vs winner",
+        "p_vs_winner", "McNemar p vs winner (Holm)",
         value=lambda s: None,  # filled in by `uncertainty.annotate` from the run folders' predictions
         cli=("p vs #1", 7, fmt_p), cell=_p_cell,
+    ),
+    Column(
+        "p_folds", "corrected t-test p vs winner over the folds (Holm)", value=lambda s: None,
+        cli=("p folds", 7, fmt_p), text=fmt_p, optional=True,
     ),
     Column(
         "tied", "tied with winner",
@@ -308,6 +330,8 @@ def rank(rows: list[Row]) -> list[Row]:
             r["time_vs_full"] = round(r["train_time_s"] / full_time - 1, 4)
 
     def val(r: Row) -> float:
+        if r.get("oof_acc") is not None:  # compare --folds: every pooled image, out of fold
+            return float(r["oof_acc"])
         return (r.get("val_acc_seeds") or [r.get("best_val_acc") or 0.0])[0]
 
     rows.sort(key=lambda r: (-val(r), r.get("train_time_s") or 0.0))
@@ -327,14 +351,22 @@ def report_cells(row: Row, summary: Summary | None, columns: list[Column] | None
     return [c.cell(row, s) if c.cell else Cell(c.text(row.get(c.key))) for c in columns or COLUMNS]
 
 
-def write_comparison(out_dir: Path, rows: list[Row]) -> None:
+def write_comparison(out_dir: Path, rows: list[Row], extra: dict[str, Any] | None = None) -> None:
+    """comparison.csv and comparison.json: the ranked rows (a list), or with `extra` (compare --folds: the folds,
+    the race, the answer) an object holding them as "rows" beside those entries."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k) for k in CSV_FIELDS})
     write_text_atomic(out_dir / COMPARISON_CSV, buf.getvalue())
-    write_text_atomic(out_dir / COMPARISON_JSON, json.dumps(rows, indent=2))
+    doc: Any = {"rows": rows, **extra} if extra else rows
+    write_text_atomic(out_dir / COMPARISON_JSON, json.dumps(doc, indent=2))
+
+
+def comparison_rows(doc: Any) -> Any:
+    """The rows of a comparison.json: the list itself, or a cross-validated comparison's "rows"."""
+    return doc.get("rows") if isinstance(doc, dict) else doc
 
 
 def format_table(rows: list[Row]) -> str:

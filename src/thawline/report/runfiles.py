@@ -13,9 +13,17 @@ from typing import Any
 
 from thawline.core.config import read_yaml
 from thawline.core.errors import ThawlineError
-from thawline.core.runformat import COMPARE_PLAN, COMPARISON_JSON, CONFIG_FILE, METRICS_FILE, PREDICTIONS, SUMMARY_FILE
+from thawline.core.runformat import (
+    COMPARE_PLAN,
+    COMPARISON_JSON,
+    CONFIG_FILE,
+    FOLD_PREFIX,
+    METRICS_FILE,
+    PREDICTIONS,
+    SUMMARY_FILE,
+)
 from thawline.report.metrics import Predictions, read_predictions
-from thawline.report.ranking import grid_name, rank, row_from_summary, run_subdir
+from thawline.report.ranking import comparison_rows, grid_name, rank, row_from_summary, run_subdir
 from thawline.report.uncertainty import seed_spread
 
 
@@ -110,7 +118,7 @@ def folder_kind(folder: Path) -> str:
 
 def _resolve_subrun(folder: Path, strategy: str, run_dir: str | None) -> Path:
     """The sub-run folder inside `folder` (so a moved compare folder still works), else the recorded path."""
-    candidates = [folder / run_subdir(strategy)]
+    candidates = [folder / run_subdir(strategy), folder / run_subdir(strategy) / f"{FOLD_PREFIX}1"]
     if run_dir:
         candidates += [folder / Path(run_dir).name, Path(run_dir)]
     for c in candidates:
@@ -161,7 +169,7 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
                 rows.append(row_from_summary(name, path, runs[name].summary))
         return kind, rank(rows), runs, notes
 
-    table = _read_json(folder / COMPARISON_JSON, notes)
+    table = comparison_rows(_read_json(folder / COMPARISON_JSON, notes))
     spec = _read_yaml(folder / COMPARE_PLAN) or {}
     if isinstance(table, list) and table and all(isinstance(r, dict) and "strategy" in r for r in table):
         rows = [dict(r) for r in table]

@@ -82,6 +82,17 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)  # exact integers; int / int is correctly rounded
 
 
+def holm(pvalues: Any) -> list[float]:
+    """Holm's step-down adjusted p-values (statsmodels' `multipletests`), in the given order; [] for none: several
+    strategies tested against one winner would otherwise find a "significant" difference by chance."""
+    pvalues = list(pvalues)
+    if not pvalues:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(p) for p in multipletests(pvalues, method="holm")[1]]
+
+
 @dataclass(frozen=True)
 class Paired:
     """A paired comparison of two models on the same n samples."""
@@ -188,8 +199,9 @@ def fmt_p(p: float | None) -> str:
 
 
 def mark_ties(rows: list[dict[str, Any]], correctness: Mapping[str, Mapping[str, Any]]) -> Verdict | None:
-    """Mark every ranked row against the winner (rows[0]): `p_vs_winner` (exact McNemar p), `tied` (True when
-    p >= 0.05, False when significant, None for the winner and for a run without paired predictions) and
+    """Mark every ranked row against the winner (rows[0]): `p_vs_winner` (exact McNemar p, Holm-adjusted over the
+    strategies tested), `tied` (True when that p >= 0.05, False when significant, None for the winner and for a run
+    without paired predictions) and
     `tie_split`. `correctness[strategy][split]` is a `Correctness` or a 0/1 array. The test split is used when
     every run has it, else val. Returns the verdict (None for fewer than two rows)."""
     for r in rows:
@@ -207,21 +219,25 @@ def mark_ties(rows: list[dict[str, Any]], correctness: Mapping[str, Mapping[str,
         verdict.untested = names[1:]
         return verdict
     winner = per_run[names[0]][split]
-    for r in rows[1:]:
+    tests: dict[int, Paired] = {}
+    for i, r in enumerate(rows[1:], 1):
         own = per_run[r["strategy"]].get(split)
         pair = _align(winner, own) if own is not None else None
         r["tie_split"] = split
         if pair is None:
             verdict.untested.append(r["strategy"])
-            continue
-        test = mcnemar(*pair)
-        r["p_vs_winner"] = test.p
-        r["tied"] = test.p >= ALPHA
+        else:
+            tests[i] = mcnemar(*pair)
+    for i, p in zip(tests, holm(t.p for t in tests.values()), strict=True):  # Holm over the strategies tested
+        r = rows[i]
+        r["p_vs_winner"] = p
+        r["tied"] = p >= ALPHA
         if r["tied"]:
             verdict.tied.append(r["strategy"])
-        if r is rows[1]:
+        if i == 1:
+            test = tests[i]
             verdict.n, verdict.winner_only, verdict.runner_up_only, verdict.p = (
-                test.n, test.first_only, test.second_only, test.p,
+                test.n, test.first_only, test.second_only, p,
             )  # fmt: skip
     rows[0]["tie_split"] = split
     return verdict
@@ -239,7 +255,7 @@ def verdict_line(v: Verdict | None) -> str | None:
     verdict = "significant" if v.significant else "not significant (tied)"
     line = (
         f"{head}: they differ by {diff} image{'s' if diff != 1 else ''} of {v.n} on {v.split} "
-        f"({v.winner_only} vs {v.runner_up_only} right only by one of them), McNemar p={fmt_p(v.p)}: {verdict}"
+        f"({v.winner_only} vs {v.runner_up_only} right only by one of them), McNemar p={fmt_p(v.p)} (Holm): {verdict}"
     )
     others = [n for n in v.tied or [] if n != v.runner_up]
     if others:

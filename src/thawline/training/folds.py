@@ -4,7 +4,7 @@ sharing the pool's decoded rows (and so its feature caches' keys per subset)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,9 +22,15 @@ class FoldedData:
     pool: PreparedData
     folds: list[int]
     k: int
+    _made: dict[int, PreparedData] = field(default_factory=dict, repr=False)
 
     def fold(self, i: int) -> PreparedData:
         """Fold i: train on the other folds' decoded images, validate on fold i's; test as it is."""
+        if i not in self._made:
+            self._made[i] = self._cut(i)
+        return self._made[i]
+
+    def _cut(self, i: int) -> PreparedData:
         found = fold_split(self.pool.discovered, self.folds, i)
         pool = self.pool.splits["train"]
         fold_of = dict(zip(self.pool.discovered.splits["train"].paths, self.folds, strict=True))
@@ -56,4 +62,3 @@ def prepare_folds(config: TrainConfig, k: int, quiet: bool = False) -> FoldedDat
     entries = data.fingerprint.splits["train"]
     keys = [entries[fingerprint.relative(p, data.discovered.root)][1] for p in files.paths]
     return FoldedData(data, assign_folds(keys, files.labels, k), k)
-

@@ -27,6 +27,7 @@ from thawline.data.cache_store import default_cache_dir
 from thawline.data.discovery import Discovered, discover
 from thawline.data.files import SPLITS, Skipped
 from thawline.data.fingerprint import Fingerprint
+from thawline.data.folds import pooled
 from thawline.data.image_cache import ImageCache, build_image_cache
 from thawline.data.leakage import check_leakage
 from thawline.models.depthwise import use_fast_depthwise
@@ -83,6 +84,7 @@ class PreparedData:
     skipped: list[tuple[str, str]]
     # every file's split, path, class and content key (a run's data.csv): taken at discovery by prepare_data
     _fingerprint: Fingerprint | None = field(default=None, repr=False)
+    fold: tuple[int, int] | None = None  # (i, K): fold i of a K-fold comparison, its val the fold's images
 
     @property
     def classes(self) -> list[str]:
@@ -99,7 +101,8 @@ class PreparedData:
         """num_train / num_val / num_test and the shares held out of train (`held_out`: {"val": 0.2}, empty when
         every split has its folder), as config.yaml and summary.json record them."""
         counts: dict[str, Any] = {f"num_{s}": len(self.splits[s]) if s in self.splits else 0 for s in SPLITS}
-        return {**counts, "held_out": dict(self.discovered.held_out)}
+        fold = {"fold": self.fold[0] + 1, "folds": self.fold[1]} if self.fold else {}
+        return {**counts, "held_out": dict(self.discovered.held_out), **fold}
 
 
 def data_settings(model: nn.Module, config: TrainConfig) -> tuple[int, str, tuple, tuple]:
@@ -144,9 +147,12 @@ def discover_data(config: TrainConfig) -> tuple[Discovered, int, str]:
     return found, img_size, interpolation
 
 
-def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
-    """Discover the folder and decode every image once at the model's input size (reused across runs)."""
+def prepare_data(config: TrainConfig, quiet: bool = False, *, pool: bool = False) -> PreparedData:
+    """Discover the folder and decode every image once at the model's input size (reused across runs); `pool`:
+    train and val pooled as train (`data.folds.pooled`), the folds of `compare --folds` cut from it."""
     found, img_size, interpolation = discover_data(config)
+    if pool:
+        found = pooled(found)
     data_print = fingerprint.of_discovered(found)  # the files as found, before decoding reads them at length
 
     splits: dict[str, SplitData] = {}
@@ -163,6 +169,7 @@ def prepare_data(config: TrainConfig, quiet: bool = False) -> PreparedData:
     if not quiet and distributed.rank() == 0:
         counts = ", ".join(f"{len(split)} {name}" for name, split in splits.items())
         held_out = found.held_out_line()
+        counts = counts.replace(" train", " train and val pooled for the folds") if pool else counts
         print(f"data: {found.root}: {len(found.classes)} classes; {counts} images at {img_size} px"
               + (f"; {held_out}" if held_out else ""), flush=True)  # fmt: skip
     return PreparedData(found, img_size, interpolation, splits, skipped, data_print)

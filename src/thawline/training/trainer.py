@@ -33,6 +33,7 @@ from thawline.core.runformat import (
     LAST_CKPT,
     METRICS_FILE,
     PREDICTIONS,
+    PROBABILITIES,
     SUMMARY_FILE,
     VAL_PREDICTIONS,
 )
@@ -41,6 +42,7 @@ from thawline.models import headfit
 from thawline.models.stages import apply_freezing, split_at
 from thawline.report.metrics import read_predictions, write_predictions
 from thawline.report.plots_predictions import GRID_NAME, plot_prediction_grid
+from thawline.report.probabilities import write_probabilities
 from thawline.training import distributed, engine, runtime
 from thawline.training.checkpoint import link_checkpoint, load_checkpoint, save_checkpoint
 from thawline.training.lrfind import LRFindResult, lr_find, resolve_auto_lr, write_lr_find
@@ -462,6 +464,10 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
                 run.out / VAL_PREDICTIONS, "val", setup.data.splits["val"].paths, val.labels.numpy(),
                 val.logits.numpy(), setup.data.classes,
             )  # fmt: skip
+        probs = {"val": (setup.data.splits["val"].paths, val.labels.numpy(), val.logits.numpy())}
+        if eval_split == "test":
+            probs["test"] = (split.paths, result.labels.numpy(), result.logits.numpy())
+        write_probabilities(run.out / PROBABILITIES, probs)  # out-of-fold predictions, ensembles
     summary = _summary(run, loop, val, result if eval_split == "test" else None, eval_split, started)
     if run.main:
         write_text_atomic(run.out / SUMMARY_FILE, json.dumps(summary, indent=2))
