@@ -19,6 +19,7 @@ from thawline.core.errors import ThawlineError
 from thawline.core.runformat import CONFIG_FILE, SUMMARY_FILE
 from thawline.data.batches import Normalize
 from thawline.data.images import decode_resized
+from thawline.deploy.answer import AnswerEnsemble, member_runs, read_answer
 from thawline.models.multidepth import install_multidepth_head
 from thawline.models.stages import stage_map
 from thawline.models.weights import check_model_name
@@ -54,6 +55,22 @@ def run_folder(run_dir: str | os.PathLike) -> Path:
 
 
 def load_run(
+    run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode with the checkpoint's weights, the run's resolved config) for a run folder or .pt file;
+    for the folder of a cross-validated comparison, its answer (`answer.AnswerEnsemble` over its fold models, the
+    first one's config with `answer` added)."""
+    answer = read_answer(Path(run_dir))
+    if answer is None:
+        return load_one_run(run_dir, which, device)
+    loaded = [(load_one_run(run, which, device), weight) for run, weight in member_runs(Path(run_dir), answer)]
+    model = AnswerEnsemble([m for (m, _), _ in loaded], [w for _, w in loaded]).to(device).eval()
+    cfg = {**loaded[0][0][1], "answer": {k: answer[k] for k in ("kind", "members", "oof_acc", "test_acc")},
+           "strategy": "+".join(answer["members"]), "checkpoint": str(Path(run_dir))}  # fmt: skip
+    return model, cfg
+
+
+def load_one_run(
     run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode with the checkpoint's weights, the run's resolved config) for a run folder or .pt file."""

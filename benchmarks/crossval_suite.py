@@ -1,0 +1,132 @@
+"""The cross-validated answer against the plain compare on tasks of the benchmark suite (benchmarks/suite/build.py).
+
+    python benchmarks/crossval_suite.py --data /tmp/suite --tasks count-shapes,digits --out runs/cv-suite
+
+Per task, back to back in this process, on the task's train/val/test folders with the suite's settings
+(tf_efficientnet_lite0, embedded weights, the task's img_size, epochs and flips, batch 32):
+(1) the plain compare of all seven strategies: each strategy's test accuracy, the pick by val accuracy, wall time;
+(2) `compare --folds K --race` (K = 5 unless given): its pick (best out-of-fold accuracy), its answer (ensemble or
+    strategy) and that answer's test accuracy, the finalists' fold-averaged members' test accuracies, wall time.
+Regret of a pick = the best plain test accuracy of any strategy minus the picked strategy's plain test accuracy: how
+much choosing cost, measured on the same trained runs for both picks. The best fixed rule ("always answer s") is
+chosen leave-one-task-out on the tasks run: for each task, s minimises the mean regret on the others.
+Results: OUT/crossval_suite.json (rewritten after every task) with machine, date, command and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import thawline
+
+MODEL, WEIGHTS, BATCH = "tf_efficientnet_lite0", "default", 32
+STRATEGIES = ("head-only", "two-phase", "layer-wise", "partial", "gradual", "full", "scratch")
+
+
+def task_config(task_dir: Path, manifest: dict[str, Any], cache: Path) -> Any:
+    return thawline.make_config(data=str(task_dir), model=MODEL, weights=WEIGHTS, img_size=manifest["img_size"],
+                                epochs=manifest["epochs"], batch_size=BATCH, hflip=bool(manifest.get("hflip", True)),
+                                cache_dir=str(cache))  # fmt: skip
+
+
+def run_task(task_dir: Path, out: Path, folds: int, race: bool) -> dict[str, Any]:
+    manifest = json.loads((task_dir / "manifest.json").read_text())
+    row: dict[str, Any] = {"task": manifest["task"], "counts": manifest.get("counts"), "epochs": manifest["epochs"],
+                           "img_size": manifest["img_size"], "load_before": os.getloadavg()}  # fmt: skip
+    cache = out / "cache" / manifest["task"]
+    shutil.rmtree(cache, ignore_errors=True)
+    cfg = task_config(task_dir, manifest, cache)
+    started = time.perf_counter()
+    plain = thawline.compare(cfg, list(STRATEGIES), out / "runs" / manifest["task"] / "plain", quiet=True)
+    row["plain_wall_s"] = round(time.perf_counter() - started, 1)
+    shutil.rmtree(cache, ignore_errors=True)  # each compare pays for its own decoding and feature passes
+    test = {r["strategy"]: r["test_acc"] for r in plain.rows}
+    row["plain_test"] = test
+    row["plain_pick"] = plain.winner
+    started = time.perf_counter()
+    cv = thawline.compare(cfg, list(STRATEGIES), out / "runs" / manifest["task"] / "folds", quiet=True, folds=folds,
+                          race=race)  # fmt: skip
+    row["folds_wall_s"] = round(time.perf_counter() - started, 1)
+    shutil.rmtree(cache, ignore_errors=True)
+    row["folds_pick"] = cv.winner
+    row["answer"] = {k: v for k, v in (cv.answer or {}).items() if k != "runs"}
+    row["members_test"] = {r["strategy"]: r.get("test_acc") for r in cv.rows}
+    row["stopped"] = sorted(set(STRATEGIES) - {r["strategy"] for r in cv.rows})
+    best = max(test.values())
+    row["best_plain_test"] = best
+    row["regret_plain_pick"] = round(best - test[plain.winner], 6)
+    row["regret_folds_pick"] = round(best - test[cv.winner], 6)
+    row["cost_ratio"] = round(row["folds_wall_s"] / row["plain_wall_s"], 2)
+    row["load_after"] = os.getloadavg()
+    return row
+
+
+def fixed_rule_loo(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each task: the constant strategy with the least mean regret on the other tasks, and its regret here."""
+    out = []
+    for i, row in enumerate(rows):
+        others = [r for j, r in enumerate(rows) if j != i] or [row]
+        rule = min(STRATEGIES, key=lambda s: sum(r["best_plain_test"] - r["plain_test"][s] for r in others))
+        out.append({"task": row["task"], "rule": rule,
+                    "regret": round(row["best_plain_test"] - row["plain_test"][rule], 6)})  # fmt: skip
+    return out
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(xs: list[float]) -> float:
+        return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
+    loo = fixed_rule_loo(rows)
+    answer_vs_best = [r["answer"].get("test_acc", 0) - r["best_plain_test"] for r in rows]
+    answer_vs_member = [r["answer"].get("test_acc", 0) - max(v for v in r["members_test"].values() if v is not None)
+                        for r in rows]  # fmt: skip
+    return {
+        "tasks": len(rows),
+        "regret_plain_pick": {"mean": mean([r["regret_plain_pick"] for r in rows]),
+                              "max": max(r["regret_plain_pick"] for r in rows)},
+        "regret_folds_pick": {"mean": mean([r["regret_folds_pick"] for r in rows]),
+                              "max": max(r["regret_folds_pick"] for r in rows)},
+        "fixed_rule_loo": {"mean": mean([x["regret"] for x in loo]), "max": max(x["regret"] for x in loo), "per_task": loo},
+        "answer_minus_best_plain_strategy": {"mean": mean(answer_vs_best), "at_least_equal": sum(d >= 0 for d in answer_vs_best)},
+        "answer_minus_best_member": {"mean": mean(answer_vs_member), "at_least_equal": sum(d >= 0 for d in answer_vs_member)},
+        "cost_ratio": {"mean": mean([r["cost_ratio"] for r in rows]), "each": [r["cost_ratio"] for r in rows]},
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="the suite folder (benchmarks/suite/build.py --out DIR)")
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--no-race", dest="race", action="store_false")
+    p.add_argument("--out", default="runs/crossval-suite")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": " ".join(["python", *sys.argv]), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "folds": args.folds, "race": args.race,
+            "model": MODEL, "thawline": thawline.__version__ if hasattr(thawline, "__version__") else None}  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        rows.append(run_task(Path(args.data) / task, out, args.folds, args.race))
+        r = rows[-1]
+        print(f"[{task}] plain pick {r['plain_pick']} (regret {r['regret_plain_pick']:.3f}), folds pick "
+              f"{r['folds_pick']} (regret {r['regret_folds_pick']:.3f}); answer {r['answer'].get('kind')} test "
+              f"{r['answer'].get('test_acc')} vs best plain {r['best_plain_test']}; cost {r['cost_ratio']}x", flush=True)
+        doc = {"meta": meta, "tasks": rows, "summary": summary(rows)}
+        (out / "crossval_suite.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(summary(rows), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
