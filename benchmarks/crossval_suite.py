@@ -95,9 +95,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                               "max": max(r["regret_plain_pick"] for r in rows)},
         "regret_folds_pick": {"mean": mean([r["regret_folds_pick"] for r in rows]),
                               "max": max(r["regret_folds_pick"] for r in rows)},
-        "fixed_rule_loo": {"mean": mean([x["regret"] for x in loo]), "max": max(x["regret"] for x in loo), "per_task": loo},
-        "answer_minus_best_plain_strategy": {"mean": mean(answer_vs_best), "at_least_equal": sum(d >= 0 for d in answer_vs_best)},
-        "answer_minus_best_member": {"mean": mean(answer_vs_member), "at_least_equal": sum(d >= 0 for d in answer_vs_member)},
+        "fixed_rule_loo": {"mean": mean([x["regret"] for x in loo]), "max": max(x["regret"] for x in loo),
+                           "per_task": loo},
+        "answer_minus_best_plain_strategy": {"mean": mean(answer_vs_best),
+                                             "at_least_equal": sum(d >= 0 for d in answer_vs_best)},
+        "answer_minus_best_member": {"mean": mean(answer_vs_member),
+                                     "at_least_equal": sum(d >= 0 for d in answer_vs_member)},
         "cost_ratio": {"mean": mean([r["cost_ratio"] for r in rows]), "each": [r["cost_ratio"] for r in rows]},
     }  # fmt: skip
 
