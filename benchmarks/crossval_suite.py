@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"[{task}] plain pick {r['plain_pick']} (regret {r['regret_plain_pick']:.3f}), folds pick "
               f"{r['folds_pick']} (regret {r['regret_folds_pick']:.3f}); answer {r['answer'].get('kind')} test "
-              f"{r['answer'].get('test_acc')} vs best plain {r['best_plain_test']}; cost {r['cost_ratio']}x", flush=True)
+              f"{r['answer'].get('test_acc')} vs best plain {r['best_plain_test']}; cost {r['cost_ratio']}x")
         doc = {"meta": meta, "tasks": rows, "summary": summary(rows)}
         (out / "crossval_suite.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(summary(rows), indent=2))

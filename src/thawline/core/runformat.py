@@ -47,8 +47,8 @@ COMPARE_FILES = (COMPARE_PLAN, COMPARISON_JSON)
 FORMAT_ENTRIES = (
     RUN_MARKER, LOCK_NAME, ".*.tmp", ".write-test",  # the marker, the lock, atomic writes cut short, the write probe
     CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, LAST_CKPT, BEST_CKPT, SKIPPED_CSV, "skipped.json",
-    "predictions*.csv", "prediction_grid.png", "events.out.tfevents.*", "lr_find*.json", "evaluation*.json", "evaluation_*.csv",
-    "model.onnx", "preprocessing.json",
+    "predictions*.csv", "prediction_grid.png", "events.out.tfevents.*", "lr_find*.json",
+    "evaluation*.json", "evaluation_*.csv", "model.onnx", "preprocessing.json",
     "shift.json", "shift.png", DATA_FILE, PROBABILITIES,
     COMPARE_PLAN, COMPARISON_CSV, COMPARISON_JSON, HALVING_JSON, REPORT_NAME, FIG_DIR, f"{FIG_DIR}/*.png",
     "advise", "advise/*", SEEDS_DIR, "seed-*", f"{FOLD_PREFIX}*", FOLDS_CSV, RACE_JSON, OOF_NPZ,
