@@ -319,3 +319,30 @@ def test_a_plain_comparison_keeps_its_list_format(tmp_path: Path) -> None:
     thawline.compare(tiny_config(data, epochs=1), ["head-only"], tmp_path / "cmp", quiet=True)
     assert isinstance(json.loads((tmp_path / "cmp" / "comparison.json").read_text()), list)
     assert (tmp_path / "cmp" / "head-only" / "probabilities.npz").is_file()
+
+
+def test_the_report_shows_the_answer_and_keeps_the_out_of_fold_ties(crossval) -> None:
+    root, result = crossval
+    from thawline.report.build import build_report
+
+    page = build_report(root / "cmp").read_text()
+    assert 'id="answer"' in page and "Caruana" in page and "out-of-fold acc" in page
+    assert f"thawline predict {(root / 'cmp').resolve()}" in page
+    assert "(3 folds)" in page and "Ranked by out-of-fold accuracy" in page
+    doc = json.loads((root / "cmp" / "comparison.json").read_text())
+    tied = [r["strategy"] for r in doc["rows"] if r["tied"]]
+    for name in tied:  # the badge from comparison.json's out-of-fold tests, not from fold 1's test predictions
+        assert f'data-strategy="{name}"' in page
+
+
+def test_the_cli_prints_the_table_the_race_and_the_answer(tmp_path: Path, capsys) -> None:
+    data = make_image_folder(tmp_path / "data", {"train": 6, "val": 2, "test": 3})
+    code = main(["compare", "--data", str(data), "--model", "test_efficientnet", "--weights", "none", "--img-size",
+                 "32", "--epochs", "1", "--batch-size", "8", "--min-steps", "0", "--head-steps", "0",
+                 "--strategies", "head-only,scratch", "--folds", "2", "--race", "--out", str(tmp_path / "cmp")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "oof acc" in out and "fold mean±sd" in out and "answer: " in out
+    assert "forward passes an image" in out and str(tmp_path / "cmp" / "report.html") in out
+    plan = (tmp_path / "cmp" / "compare.yaml").read_text()
+    assert "folds: 2" in plan and "race: true" in plan

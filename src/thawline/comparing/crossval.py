@@ -32,6 +32,7 @@ from thawline.data.names import folder_name
 from thawline.report.crossval import (
     MIN_RACE_FOLDS,
     Drop,
+    answer_line,
     corrected_t_test,
     ensemble_selection,
     race_drops,
@@ -242,21 +243,6 @@ def verdict_lines(rows: list[dict[str, Any]], answer: dict[str, Any], stopped: d
         lines.append("stopped by --race (not ranked): " + ", ".join(parts))
     lines.append(answer_line(answer))
     return lines
-
-
-def answer_line(answer: dict[str, Any]) -> str:
-    test = f", test {answer['test_acc']:.2%}" if answer.get("test_acc") is not None else ""
-    single = answer["single"]
-    if answer["kind"] == "ensemble":
-        parts = " + ".join(f"{n} {w:.2f}" for n, w in answer["members"].items())
-        single_test = f", test {single['test_acc']:.2%}" if single.get("test_acc") is not None else ""
-        return (f"answer: ensemble {parts} (out-of-fold acc {answer['oof_acc']:.2%}{test}; "
-                f"{single['strategy']} alone {single['oof_acc']:.2%}{single_test}); "
-                f"{answer['forward_passes']} forward passes an image")  # fmt: skip
-    return (
-        f"answer: {single['strategy']} (out-of-fold acc {answer['oof_acc']:.2%}{test}; no ensemble of the "
-        f"strategies beat it out of fold); {answer['forward_passes']} forward passes an image (its fold models)"
-    )
 
 
 def write_folds_csv(out_dir: Path, folded: FoldedData) -> None:

@@ -40,6 +40,7 @@ from thawline.report.sections import (
     _slug,
     _tie_sentence,
     _trial_display,
+    crossval_section,
 )
 from thawline.report.uncertainty import RESAMPLES, annotate
 
@@ -74,7 +75,11 @@ def _template():
 def render(folder: Path, figdir: Path) -> str:
     """Write every figure into `figdir` and return the page's HTML."""
     kind, rows, runs, notes = load_folder(folder)
-    verdict, uncertainty_notes = annotate(rows, {name: run.run_dir for name, run in runs.items()})
+    crossval = crossval_section(folder) if kind == "compare" else None
+    if crossval is None:
+        verdict, uncertainty_notes = annotate(rows, {name: run.run_dir for name, run in runs.items()})
+    else:  # the ties of a cross-validated comparison are on its out-of-fold predictions, in comparison.json
+        verdict, uncertainty_notes = None, []
     spec = _read_yaml(folder / COMPARE_PLAN) if kind == "compare" else None
     trials = _trial_display(read_trials(folder, [])) if kind == "sweep" else None
     columns = shown_columns(rows)
@@ -150,6 +155,7 @@ def render(folder: Path, figdir: Path) -> str:
         shift=shift,
         has_full=any(split_name(r["strategy"])[1] == "full" for r in rows),
         trials=trials,
+        crossval=crossval,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -138,3 +139,18 @@ def ensemble_selection(probs: Mapping[str, np.ndarray], labels: np.ndarray, roun
 def weighted_probs(members: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
     """The ensemble's probabilities: the weighted mean of its members'."""
     return sum(w * np.asarray(members[m], dtype=np.float64) for m, w in weights.items())  # type: ignore[return-value]
+
+
+def answer_line(answer: dict[str, Any]) -> str:
+    test = f", test {answer['test_acc']:.2%}" if answer.get("test_acc") is not None else ""
+    single = answer["single"]
+    if answer["kind"] == "ensemble":
+        parts = " + ".join(f"{n} {w:.2f}" for n, w in answer["members"].items())
+        single_test = f", test {single['test_acc']:.2%}" if single.get("test_acc") is not None else ""
+        return (f"answer: ensemble {parts} (out-of-fold acc {answer['oof_acc']:.2%}{test}; "
+                f"{single['strategy']} alone {single['oof_acc']:.2%}{single_test}); "
+                f"{answer['forward_passes']} forward passes an image")  # fmt: skip
+    return (
+        f"answer: {single['strategy']} (out-of-fold acc {answer['oof_acc']:.2%}{test}; no ensemble of the "
+        f"strategies beat it out of fold); {answer['forward_passes']} forward passes an image (its fold models)"
+    )

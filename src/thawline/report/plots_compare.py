@@ -19,7 +19,9 @@ def _max_trainable(row: dict[str, Any]) -> float | None:
 
 
 def plot_tradeoffs(rows: list[dict[str, Any]], path: Path) -> None:
-    """Best val accuracy against wall time and against trainable parameters; one labelled point per strategy."""
+    """Best val accuracy (out-of-fold accuracy in a cross-validated comparison) against wall time and against
+    trainable parameters; one labelled point per strategy."""
+    folds = any(r.get("oof_acc") is not None for r in rows)
     fig = _figure(9.0, 3.6)
     ax_time, ax_params = fig.subplots(1, 2, sharey=True)
     for ax, xs, xlabel in (
@@ -27,7 +29,7 @@ def plot_tradeoffs(rows: list[dict[str, Any]], path: Path) -> None:
         (ax_params, [_max_trainable(r) for r in rows], "trainable parameters (largest phase)"),
     ):
         for r, x in zip(rows, xs, strict=True):
-            y = r.get("best_val_acc")
+            y = r.get("oof_acc" if folds else "best_val_acc")
             if x is None or y is None:
                 continue
             winner = r.get("rank") == 1
@@ -46,7 +48,7 @@ def plot_tradeoffs(rows: list[dict[str, Any]], path: Path) -> None:
         ax.margins(x=0.2, y=0.15)
     if any(_max_trainable(r) for r in rows):
         ax_params.set_xscale("log")
-    ax_time.set_ylabel("best val accuracy")
+    ax_time.set_ylabel("out-of-fold accuracy" if folds else "best val accuracy")
     _pct_axis(ax_time)
     fig.suptitle("accuracy vs cost", fontsize=11)
     save_figure(fig, path)

@@ -127,12 +127,12 @@ def _console_params(per_phase: Any) -> str:
     return fmt_phase_counts(counts, arrow="→") if counts else "-"
 
 
-def fmt_seed_spread(v: Any, unit: str = "%") -> str:
+def fmt_seed_spread(v: Any, unit: str = "%", of: str = "seeds") -> str:
     """[mean, std, n] as '91.2 ± 0.4% (3 seeds)'; '—' with one seed."""
     if not v:
         return "—"
     mean, std, n = v
-    return f"{mean * 100:.1f} ± {std * 100:.1f}{unit} ({n} seeds)"
+    return f"{mean * 100:.1f} ± {std * 100:.1f}{unit} ({n} {of})"
 
 
 def _console_seeds(v: Any) -> str:
@@ -245,7 +245,7 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         "folds_acc", "val acc over folds (mean ± std)", value=lambda s: None, cli=("fold mean±sd", 12, _console_seeds),
-        text=fmt_seed_spread, optional=True,
+        text=lambda v: fmt_seed_spread(v, of="folds"), optional=True,
     ),
     Column(
         "best_val_acc", "best val acc", cli=("val acc", 8, _console(".2%")),

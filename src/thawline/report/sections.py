@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from thawline.core.atomic import WriteFailed, atomic_path
-from thawline.core.runformat import FIG_DIR, HALVING_JSON, PREDICTIONS
+from thawline.core.runformat import COMPARISON_JSON, FIG_DIR, HALVING_JSON, PREDICTIONS
 from thawline.data.shift import read_shift
 from thawline.report.advice import ADVICE_DIR, FIGURE, SKIPPED_JSON, advice_html, load_advice
+from thawline.report.crossval import answer_line
 from thawline.report.metrics import (
     ClassMetrics,
     accuracy,
@@ -348,3 +349,28 @@ def _advice_section(folder: Path, figdir: Path, skipped: list[dict[str, str]]) -
 
 def _fmt_drift(v: Any) -> str:
     return "—" if v is None else f"{float(v):.4f}"
+
+
+def crossval_section(folder: Path) -> dict[str, Any] | None:
+    """The answer of a cross-validated comparison (comparison.json's `answer` and `race`), or None for any other."""
+    try:
+        doc = json.loads((folder / COMPARISON_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("answer"), dict):
+        return None
+    answer, race = doc["answer"], doc.get("race") or {}
+    stopped = sorted((race.get("stopped") or {}).items(), key=lambda kv: kv[1].get("after_fold", 0))
+    test = answer.get("test_acc")
+    single = answer.get("single") or {}
+    note = (f"On the test split, measured once at the end: the answer {fmt_pct(test)}, {single.get('strategy')} "
+            f"alone {fmt_pct(single.get('test_acc'))}." if test is not None else
+            "The data has no test split: the out-of-fold accuracy is the estimate.")  # fmt: skip
+    return {
+        "headline": answer_line(answer).removeprefix("answer: "),
+        "folds": doc.get("folds"),
+        "passes": answer.get("forward_passes"),
+        "test_note": note,
+        "min_folds": race.get("min_folds"),
+        "stopped": [{"name": n, "after_fold": d.get("after_fold"), "why": d.get("why")} for n, d in stopped],
+    }
