@@ -329,6 +329,9 @@ def test_the_report_shows_the_answer_and_keeps_the_out_of_fold_ties(crossval) ->
     assert 'id="answer"' in page and "Caruana" in page and "out-of-fold acc" in page
     assert f"thawline predict {(root / 'cmp').resolve()}" in page
     assert "(3 folds)" in page and "Ranked by out-of-fold accuracy" in page
+    assert "<th>best val acc</th>" not in page and "<th>val 95% CI</th>" not in page  # each fold has its own val
+    header = (root / "cmp" / "comparison.csv").read_text().splitlines()[0]
+    assert header.startswith("rank,strategy,best_val_acc") and header.endswith("run_dir,oof_acc,oof_acc_ci,folds_acc,p_folds")
     doc = json.loads((root / "cmp" / "comparison.json").read_text())
     tied = [r["strategy"] for r in doc["rows"] if r["tied"]]
     for name in tied:  # the badge from comparison.json's out-of-fold tests, not from fold 1's test predictions

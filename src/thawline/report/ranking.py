@@ -249,12 +249,9 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         "best_val_acc", "best val acc", cli=("val acc", 8, _console(".2%")),
-        cell=lambda r, s: Cell(fmt_pct(r.get("best_val_acc")), f"best epoch {s.get('best_epoch')}"), optional=True,
+        cell=lambda r, s: Cell(fmt_pct(r.get("best_val_acc")), f"best epoch {s.get('best_epoch')}"),
     ),
-    Column(
-        "val_acc_ci", "val 95% CI", cli=("val 95% CI", 11, _console_interval), cell=_interval_cell("val"),
-        optional=True,
-    ),
+    Column("val_acc_ci", "val 95% CI", cli=("val 95% CI", 11, _console_interval), cell=_interval_cell("val")),
     Column(
         "val_acc_seeds", "val acc over seeds (mean ± std)",
         value=lambda s: None,  # filled in by `uncertainty.seed_spread` from the compare folder's seeds/
@@ -306,7 +303,11 @@ COLUMNS: tuple[Column, ...] = (
     ),
 )  # fmt: skip
 
-CSV_FIELDS = ("rank", "strategy", *(c.key for c in COLUMNS), "run_dir")
+# A cross-validated comparison's own columns (out of fold, over the folds): its val columns are empty, and a plain
+# comparison's comparison.csv keeps its columns and their order (the folds' come last, and only with folds).
+FOLDS_KEYS = ("oof_acc", "oof_acc_ci", "folds_acc", "p_folds")
+PLAIN_VAL_KEYS = ("best_val_acc", "val_acc_ci")
+CSV_FIELDS = ("rank", "strategy", *(c.key for c in COLUMNS if c.key not in FOLDS_KEYS), "run_dir")
 
 
 def row_from_summary(name: str, run_dir: Path | str, summary: Summary) -> Row:
@@ -342,7 +343,11 @@ def rank(rows: list[Row]) -> list[Row]:
 
 def shown_columns(rows: list[Row]) -> list[Column]:
     """Every column, less the optional ones that no row has a value for."""
-    return [c for c in COLUMNS if not c.optional or any(r.get(c.key) is not None for r in rows)]
+    folds = any(r.get("oof_acc") is not None for r in rows)
+    return [
+        c for c in COLUMNS
+        if (not c.optional or any(r.get(c.key) is not None for r in rows)) and not (folds and c.key in PLAIN_VAL_KEYS)
+    ]  # fmt: skip
 
 
 def report_cells(row: Row, summary: Summary | None, columns: list[Column] | None = None) -> list[Cell]:
@@ -354,11 +359,12 @@ def report_cells(row: Row, summary: Summary | None, columns: list[Column] | None
 def write_comparison(out_dir: Path, rows: list[Row], extra: dict[str, Any] | None = None) -> None:
     """comparison.csv and comparison.json: the ranked rows (a list), or with `extra` (compare --folds: the folds,
     the race, the answer) an object holding them as "rows" beside those entries."""
+    fields = CSV_FIELDS + FOLDS_KEYS if any(r.get("oof_acc") is not None for r in rows) else CSV_FIELDS
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for r in rows:
-        w.writerow({k: r.get(k) for k in CSV_FIELDS})
+        w.writerow({k: r.get(k) for k in fields})
     write_text_atomic(out_dir / COMPARISON_CSV, buf.getvalue())
     doc: Any = {"rows": rows, **extra} if extra else rows
     write_text_atomic(out_dir / COMPARISON_JSON, json.dumps(doc, indent=2))
