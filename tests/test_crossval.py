@@ -331,7 +331,8 @@ def test_the_report_shows_the_answer_and_keeps_the_out_of_fold_ties(crossval) ->
     assert "(3 folds)" in page and "Ranked by out-of-fold accuracy" in page
     assert "<th>best val acc</th>" not in page and "<th>val 95% CI</th>" not in page  # each fold has its own val
     header = (root / "cmp" / "comparison.csv").read_text().splitlines()[0]
-    assert header.startswith("rank,strategy,best_val_acc") and header.endswith("run_dir,oof_acc,oof_acc_ci,folds_acc,p_folds")
+    assert header.startswith("rank,strategy,best_val_acc")
+    assert header.endswith("run_dir,oof_acc,oof_acc_ci,folds_acc,p_folds")
     doc = json.loads((root / "cmp" / "comparison.json").read_text())
     tied = [r["strategy"] for r in doc["rows"] if r["tied"]]
     for name in tied:  # the badge from comparison.json's out-of-fold tests, not from fold 1's test predictions
@@ -342,7 +343,8 @@ def test_the_cli_prints_the_table_the_race_and_the_answer(tmp_path: Path, capsys
     data = make_image_folder(tmp_path / "data", {"train": 6, "val": 2, "test": 3})
     code = main(["compare", "--data", str(data), "--model", "test_efficientnet", "--weights", "none", "--img-size",
                  "32", "--epochs", "1", "--batch-size", "8", "--min-steps", "0", "--head-steps", "0",
-                 "--strategies", "head-only,scratch", "--folds", "2", "--race", "--out", str(tmp_path / "cmp")])  # fmt: skip
+                 "--strategies", "head-only,scratch", "--folds", "2", "--race",
+                 "--out", str(tmp_path / "cmp")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     assert "oof acc" in out and "fold mean±sd" in out and "answer: " in out
