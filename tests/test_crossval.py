@@ -351,3 +351,11 @@ def test_the_cli_prints_the_table_the_race_and_the_answer(tmp_path: Path, capsys
     assert "forward passes an image" in out and str(tmp_path / "cmp" / "report.html") in out
     plan = (tmp_path / "cmp" / "compare.yaml").read_text()
     assert "folds: 2" in plan and "race: true" in plan
+
+
+def test_a_resume_with_other_folds_is_refused(crossval) -> None:
+    root, _ = crossval
+    with pytest.raises(ThawlineError, match=r"started with --folds 3, not 2"):
+        thawline.compare(tiny_config(root / "data"), STRATEGIES, root / "cmp", folds=2, quiet=True, resume=True)
+    with pytest.raises(ThawlineError, match=r"started with --folds 3, not None"):
+        thawline.compare(tiny_config(root / "data"), STRATEGIES, root / "cmp", quiet=True, resume=True)

@@ -143,7 +143,7 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
     resume, overwrite, quiet = options.resume, options.overwrite, options.quiet
     folder = options.out or config.out
     if resume:
-        check_compare_resume(folder, config)  # before compare.yaml is rewritten
+        check_compare_resume(folder, config, options)  # before compare.yaml is rewritten
     elif folder and not overwrite:
         check_fresh_folder(Path(folder), "compare")
     elif folder:
@@ -370,15 +370,23 @@ def uncertainty_lines(verdict: Verdict | None, notes: list[str]) -> str:
     return "\n".join(([line] if line else []) + [f"note: {n}" for n in notes])
 
 
-def check_compare_resume(folder: str | Path | None, config: TrainConfig) -> None:
-    """Resuming needs the comparison's folder, and its compare.yaml (when there) must hold the same options, its
-    data.csv (when there) list the same files as the data folder holds now."""
+def check_compare_resume(
+    folder: str | Path | None, config: TrainConfig, options: CompareOptions | None = None
+) -> None:
+    """Resuming needs the comparison's folder, and its compare.yaml (when there) must hold the same options (the
+    folds and the race too), its data.csv (when there) list the same files as the data folder holds now."""
     if not folder:
         raise ThawlineError("resuming a comparison needs its folder: pass out (CLI: --resume DIR)")
     path = Path(folder) / COMPARE_PLAN
     if not path.is_file():
         return
-    saved = load_yaml_mapping(str(path)).get("config")
+    plan = load_yaml_mapping(str(path))
+    for key, flag in (("folds", "--folds"), ("race", "--race")) if options is not None else ():
+        started, now = plan.get(key) or None, getattr(options, key) or None
+        if started != now:
+            raise ThawlineError(f"'{folder}' holds a comparison started with {flag} {started}, not {now}; resume it "
+                                "with the options it was started with, or pass a new --out")  # fmt: skip
+    saved = plan.get("config")
     if not isinstance(saved, dict):
         raise ThawlineError(f"'{path}' holds no config; it is not a thawline compare folder")
     new = config.to_dict()
