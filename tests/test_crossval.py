@@ -357,5 +357,5 @@ def test_a_resume_with_other_folds_is_refused(crossval) -> None:
     root, _ = crossval
     with pytest.raises(ThawlineError, match=r"started with --folds 3, not 2"):
         thawline.compare(tiny_config(root / "data"), STRATEGIES, root / "cmp", folds=2, quiet=True, resume=True)
-    with pytest.raises(ThawlineError, match=r"started with --folds 3, not None"):
+    with pytest.raises(ThawlineError, match=r"started with --folds 3, not no --folds"):
         thawline.compare(tiny_config(root / "data"), STRATEGIES, root / "cmp", quiet=True, resume=True)
