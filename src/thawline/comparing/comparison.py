@@ -384,11 +384,9 @@ def check_compare_resume(
     for key, flag in (("folds", "--folds"), ("race", "--race")) if options is not None else ():
         started, now = plan.get(key) or None, getattr(options, key) or None
         if started != now:
-            def given(v: Any) -> str:
-                return "no " + flag if v is None else flag if v is True else f"{flag} {v}"
-
-            raise ThawlineError(f"'{folder}' holds a comparison started with {given(started)}, not {given(now)}; "
-                                "resume it with the options it was started with, or pass a new --out")  # fmt: skip
+            was, given = (f"no {flag}" if v is None else flag if v is True else f"{flag} {v}" for v in (started, now))
+            raise ThawlineError(f"'{folder}' holds a comparison started with {was}, not {given}; resume it with the "
+                                "options it was started with, or pass a new --out")  # fmt: skip
     saved = plan.get("config")
     if not isinstance(saved, dict):
         raise ThawlineError(f"'{path}' holds no config; it is not a thawline compare folder")
