@@ -355,7 +355,7 @@ def test_the_cli_prints_the_table_the_race_and_the_answer(tmp_path: Path, capsys
 
 def test_a_resume_with_other_folds_is_refused(crossval) -> None:
     root, _ = crossval
-    with pytest.raises(ThawlineError, match=r"started with --folds 3, not 2"):
+    with pytest.raises(ThawlineError, match=r"started with --folds 3, not --folds 2"):
         thawline.compare(tiny_config(root / "data"), STRATEGIES, root / "cmp", folds=2, quiet=True, resume=True)
     with pytest.raises(ThawlineError, match=r"started with --folds 3, not no --folds"):
         thawline.compare(tiny_config(root / "data"), STRATEGIES, root / "cmp", quiet=True, resume=True)
