@@ -24,6 +24,7 @@ VAL_PREDICTIONS = "predictions_val.csv"
 PROBABILITIES = "probabilities.npz"  # the best weights' class probabilities on val and test (folds, ensembles)
 SKIPPED_CSV = "skipped.csv"  # every file left out, with the reason
 DATA_FILE = "data.csv"  # the files the run was given (split, path, class, content key): resume checks it
+SHIFT_JSON = "shift.json"  # compare --shift-test: {shifted set: accuracy} of the best weights
 
 # A comparison's files (its runs are run folders inside it).
 COMPARE_PLAN = "compare.yaml"
@@ -35,6 +36,16 @@ FOLD_PREFIX = "fold-"  # compare --folds K: OUT/<strategy>/fold-<i>, i = 1..K
 FOLDS_CSV = "folds.csv"  # compare --folds: every pooled file's fold (path, class, fold)
 RACE_JSON = "race.json"  # compare --race: the folds seen, who stopped after which fold and why
 OOF_NPZ = "oof.npz"  # compare --folds: each finalist's out-of-fold and test probabilities, and the answer's
+
+# A sweep's files (each finished trial is a run folder inside it).
+TRIALS_CSV = "trials.csv"  # every trial, pruned and failed ones included
+SWEEP_SUMMARY = "sweep_summary.json"
+
+
+def trial_dir(number: int) -> str:
+    """The run folder of a sweep's trial, inside the sweep folder."""
+    return f"trial-{number}"
+
 
 # The report, in a run or compare folder.
 REPORT_NAME = "report.html"
@@ -52,10 +63,10 @@ FORMAT_ENTRIES = (
     CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, LAST_CKPT, BEST_CKPT, SKIPPED_CSV, "skipped.json",
     "predictions*.csv", "prediction_grid.png", "events.out.tfevents.*", "lr_find*.json",
     "evaluation*.json", "evaluation_*.csv", "model.onnx", "preprocessing.json",
-    "shift.json", "shift.png", DATA_FILE, PROBABILITIES,
+    SHIFT_JSON, "shift.png", DATA_FILE, PROBABILITIES,
     COMPARE_PLAN, COMPARISON_CSV, COMPARISON_JSON, HALVING_JSON, REPORT_NAME, FIG_DIR, f"{FIG_DIR}/*.png",
     "advise", "advise/*", SEEDS_DIR, "seed-*", f"{FOLD_PREFIX}*", FOLDS_CSV, RACE_JSON, OOF_NPZ,
-    "trials.csv", "sweep_summary.json", "sweep.db", "best_strategy.yaml", "best_config.yaml", "trial-*",
+    TRIALS_CSV, SWEEP_SUMMARY, "sweep.db", "best_strategy.yaml", "best_config.yaml", "trial-*",
 )  # fmt: skip
 
 
@@ -157,10 +168,14 @@ EPOCH = EpochKeys()
 @dataclass(frozen=True)
 class RowKeys:
     """A row of comparison.json / comparison.csv (report/ranking.py builds it from the run's summary.json and orders
-    the columns; csv: rank, strategy, the columns, run_dir). A column read from the summary has the summary's key."""
+    the columns; csv: rank, strategy, the columns, run_dir, and with --folds the folds' columns last). A column read
+    from the summary has the summary's key."""
 
     rank: str = "rank"
     strategy: str = "strategy"  # the row's name: the strategy, or `model / strategy` in a model grid
+    oof_acc: str = "oof_acc"  # compare --folds: out-of-fold accuracy over every pooled image
+    oof_acc_ci: str = "oof_acc_ci"
+    folds_acc: str = "folds_acc"  # [mean, std, n] of the folds' val accuracies
     best_val_acc: str = SummaryKeys.best_val_acc
     val_acc_ci: str = SummaryKeys.val_acc_ci
     val_acc_seeds: str = "val_acc_seeds"  # [mean, std, n] over `compare --seeds`
@@ -169,7 +184,8 @@ class RowKeys:
     test_acc_ci: str = SummaryKeys.test_acc_ci
     shifted_acc: str = SummaryKeys.shifted_acc
     shift_gap: str = SummaryKeys.shift_gap
-    p_vs_winner: str = "p_vs_winner"  # exact McNemar p against rank 1
+    p_vs_winner: str = "p_vs_winner"  # exact McNemar p against rank 1 (Holm-adjusted)
+    p_folds: str = "p_folds"  # compare --folds: corrected t-test p against rank 1 over the folds (Holm)
     tied: str = "tied"  # p >= 0.05 against rank 1
     epochs: str = SummaryKeys.epochs
     train_time_s: str = SummaryKeys.train_time_s
