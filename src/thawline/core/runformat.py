@@ -105,6 +105,8 @@ class SummaryKeys:
     num_val: str = "num_val"
     num_test: str = "num_test"
     held_out: str = "held_out"
+    fold: str = "fold"  # compare --folds: which fold this run trained on (1-based), and of how many
+    folds: str = "folds"
     data_digest: str = "data_digest"  # per split: which files the accuracies are on (data.csv)
     skipped_files: str = "skipped_files"
     img_size: str = "img_size"
@@ -159,6 +161,7 @@ class EpochKeys:
     trainable_params: str = "trainable_params"
     feature_cache: str = "feature_cache"  # trained on cached frozen-prefix features
     rss_mb: str = "rss_mb"
+    passes: str = "passes"  # passes over the train set this epoch (> 1: small data reaching --min-steps)
     head_fit: str = "head_fit"  # the solved head's candidate, on the epoch it was fitted (when --head-solver ran)
 
 
@@ -266,6 +269,8 @@ class PlanKeys:
     advise: str = "advise"
     models: str = "models"
     shift_test: str = "shift_test"
+    folds: str = "folds"
+    race: str = "race"
 
 
 PLAN = PlanKeys()
