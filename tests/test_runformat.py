@@ -19,6 +19,8 @@ from thawline.core.runformat import CONFIG, DERIVED_KEYS, EPOCH, PHASE_RESULT, P
 
 KEY_SETS = (SUMMARY, PHASE_RESULT, EPOCH, ROW, CONFIG, PLAN)
 SHIFT_KEYS = ["shifted_acc", "shift_gap", "shift_sets", "shift_test"]  # only after compare --shift-test
+FOLD_KEYS = ["fold", "folds"]  # only in a run of compare --folds
+FOLDS_ROW_KEYS = ["oof_acc", "oof_acc_ci", "folds_acc", "p_folds"]  # only with compare --folds (last in the csv)
 
 
 def keys(declared) -> list[str]:
@@ -46,7 +48,7 @@ def test_a_comparison_writes_the_declared_keys_in_order(image_folder: Path, tmp_
     run = out / "two-phase"
 
     summary = json.loads((run / "summary.json").read_text())
-    assert list(summary) == [k for k in keys(SUMMARY) if k not in SHIFT_KEYS]
+    assert list(summary) == [k for k in keys(SUMMARY) if k not in SHIFT_KEYS + FOLD_KEYS]
     for phase in summary["phase_results"]:
         assert list(phase) == keys(PHASE_RESULT)
 
@@ -65,7 +67,7 @@ def test_a_comparison_writes_the_declared_keys_in_order(image_folder: Path, tmp_
         assert set(row) <= set(keys(ROW)), set(row) - set(keys(ROW))
     with open(out / "comparison.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header == [k for k in keys(ROW) if k != "tie_split"]
+    assert header == [k for k in keys(ROW) if k not in ["tie_split", *FOLDS_ROW_KEYS]]
 
     plan = yaml.safe_load((out / "compare.yaml").read_text())
     assert list(plan) == keys(PLAN)
