@@ -36,36 +36,16 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import thawline
-from thawline.core.atomic import write_text_atomic
+from thawline.comparing import first_epochs, halving_floor, read_curves, simulate_halving
+from thawline.report import kendall_tau_b, oracle_tau
 
 HERE = Path(__file__).resolve().parent
-
-
-def kendall_tau_b(predicted: list[str], scores: dict[str, float]) -> float:
-    """Kendall's tau-b between a predicted order (best first, no ties) and measured scores (higher is better, ties
-    possible), over the strategies both name."""
-    names = [n for n in predicted if n in scores]
-    rank = {n: -i for i, n in enumerate(names)}  # higher is better, as the scores
-    concordant = discordant = ties_measured = 0
-    for a, b in itertools.combinations(names, 2):
-        dp = (rank[a] > rank[b]) - (rank[a] < rank[b])
-        dm = (scores[a] > scores[b]) - (scores[a] < scores[b])
-        if dm == 0:
-            ties_measured += 1
-        elif dp == dm:
-            concordant += 1
-        else:
-            discordant += 1
-    pairs = len(names) * (len(names) - 1) // 2
-    denom = np.sqrt(pairs * (pairs - ties_measured))
-    return float((concordant - discordant) / denom) if denom > 0 else 0.0
 
 
 def best_fixed_ranking(measured: list[dict[str, float]], strategies: list[str]) -> tuple[list[str], float]:
@@ -95,20 +75,6 @@ def top_gap_points(top: str, test: dict[str, float]) -> float:
     return round(100 * (max(test.values()) - test[top]), 2)
 
 
-def first_epochs(curves: dict[str, list[dict[str, Any]]], epochs: int) -> dict[str, list[dict[str, Any]]] | None:
-    """Each strategy's first `epochs` rows; None when one has fewer (a run stopped earlier)."""
-    cut = {n: rows[:epochs] for n, rows in curves.items()}
-    return cut if all(len(rows) == epochs for rows in cut.values()) else None
-
-
-def read_curves(compare_dir: Path, strategies: list[str], epochs: int) -> dict[str, list[dict[str, Any]]] | None:
-    """Each strategy's first `epochs` metrics rows from a compare's run folders; None when one stopped earlier."""
-    from thawline.report.runfiles import read_metrics
-
-    return first_epochs({n: read_metrics(compare_dir / n.replace("/", "_") / "metrics.jsonl") for n in strategies},
-                        epochs)  # fmt: skip
-
-
 def task_curves(row: dict, strategies: list[str]) -> dict[str, list[dict[str, Any]]] | None:
     """A suite task's per-epoch curves: embedded in a records file (`--export`), else read from its run folders."""
     runs = row["thawline"]["strategies"]
@@ -125,7 +91,7 @@ def task_test_correct(row: dict, strategies: list[str]) -> dict[str, np.ndarray]
         n_test = int(row["counts"]["test"])
         return {n: np.unpackbits(np.frombuffer(bytes.fromhex(runs[n]["test_correct"]), np.uint8))[:n_test]
                 for n in strategies}  # fmt: skip
-    from thawline.report.metrics import read_predictions
+    from thawline.report import read_predictions
 
     out = {}
     for n in strategies:
@@ -138,72 +104,6 @@ def task_test_correct(row: dict, strategies: list[str]) -> dict[str, np.ndarray]
             return None  # not the test predictions the recorded accuracy came from
         out[n] = correct
     return out
-
-
-def oracle_tau(correct: dict[str, np.ndarray], resamples: int = 1000, seed: int = 0) -> float:
-    """The mean tau a predictor that knew the task's true ranking would score against a test set of this size:
-    the measured test ranking plays the truth, and each bootstrap resample of the test images (the same images for
-    every strategy, so their errors stay paired) a remeasurement. An upper bound for any prediction: the resample
-    gaps are noisier than the truth's, and the measured gaps (the stand-in truth) already larger than the true."""
-    names = list(correct)
-    matrix = np.stack([correct[n] for n in names]).astype(np.float64)
-    measured = dict(zip(names, matrix.mean(1).tolist(), strict=True))
-    truth = sorted(names, key=lambda n: -measured[n])
-    rng = np.random.default_rng(seed)
-    n_images = matrix.shape[1]
-    taus = [kendall_tau_b(truth, dict(zip(names, matrix[:, rng.integers(0, n_images, n_images)].mean(1).tolist(),
-                                              strict=True)))
-            for _ in range(resamples)]  # fmt: skip
-    return float(np.mean(taus))
-
-
-def simulate_halving(
-    curves: dict[str, list[dict[str, Any]]], epochs: int, carried: str, left_out: Collection[str] = ()
-) -> dict[str, Any]:
-    """`compare --halving`'s outcome replayed from a full compare's per-epoch metrics (`curves`: each strategy's
-    rows, val_acc and seconds), without training; `left_out`: the strategies `compare --advise` does not train
-    (entrants of the race all the same, as in `successive_halving`; their epochs count in the time share's whole).
-
-    Exact, not an estimate, for the winner: a halving survivor resumes bit-identical to the uninterrupted run
-    (tested), so each strategy's best val accuracy at a rung is the full run's best over its first `rung` epochs,
-    and the survivors, the stops and the winner follow from `halving_rungs`, `halving_keep` and
-    `halving_survivors`, carrying `carried` (what a real `compare --halving` into the compare's folder would carry:
-    `halving_carried`). The time share is estimated from the epochs' own `seconds` (training + validation; start-up
-    and the test pass left out). An exact tie in best val accuracy among the last survivors goes to the one with
-    less time, as in `compare`: the one part that can differ from a real run, whose times are its own."""
-    from thawline.comparing import halving_keep, halving_rungs, halving_survivors
-
-    strategies = list(curves)
-    entered = [n for n in strategies if n not in left_out]
-    rungs = halving_rungs(epochs, len(strategies))
-    alive, stopped = entered, {}
-    for i, rung in enumerate(rungs[:-1], start=1):
-        best_so_far = {n: max(r["val_acc"] for r in curves[n][:rung]) for n in alive}
-        survivors = halving_survivors(best_so_far, carried, halving_keep(len(strategies), i))
-        stopped.update({n: rung for n in alive if n not in survivors})
-        alive = survivors
-    final = {n: max(r["val_acc"] for r in curves[n]) for n in alive}
-    winner = min(alive, key=lambda n: (-final[n], sum(r["seconds"] for r in curves[n])))
-    spent = sum(sum(r["seconds"] for r in curves[n][: stopped.get(n, epochs)]) for n in entered)
-    total = sum(sum(r["seconds"] for r in curves[n]) for n in strategies)
-    return {"winner": winner, "stopped": stopped, "rungs": rungs, "carried": carried, "final_val": final,
-            "left_out": sorted(left_out), "epoch_share": round(spent / total, 4)}  # fmt: skip
-
-
-def halving_floor(curves: dict[str, list[dict[str, Any]]], pick: str, carried: str) -> dict[str, Any]:
-    """What no halving race with whole-epoch rungs can beat on this task while it still ends with the full
-    compare's `pick` and carries `carried`: both train every epoch, every other strategy at least its first (the
-    least share of the strategy-epochs' time, as `simulate_halving`'s). And the pick's rank by best val accuracy so
-    far after each epoch: a race can stop the others early only from the epoch at which the pick ranks near the top
-    (a rung inside the first epoch, the one way below the floor, cannot see more than the first epoch's ranking)."""
-    total = sum(r["seconds"] for rows in curves.values() for r in rows)
-    floor = sum(sum(r["seconds"] for r in rows) if n in (pick, carried) else rows[0]["seconds"]
-                for n, rows in curves.items())  # fmt: skip
-    ranks = []
-    for epoch in range(1, len(curves[pick]) + 1):
-        best = {n: max(r["val_acc"] for r in rows[:epoch]) for n, rows in curves.items()}
-        ranks.append(1 + sum(best[n] > best[pick] for n in curves))
-    return {"floor_share": round(floor / total, 4), "pick_rank_by_epoch": ranks}
 
 
 def task_config(task_dir: Path, manifest: dict, epochs: int, cache: Path):
@@ -534,7 +434,7 @@ def export_records(rows: list[dict], results: list[dict], path: Path) -> None:
     recorded = [{**r, "advise": {**r["advise"], "doc": advice_doc(r)}} for r in results if has_advice(r)]
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": 1, "recorded": recording_context(), "suite": suite, "advise": recorded}
-    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def recording_context() -> dict[str, Any]:

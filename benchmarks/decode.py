@@ -26,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from thawline.data.images import decode_resized, open_rgb, resize_rgb
+from thawline.data import decode_resized, open_rgb, resize_rgb
 
 
 def sources() -> list[np.ndarray]:

@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 
 import thawline
-from thawline.data.fashion_mnist import prepare_fashion_mnist
-from thawline.models.stages import stage_map
-from thawline.models.weights import build_model
-from thawline.training.strategies import get_strategy, resolve
+from thawline.data import prepare_fashion_mnist
+from thawline.models import build_model, stage_map
+from thawline.training import get_strategy, resolve
 
 WORKLOADS = ("head-only", "partial", "full")
 

@@ -49,11 +49,11 @@ import numpy as np
 import torch
 
 import thawline
+from thawline import ThawlineError
 from thawline.comparing import parse_strategies
-from thawline.core.errors import ThawlineError
-from thawline.data.images import IMAGE_EXTENSIONS, decode_resized
-from thawline.models.weights import build_model_with_info
-from thawline.training.prepare import data_settings
+from thawline.data import IMAGE_EXTENSIONS, decode_resized
+from thawline.models import build_model_with_info
+from thawline.training import data_settings
 
 MODEL = "tf_efficientnet_lite0"
 WEIGHTS = "default"
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"building {', '.join(missing)} into {data_root}")
         skipped = builder.build_suite(data_root, missing)["skipped"]
         names = [n for n in names if n not in skipped]
-    from thawline.training.runtime import keep_freed_memory
+    from thawline.training import keep_freed_memory
 
     keep_freed_memory()  # process-wide (thawline turns it on anyway): the probe and fastai get it too
     meta = {

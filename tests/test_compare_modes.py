@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from conftest import tiny_config
 
 import thawline
+from thawline.comparing import halving_floor, read_curves, simulate_halving
 from thawline.comparing.comparison import compare
 from thawline.comparing.schedulers import (
     halving_carried,
@@ -22,6 +25,7 @@ from thawline.comparing.schedulers import (
     halving_survivors,
 )
 from thawline.core.config import replace
+from thawline.report import oracle_tau, read_predictions
 from thawline.report.advice import ADVICE_DIR, ADVICE_JSON, SKIPPED_JSON
 from thawline.report.build import build_report
 from thawline.report.ranking import format_table
@@ -121,31 +125,40 @@ def test_halving_on_a_one_epoch_budget_says_it_trains_everything(
     assert state["rungs"] == [1] and state["stopped"] == {} and len(result.rows) == 2
 
 
-def load_advise_suite():
-    spec = importlib.util.spec_from_file_location("advise_suite", ROOT / "benchmarks" / "advise_suite.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ADVISE_SUITE = ROOT / "benchmarks" / "advise_suite.py"
+# benchmarks/advise_suite.py run with the advisor's far_behind replaced: it leaves out the strategies named in argv[1]
+PATCHED_FAR_BEHIND = """
+import runpy, sys
+import thawline.comparing
+left_out = sys.argv.pop(1).split(",")
+thawline.comparing.far_behind = lambda ranking, names: {n: "" for n in left_out if n in names}
+runpy.run_path(sys.argv.pop(1), run_name="__main__")
+"""
+
+
+def run_advise_suite(*args: str, far_behind: list[str] | None = None) -> None:
+    """benchmarks/advise_suite.py as a program (its command line, in a fresh interpreter), as its users run it."""
+    patched = ["-c", PATCHED_FAR_BEHIND, ",".join(far_behind)] if far_behind is not None else []
+    done = subprocess.run([sys.executable, *patched, str(ADVISE_SUITE), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
 def test_a_strategy_left_out_before_the_race_changes_nothing_else() -> None:
     """--advise leaves out a far-behind strategy before any training: with the race's entrants counted, halving
     keeps the same counts at the same rungs, so the outcome is the full race's minus the left-out one's epoch."""
-    advise_suite = load_advise_suite()
     names = ["head-only", "two-phase", "layer-wise", "partial", "gradual", "full", "scratch"]
     level = {"gradual": 0.8, "partial": 0.7, "full": 0.65, "layer-wise": 0.6, "two-phase": 0.55, "head-only": 0.5}
     level["scratch"] = 0.1  # last at every rung
     curves = {n: [{"val_acc": level[n] + 0.01 * e, "seconds": 1.0} for e in range(8)] for n in names}
-    race = advise_suite.simulate_halving(curves, 8, "gradual")
+    race = simulate_halving(curves, 8, "gradual")
     without = {n: c for n, c in curves.items() if n != "scratch"}
-    left_out = advise_suite.simulate_halving(curves, 8, "gradual", left_out={"scratch"})
+    left_out = simulate_halving(curves, 8, "gradual", left_out={"scratch"})
     assert race["stopped"].pop("scratch") == 1 and left_out["stopped"] == race["stopped"]
     assert left_out["epoch_share"] == pytest.approx(race["epoch_share"] - 1 / 56, abs=1e-4)  # scratch's one epoch
     assert (left_out["winner"], left_out["rungs"]) == (race["winner"], race["rungs"]) == (race["winner"], [1, 3, 8])
     assert left_out["stopped"] == {"head-only": 1, "two-phase": 1, "layer-wise": 1, "partial": 3, "full": 3}
     # counted as a race of six instead, the first rung would keep two, not three: full would stop at epoch 1
-    six = advise_suite.simulate_halving(without, 8, "gradual")
+    six = simulate_halving(without, 8, "gradual")
     assert six["stopped"] == {"head-only": 1, "two-phase": 1, "layer-wise": 1, "full": 1, "partial": 3}
 
 
@@ -153,7 +166,6 @@ def test_halving_floor_is_the_pick_and_the_carried_in_full_plus_the_others_first
     """The floor no whole-epoch race beats while it names the pick: on a 4-epoch race where the pick (full) ranks
     third after epoch 1, the replayed race spends more than the floor, and the floor counts exactly the pick's and
     the carried one's four epochs and the others' first."""
-    advise_suite = load_advise_suite()
     val = {
         "partial": [0.85, 0.86, 0.87, 0.87],
         "layer-wise": [0.84, 0.85, 0.86, 0.86],
@@ -163,38 +175,36 @@ def test_halving_floor_is_the_pick_and_the_carried_in_full_plus_the_others_first
     }
     seconds = {"partial": 3.0, "layer-wise": 2.0, "full": 4.0, "gradual": 1.0, "scratch": 4.0}
     curves = {n: [{"val_acc": v, "seconds": seconds[n]} for v in vals] for n, vals in val.items()}
-    floor = advise_suite.halving_floor(curves, "full", "gradual")
+    floor = halving_floor(curves, "full", "gradual")
     assert floor["floor_share"] == pytest.approx((4 * 4.0 + 4 * 1.0 + 3.0 + 2.0 + 4.0) / (4 * 14.0), abs=1e-4)
     assert floor["pick_rank_by_epoch"] == [3, 1, 1, 1]
     # five entrants: the first rung keeps two (plus gradual), full stops at epoch 1, and the race spends less than
     # the floor because it misses the pick
-    five = advise_suite.simulate_halving(curves, 4, "gradual")
+    five = simulate_halving(curves, 4, "gradual")
     assert five["winner"] == "partial" and five["stopped"]["full"] == 1
     assert five["epoch_share"] == pytest.approx(28 / 56, abs=1e-4)
     assert five["epoch_share"] < floor["floor_share"]
     # seven (two weak, cheap ones added): three kept, full among them; the race names it at no less than the floor
     weak = {n: [{"val_acc": 0.4, "seconds": 0.5}] * 4 for n in ("head-only", "two-phase")}
-    seven = advise_suite.simulate_halving(curves | weak, 4, "gradual")
+    seven = simulate_halving(curves | weak, 4, "gradual")
     assert seven["winner"] == "full"
-    assert seven["epoch_share"] >= advise_suite.halving_floor(curves | weak, "full", "gradual")["floor_share"]
+    assert seven["epoch_share"] >= halving_floor(curves | weak, "full", "gradual")["floor_share"]
     # the carried strategy being the pick itself counts once
-    alone = advise_suite.halving_floor(curves, "full", "full")["floor_share"]
+    alone = halving_floor(curves, "full", "full")["floor_share"]
     assert alone == pytest.approx((4 * 4.0 + 3.0 + 2.0 + 1.0 + 4.0) / (4 * 14.0), abs=1e-4)
 
 
-def test_halving_replayed_from_a_full_compare_names_the_real_winner(
-    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """benchmarks/advise_suite.py replays halving from a full compare's epochs; exact because survivors resume
-    bit-identical, so the replay must stop the same strategies at the same rungs and name the same winner."""
-    advise_suite = load_advise_suite()
+def test_halving_replayed_from_a_full_compare_names_the_real_winner(image_folder: Path, tmp_path: Path) -> None:
+    """thawline.comparing.simulate_halving replays halving from a full compare's epochs; exact because survivors
+    resume bit-identical, so the replay must stop the same strategies at the same rungs and name the same winner.
+    benchmarks/advise_suite.py scores the suite with it: run here as a program on a suite of this compare."""
     cfg = tiny_config(image_folder, epochs=4, hflip=True)
     names = ["head-only", "two-phase", "full", "scratch"]
     halved = compare(cfg, names, tmp_path / "halved", quiet=True, halving=True)
     compare(cfg, names, tmp_path / "full", quiet=True)
     state = json.loads((tmp_path / "halved" / "halving.json").read_text())
-    curves = advise_suite.read_curves(tmp_path / "full", names, 4)
-    replay = advise_suite.simulate_halving(curves, 4, halving_carried(names, tmp_path / "full"))
+    curves = read_curves(tmp_path / "full", names, 4)
+    replay = simulate_halving(curves, 4, halving_carried(names, tmp_path / "full"))
     assert replay["rungs"] == state["rungs"] == [1, 2, 4]
     assert replay["carried"] == state["carried"] == "head-only"  # the prior's first of the four
     assert replay["stopped"] == {n: s["epoch"] for n, s in state["stopped"].items()}
@@ -203,7 +213,7 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(
     assert set(replay["final_val"]) == set(state["alive"]) and replay["final_val"][halved.winner] == top
     assert replay["final_val"][replay["winner"]] == top
     assert 0 < replay["epoch_share"] < 1
-    assert advise_suite.read_curves(tmp_path / "halved", names, 4) is None  # stopped runs lack epochs
+    assert read_curves(tmp_path / "halved", names, 4) is None  # stopped runs lack epochs
 
     # --rescore: the recorded advise signals re-ranked against the suite's current measurements, no training
     thawline.advise(cfg, tmp_path / "advice", quiet=True)
@@ -214,35 +224,54 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(
         acc = {n: {"test_acc": 0.5 + 0.1 * ((j + i) % 4)} for j, n in enumerate(names)}
         run = {"strategies": acc, "pick": names[0], "wall_s": 100.0, "out": str(tmp_path / "full")}
         tasks.append({"task": task, "strategies": names, "epochs": 4, "thawline": run})
+    # and one measured by the runs themselves: its per-image test correctness (the noise ceiling) is read from the
+    # run folders' predictions.csv, whatever their row order (sorted by path), and carried by --export
+    correct = {}
+    for n in names:
+        path = tmp_path / "full" / n / "predictions.csv"
+        header, *lines = path.read_text().splitlines()
+        path.write_text("\n".join([header, *reversed(lines)]) + "\n")
+        preds = read_predictions(path)
+        correct[n] = preds.correct[np.argsort(preds.paths, kind="stable")].astype(np.uint8)
+    acc = {n: {"test_acc": json.loads((tmp_path / "full" / n / "summary.json").read_text())["test_acc"]} for n in names}
+    run = {"strategies": acc, "pick": names[0], "wall_s": 100.0, "out": str(tmp_path / "full")}
+    tasks.append({"task": "d", "strategies": names, "epochs": 4, "counts": {"test": len(correct[names[0]])},
+                  "thawline": run})  # fmt: skip
     (suite / "suite_results.json").write_text(json.dumps({"tasks": tasks}))
     advice = {"seconds": 1.0, "share_of_full": 0.01, "json": str(tmp_path / "advice" / "advise.json")}
     recorded = [{"task": t["task"], "advise": dict(advice)} for t in tasks]
     (suite / "advise_suite.json").write_text(json.dumps({"tasks": recorded}))
+    patched = tmp_path / "patched"
+    shutil.copytree(suite, patched)
     records = tmp_path / "records" / "suite.json"
-    assert advise_suite.main(["--suite", str(suite), "--rescore", "--export", str(records)]) == 0
+    run_advise_suite("--suite", str(suite), "--rescore", "--export", str(records))
     out = json.loads((suite / "advise_suite.json").read_text())
     assert all(r["halving_replayed"]["winner"] == replay["winner"] for r in out["tasks"])
+    by_task = {r["task"]: r for r in out["tasks"]}
+    assert by_task["d"]["oracle_tau"] == round(oracle_tau(correct), 4)
+    assert not any("oracle_tau" in by_task[t] for t in "abc")  # not the runs' accuracies: no ceiling, not a wrong one
+    embedded = next(t for t in json.loads(records.read_text())["suite"] if t["task"] == "d")["thawline"]["strategies"]
+    for n in names:  # one bit per test image, in path order
+        bits = np.unpackbits(np.frombuffer(bytes.fromhex(embedded[n]["test_correct"]), np.uint8))
+        assert np.array_equal(bits[: len(correct[n])], correct[n])
     # --advise replayed: the race without what far_behind leaves out, those counted as entrants, the top pick carried
-    monkeypatch.setattr(
-        importlib.import_module("thawline.comparing"), "far_behind", lambda ranking, names: {"scratch": ""}
-    )
-    scored = advise_suite.score_task(tasks[0], json.loads(json.dumps(out["tasks"][0])))
+    run_advise_suite("--suite", str(patched), "--rescore", far_behind=["scratch"])
+    scored = json.loads((patched / "advise_suite.json").read_text())["tasks"][0]
     advised = scored["halving_replayed_advise"]
     top = next(n for n in scored["advise"]["ranking"] if n != "scratch")
-    expected = advise_suite.simulate_halving(curves, 4, top, left_out=["scratch"])
+    expected = simulate_halving(curves, 4, top, left_out=["scratch"])
     assert advised["left_out"] == ["scratch"] and "scratch" not in advised["stopped"]
     assert (advised["winner"], advised["stopped"], advised["rungs"]) == (
         expected["winner"], expected["stopped"], expected["rungs"])  # fmt: skip
     # scratch's epochs count in the whole, not in the race
     total = sum(r["seconds"] for rows in curves.values() for r in rows)
     assert advised["epoch_share"] == expected["epoch_share"] < 1 - sum(r["seconds"] for r in curves["scratch"]) / total
-    monkeypatch.undo()
     # the records file alone rescores to the same figures: no run folder, no advise.json read
     shutil.rmtree(tmp_path / "full")
     shutil.rmtree(tmp_path / "advice")
-    assert advise_suite.main(["--records", str(records), "--out", str(tmp_path / "again")]) == 0
+    run_advise_suite("--records", str(records), "--out", str(tmp_path / "again"))
     again = json.loads((tmp_path / "again" / "advise_suite.json").read_text())
-    assert again["summary"] == out["summary"]
+    assert again["summary"] == out["summary"] and again["summary"]["oracle_tasks"] == 1
     assert [t["halving_replayed"] for t in again["tasks"]] == [t["halving_replayed"] for t in out["tasks"]]
     assert [r["measured_test"] for r in out["tasks"]] == [
         {n: a["test_acc"] for n, a in t["thawline"]["strategies"].items()} for t in tasks
@@ -252,44 +281,24 @@ def test_halving_replayed_from_a_full_compare_names_the_real_winner(
     ablation = summary["rule_ablation"]
     assert ablation["no rules"]["mean_tau"] == pytest.approx(summary["mean_tau_fixed_loo"], abs=1e-4)
     assert {"all rules", "all rules x0.25", "without depth", "without gradients"} <= set(ablation)
-    assert all(-1 <= v["mean_tau"] <= 1 and v["tasks"] == 3 for v in ablation.values())
+    assert all(-1 <= v["mean_tau"] <= 1 and v["tasks"] == len(tasks) for v in ablation.values())
 
 
-def test_oracle_tau_is_the_test_sets_noise_ceiling_and_the_records_carry_what_it_reads(tmp_path: Path) -> None:
-    """advise_suite's ceiling: the measured ranking as the truth, bootstrap resamples of the test images as
-    remeasurements. Far-apart strategies always keep their order (1), identical ones always tie (0), one point apart
-    on 400 images sometimes swap; the per-image correctness survives --export without the run folders."""
-    advise_suite = load_advise_suite()
+def test_oracle_tau_is_the_test_sets_noise_ceiling() -> None:
+    """thawline.report.oracle_tau, advise_suite's ceiling: the measured ranking as the truth, bootstrap resamples of
+    the test images as remeasurements. Far-apart strategies always keep their order (1), identical ones always tie
+    (0), one point apart on 400 images sometimes swap. (That the suite reads the per-image correctness from the run
+    folders in path order and carries it through --export: test_halving_replayed_from_a_full_compare_...)"""
     rng = np.random.default_rng(0)
     n = 400
     far = {name: (rng.random(n) < p).astype(np.uint8) for name, p in (("a", 0.95), ("b", 0.6), ("c", 0.2))}
-    assert advise_suite.oracle_tau(far, resamples=200) == pytest.approx(1.0)
+    assert oracle_tau(far, resamples=200) == pytest.approx(1.0)
     same = (rng.random(n) < 0.7).astype(np.uint8)
-    assert advise_suite.oracle_tau({"a": same, "b": same.copy()}, resamples=50) == 0.0
+    assert oracle_tau({"a": same, "b": same.copy()}, resamples=50) == 0.0
     better = same.copy()
     better[np.flatnonzero(same == 0)[:8]], better[np.flatnonzero(same == 1)[:4]] = 1, 0  # 4 more right of 400
-    assert 0.2 < advise_suite.oracle_tau({"a": better, "b": same}) < 0.95
-    assert advise_suite.oracle_tau({"a": better, "b": same}) == advise_suite.oracle_tau({"b": same, "a": better})
-
-    runs = tmp_path / "runs"
-    for name, correct in (("a", better), ("b", same)):
-        (runs / name).mkdir(parents=True)
-        lines = ["split,path,label,pred,confidence,loss,correct"]
-        rows = reversed(list(enumerate(correct)))  # not in path order: sorted on read
-        lines += [f"test,img{i:04d}.png,x,{'x' if c else 'y'},0.9,0.1,{c}" for i, c in rows]
-        (runs / name / "predictions.csv").write_text("\n".join(lines) + "\n")
-    accs = {"a": {"test_acc": float(better.mean())}, "b": {"test_acc": float(same.mean())}}
-    row = {"task": "t", "strategies": ["a", "b"], "epochs": 1, "counts": {"test": n},
-           "thawline": {"strategies": accs, "out": str(runs)}}  # fmt: skip
-    read = advise_suite.task_test_correct(row, ["a", "b"])
-    assert read is not None and np.array_equal(read["a"], better) and np.array_equal(read["b"], same)
-    records = tmp_path / "records.json"
-    advise_suite.export_records([row], [], records)
-    shutil.rmtree(runs)
-    embedded = advise_suite.task_test_correct(json.loads(records.read_text())["suite"][0], ["a", "b"])
-    assert embedded is not None and all(np.array_equal(embedded[k], read[k]) for k in read)
-    other = {**row, "thawline": {"strategies": {**accs, "b": {"test_acc": 0.5}}, "out": str(runs)}}
-    assert advise_suite.task_test_correct(other, ["a", "b"]) is None  # no folder: no ceiling, not a wrong one
+    assert 0.2 < oracle_tau({"a": better, "b": same}) < 0.95
+    assert oracle_tau({"a": better, "b": same}) == oracle_tau({"b": same, "a": better})
 
 
 def test_seeds_give_mean_and_std_per_strategy(image_folder: Path, tmp_path: Path) -> None:

@@ -178,8 +178,8 @@ def contrasting(rng: np.random.Generator, against: np.ndarray, min_diff: float =
 
 
 def _fmnist_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from thawline.core.errors import ThawlineError
-    from thawline.data.fashion_mnist import find_raw_files, read_idx
+    from thawline import ThawlineError
+    from thawline.data import find_raw_files, read_idx
 
     try:
         raw = find_raw_files()
@@ -191,10 +191,10 @@ def _fmnist_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def make_fmnist(task: Task, rng: np.random.Generator, counts: dict[str, int]) -> dict[str, list]:
-    from thawline.data.fashion_mnist import CLASSES
+    from thawline.data import FASHION_MNIST_CLASSES
 
     tr_x, tr_y, te_x, te_y = _fmnist_arrays()
-    ids = [CLASSES.index(c) for c in task.classes]
+    ids = [FASHION_MNIST_CLASSES.index(c) for c in task.classes]
     unique, used_train, used_test = Unique(), set(), set()
     return {
         "train": take(tr_x, tr_y, ids, counts["train"], rng, unique, used_train),
@@ -642,9 +642,9 @@ FONT_PACKAGES = ["fonts-dejavu-core", "fonts-dejavu-extra", "fonts-liberation", 
 
 
 def _fmnist_classes() -> list[str]:
-    from thawline.data.fashion_mnist import CLASSES
+    from thawline.data import FASHION_MNIST_CLASSES
 
-    return list(CLASSES)
+    return list(FASHION_MNIST_CLASSES)
 
 
 TASKS: dict[str, Task] = {

@@ -4,6 +4,10 @@ Python API mirrors the CLI:
     thawline.train(config) -> RunResult
     thawline.compare(config, strategies) -> CompareResult
     thawline.advise(config) -> Advice   (predicted ranking from frozen-feature probes, no training)
+
+Bad input raises `thawline.ThawlineError` (one line saying what and how to fix it). Scripts that need a layer's
+parts import them from its subpackage (`thawline.comparing`, `thawline.report`, `thawline.training`,
+`thawline.models`, `thawline.data`: each names its public API in its docstring and `__all__`), never its modules.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ OMP_WAIT_POLICY = "PASSIVE"
 os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
 
 __version__ = "0.1.0"
+
+# The one error type: bad input or an unwritable file, said in one line (the CLI prints it, no traceback).
+from thawline.core.errors import ThawlineError  # noqa: E402
 
 # What thawline.advise returns, from the torch-free module that reads advise.json (numpy, no torch).
 from thawline.report.advice import Advice  # noqa: E402
@@ -82,4 +89,4 @@ def make_config(**options: Any) -> TrainConfig:
     return _make(options)
 
 
-__all__ = ["Advice", "__version__", "advise", "compare", "make_config", "train"]
+__all__ = ["OMP_WAIT_POLICY", "Advice", "ThawlineError", "__version__", "advise", "compare", "make_config", "train"]

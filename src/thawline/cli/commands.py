@@ -15,6 +15,7 @@ from thawline.cli.options import (
     _resumed_run_config,
 )
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import SUMMARY
 
 # The subcommands import what they run inside their functions: `thawline --help`, a bad flag and `thawline cache ls`
 # answer without loading torch, timm, matplotlib or PIL.
@@ -42,8 +43,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not distributed.is_main():  # under torchrun rank 0 reports
         return 0
     s = result.summary
-    test = f", test acc {s['test_acc']:.2%}" if s.get("test_acc") is not None else ""
-    print(f"best val acc {s['best_val_acc']:.2%} (epoch {s['best_epoch']}){test} in {s['wall_time_s']:.0f}s")
+    test = f", test acc {s[SUMMARY.test_acc]:.2%}" if s.get(SUMMARY.test_acc) is not None else ""
+    print(
+        f"best val acc {s[SUMMARY.best_val_acc]:.2%} (epoch {s[SUMMARY.best_epoch]}){test} "
+        f"in {s[SUMMARY.wall_time_s]:.0f}s"
+    )
     _report(result.run_dir)
     print(result.run_dir)
     return 0

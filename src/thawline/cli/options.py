@@ -10,7 +10,7 @@ from typing import Any
 
 from thawline.core.config import PLACE_OPTIONS, load_yaml_mapping, make_config, option_specs
 from thawline.core.errors import ThawlineError
-from thawline.core.runformat import COMPARE_PLAN, CONFIG_FILE
+from thawline.core.runformat import COMPARE_PLAN, CONFIG, CONFIG_FILE, PLAN
 
 
 def _config_from_args(args: argparse.Namespace, **extra: Any):
@@ -59,7 +59,7 @@ def _resumed_run_config(args: argparse.Namespace):
         raise ThawlineError(f"--resume {folder}: no config.yaml there, so it is not a run folder{hint}")
     saved = load_yaml_mapping(str(saved_file))
     overrides = _resume_overrides(args, saved, folder)
-    if saved.get("lr_auto"):
+    if saved.get(CONFIG.lr_auto):
         overrides["lr"] = "auto"  # the resume reads the LR the range test found from the run's lr_find.json
     return make_config({**overrides, "out": str(folder)}, str(saved_file))
 
@@ -72,7 +72,7 @@ def _resumed_compare(args: argparse.Namespace):
         hint = "; resume a run folder with `thawline train --resume`" if (folder / CONFIG_FILE).is_file() else ""
         raise ThawlineError(f"--resume {folder}: no compare.yaml there, so it is not a compare folder{hint}")
     doc = load_yaml_mapping(str(path))
-    saved, names = doc.get("config"), doc.get("strategies")
+    saved, names = doc.get(PLAN.config), doc.get(PLAN.strategies)
     if not isinstance(saved, dict) or not isinstance(names, list):
         raise ThawlineError(f"'{path}' holds no config and strategies; it is not a thawline compare.yaml")
     overrides = _resume_overrides(args, saved, folder)
@@ -82,7 +82,8 @@ def _resumed_compare(args: argparse.Namespace):
             "with; drop it to resume, or pass a new --out"
         )
     options = {k: v for k, v in saved.items() if k != "out"}
-    for key in ("seeds", "halving", "advise", "models", "shift_test", "folds", "race"):  # as it was started
+    # how the comparison trains: as it was started (compare.yaml's keys are the flags' dests)
+    for key in (PLAN.seeds, PLAN.halving, PLAN.advise, PLAN.models, PLAN.shift_test, PLAN.folds, PLAN.race):
         setattr(args, key, doc.get(key, getattr(args, key)))
     return make_config({**options, **overrides, "out": str(folder)}), names
 

@@ -8,7 +8,9 @@ loads no torch (`run_comparison` and `InProcessExecutor` load theirs when first 
 - its schedulers: `AllTrials`, `Halving` (and the race's parts `halving_rungs`, `halving_keep`,
   `halving_survivors`, `halving_carried`), driven by `run_schedule`;
 - the advisor's rules that `--advise` and the halving race read: `PRIOR`, `RULES`, `RULE_WEIGHT`,
-  `STRATEGY_ORDER`, `signals_from_doc`, `rank_strategies`, `far_behind`.
+  `STRATEGY_ORDER`, `signals_from_doc`, `rank_strategies`, `far_behind`;
+- the halving race replayed from a full comparison's per-epoch metrics, without training (`replay`): `read_curves`,
+  `first_epochs`, `simulate_halving`, `halving_floor`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from thawline.comparing.options import DEFAULT_STRATEGIES, CompareOptions, parse_strategies
+from thawline.comparing.replay import first_epochs, halving_floor, read_curves, simulate_halving
 from thawline.comparing.schedulers import (
     AllTrials,
     Halving,
@@ -60,15 +63,19 @@ __all__ = [
     "Request",
     "Trial",
     "far_behind",
+    "first_epochs",
     "halving_carried",
+    "halving_floor",
     "halving_keep",
     "halving_rungs",
     "halving_survivors",
     "make_trials",
     "parse_strategies",
     "rank_strategies",
+    "read_curves",
     "run_comparison",
     "run_schedule",
     "signals_from_doc",
+    "simulate_halving",
     "trial_folder",
 ]

@@ -64,7 +64,18 @@ from thawline.comparing.trials import Request, Trial, make_trials, model_dir, tr
 from thawline.core.atomic import write_text_atomic
 from thawline.core.config import TrainConfig, load_yaml_mapping, replace, save_yaml
 from thawline.core.errors import ThawlineError
-from thawline.core.runformat import COMPARE_PLAN, HALVING_JSON, RACE_JSON, RUN_MARKER, SUMMARY_FILE
+from thawline.core.runformat import (
+    COMPARE_PLAN,
+    CONFIG,
+    HALVING_JSON,
+    PLAN,
+    RACE_JSON,
+    ROW,
+    RUN_MARKER,
+    SHIFT_JSON,
+    SUMMARY,
+    SUMMARY_FILE,
+)
 from thawline.data import fingerprint
 from thawline.data.shift import read_shift, shift_sets, shift_summary
 from thawline.deploy.evaluate import evaluate_folders
@@ -101,7 +112,7 @@ class CompareResult:
 
     @property
     def winner(self) -> str:
-        return self.rows[0]["strategy"]
+        return self.rows[0][ROW.strategy]
 
 
 def compare(
@@ -157,10 +168,10 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
                 # data.csv before compare.yaml: a compare.yaml alone is a folder older than data.csv, not checked
                 fingerprint.write(out_dir, fingerprint.of_discovered(discover_folder(config)))
             shift_dir = options.shift_test
-            plan = {"strategies": names, "config": config.to_dict(), "seeds": options.seeds,
-                    "halving": options.halving, "advise": options.advise, "models": grid,
-                    "shift_test": str(shift_dir) if shift_dir else None, "folds": options.folds,
-                    "race": options.race}  # fmt: skip
+            plan = {PLAN.strategies: names, PLAN.config: config.to_dict(), PLAN.seeds: options.seeds,
+                    PLAN.halving: options.halving, PLAN.advise: options.advise, PLAN.models: grid,
+                    PLAN.shift_test: str(shift_dir) if shift_dir else None, PLAN.folds: options.folds,
+                    PLAN.race: options.race}  # fmt: skip
             save_yaml(out_dir / COMPARE_PLAN, plan)
         crossval: CrossValidated | None = None
         try:
@@ -186,7 +197,7 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
         print(format_table(rows), flush=True)
         if lines := uncertainty_lines(verdict, notes) if crossval is None else "\n".join(crossval.lines):
             print(lines, flush=True)
-        if rows and all(r.get("test_acc") is None for r in rows):
+        if rows and all(r.get(ROW.test_acc) is None for r in rows):
             print(f"note: {NO_TEST_NOTE}", flush=True)
         for folder in [out_dir, *(out_dir / model_folder(m) for m in grid)] if options.halving else []:
             if line := halving_stopped_line(folder):
@@ -336,20 +347,22 @@ def shift_test_run(
         return
     source = str(shift_dir.resolve())
     done = read_shift(run.run_dir)
-    if done is None or list(done) != list(sets) or run.summary.get("shift_test") != source:
+    if done is None or list(done) != list(sets) or run.summary.get(SUMMARY.shift_test) != source:
 
         evaluations = evaluate_folders(
             run.run_dir, sets, batch_size=max(64, config.batch_size), device=config.device, workers=config.workers,
             cache_dir=config.cache_dir,
         )  # fmt: skip
         done = {s: round(ev.accuracy, 6) for s, ev in evaluations.items()}
-        write_text_atomic(run.run_dir / "shift.json", json.dumps(done, indent=2))
-    run.summary.update(shift_summary(done, run.summary.get("test_acc")), shift_test=source)
+        write_text_atomic(run.run_dir / SHIFT_JSON, json.dumps(done, indent=2))
+    run.summary.update({**shift_summary(done, run.summary.get(SUMMARY.test_acc)), SUMMARY.shift_test: source})
     write_text_atomic(run.run_dir / SUMMARY_FILE, json.dumps(run.summary, indent=2))
     if not quiet:
-        gap = run.summary.get("shift_gap")
+        gap = run.summary.get(SUMMARY.shift_gap)
         gap_text = f", shift gap {gap * 100:+.1f} pts (test − shifted)" if gap is not None else ""
-        print(f"[{name}] shifted acc {run.summary['shifted_acc']:.2%} over {len(done)} sets{gap_text}", flush=True)
+        print(
+            f"[{name}] shifted acc {run.summary[SUMMARY.shifted_acc]:.2%} over {len(done)} sets{gap_text}", flush=True
+        )
 
 
 # A ranking with no test split is read on the images each run's best epoch was chosen on.
@@ -381,17 +394,17 @@ def check_compare_resume(
     if not path.is_file():
         return
     plan = load_yaml_mapping(str(path))
-    for key, flag in (("folds", "--folds"), ("race", "--race")) if options is not None else ():
+    for key, flag in ((PLAN.folds, "--folds"), (PLAN.race, "--race")) if options is not None else ():
         started, now = plan.get(key) or None, getattr(options, key) or None
         if started != now:
             was, given = (f"no {flag}" if v is None else flag if v is True else f"{flag} {v}" for v in (started, now))
             raise ThawlineError(f"'{folder}' holds a comparison started with {was}, not {given}; resume it with the "
                                 "options it was started with, or pass a new --out")  # fmt: skip
-    saved = plan.get("config")
+    saved = plan.get(PLAN.config)
     if not isinstance(saved, dict):
         raise ThawlineError(f"'{path}' holds no config; it is not a thawline compare folder")
     new = config.to_dict()
-    saved, new = ({k: v for k, v in d.items() if k != "strategy"} for d in (saved, new))  # set per strategy
+    saved, new = ({k: v for k, v in d.items() if k != CONFIG.strategy} for d in (saved, new))  # set per strategy
     diff = first_difference(saved, new)
     if diff is not None:
         raise ThawlineError(mismatch_message(Path(folder), *diff, what="a comparison"))

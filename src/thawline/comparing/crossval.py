@@ -26,7 +26,7 @@ import numpy as np
 from thawline.comparing.schedulers import Results
 from thawline.comparing.trials import Request, Trial, trial_folder
 from thawline.core.atomic import write_bytes_atomic, write_text_atomic
-from thawline.core.runformat import FOLDS_CSV, OOF_NPZ, PROBABILITIES
+from thawline.core.runformat import FOLDS_CSV, OOF_NPZ, PROBABILITIES, ROW, SUMMARY
 from thawline.data.fingerprint import relative
 from thawline.data.names import folder_name
 from thawline.report.crossval import (
@@ -200,14 +200,15 @@ def crossval_rows(mem: dict[str, Member], labels: np.ndarray, test_labels: np.nd
         row = row_from_summary(name, first.run_dir, first.summary or {})
         correct = (m.oof.argmax(axis=1) == labels).astype(np.int64)
         folds = [float(fold_correctness(r).mean()) for r in m.runs]
-        row.update(best_val_acc=None, val_acc_ci=None, oof_acc=round(float(correct.mean()), 6),
-                   oof_acc_ci=bootstrap_interval(correct), folds_acc=spread(folds),
-                   train_time_s=round(sum((r.summary or {}).get("train_time_s") or 0.0 for r in m.runs), 2),
-                   wall_time_s=round(sum((r.summary or {}).get("wall_time_s") or 0.0 for r in m.runs), 2),
-                   run_dir=str(out_dir / folder_name(name)))  # fmt: skip
+        row.update({ROW.best_val_acc: None, ROW.val_acc_ci: None, ROW.oof_acc: round(float(correct.mean()), 6),
+                    ROW.oof_acc_ci: bootstrap_interval(correct), ROW.folds_acc: spread(folds),
+                    ROW.train_time_s: round(sum((r.summary or {}).get(SUMMARY.train_time_s) or 0.0 for r in m.runs), 2),
+                    ROW.wall_time_s: round(sum((r.summary or {}).get(SUMMARY.wall_time_s) or 0.0 for r in m.runs), 2),
+                    ROW.run_dir: str(out_dir / folder_name(name))})  # fmt: skip
         if m.test is not None and test_labels is not None:
             test_correct = (m.test.argmax(axis=1) == test_labels).astype(np.int64)
-            row.update(test_acc=round(float(test_correct.mean()), 6), test_acc_ci=bootstrap_interval(test_correct))
+            row.update({ROW.test_acc: round(float(test_correct.mean()), 6),
+                        ROW.test_acc_ci: bootstrap_interval(test_correct)})  # fmt: skip
         row["_correct"], row["_folds"] = correct, folds
         rows.append(row)
     rows = rank(rows)
@@ -215,8 +216,9 @@ def crossval_rows(mem: dict[str, Member], labels: np.ndarray, test_labels: np.nd
     mcnemar_p = holm([mcnemar(winner["_correct"], r["_correct"]).p for r in rows[1:]])
     t_p = holm([corrected_t_test(winner["_folds"], r["_folds"], k).p for r in rows[1:]])
     for r, p_mc, p_t in zip(rows[1:], mcnemar_p, t_p, strict=True):
-        r.update(p_vs_winner=p_mc, p_folds=p_t, tied=not (p_mc < ALPHA and p_t < ALPHA), tie_split="out-of-fold")
-    winner.update(p_vs_winner=None, p_folds=None, tied=None, tie_split="out-of-fold")
+        r.update({ROW.p_vs_winner: p_mc, ROW.p_folds: p_t, ROW.tied: not (p_mc < ALPHA and p_t < ALPHA),
+                  ROW.tie_split: "out-of-fold"})  # fmt: skip
+    winner.update({ROW.p_vs_winner: None, ROW.p_folds: None, ROW.tied: None, ROW.tie_split: "out-of-fold"})
     for r in rows:
         del r["_correct"], r["_folds"]
     return rows
@@ -233,10 +235,10 @@ def verdict_lines(rows: list[dict[str, Any]], answer: dict[str, Any], stopped: d
     lines = []
     if len(rows) > 1:
         r = rows[1]
-        verdict = "not significant (tied)" if r["tied"] else "significant"
-        lines.append(f"winner {rows[0]['strategy']}, runner-up {r['strategy']}: out-of-fold acc "
-                     f"{rows[0]['oof_acc']:.2%} vs {r['oof_acc']:.2%}; McNemar p={fmt_p(r['p_vs_winner'])}, "
-                     f"corrected t-test over the folds p={fmt_p(r['p_folds'])} (both Holm): {verdict}")  # fmt: skip
+        verdict = "not significant (tied)" if r[ROW.tied] else "significant"
+        lines.append(f"winner {rows[0][ROW.strategy]}, runner-up {r[ROW.strategy]}: out-of-fold acc "
+                     f"{rows[0][ROW.oof_acc]:.2%} vs {r[ROW.oof_acc]:.2%}; McNemar p={fmt_p(r[ROW.p_vs_winner])}, "
+                     f"corrected t-test over the folds p={fmt_p(r[ROW.p_folds])} (both Holm): {verdict}")  # fmt: skip
     if stopped:
         parts = [f"{n} after fold {d.after_fold} ({d.acc:.1%} vs {d.leader} {d.leader_acc:.1%})"
                  for n, d in sorted(stopped.items(), key=lambda kv: kv[1].after_fold)]  # fmt: skip

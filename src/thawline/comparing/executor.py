@@ -12,7 +12,7 @@ from typing import Protocol
 from thawline.comparing.trials import Request, trial_folder
 from thawline.core.config import TrainConfig, load_yaml_mapping, replace
 from thawline.core.errors import ThawlineError
-from thawline.core.runformat import CONFIG_FILE, LAST_CKPT, SUMMARY_FILE
+from thawline.core.runformat import CONFIG, CONFIG_FILE, LAST_CKPT, SUMMARY_FILE
 from thawline.data import fingerprint
 from thawline.training.prepare import PreparedData
 from thawline.training.run_state import RunResult
@@ -74,8 +74,8 @@ def finished_run(run_dir: Path, cfg: TrainConfig, data: PreparedData) -> RunResu
         raise ThawlineError(f"'{run_dir}' holds a finished run without config.yaml, so its options cannot be checked; "
                             "pass a new --out")  # fmt: skip
     saved = load_yaml_mapping(str(run_dir / CONFIG_FILE))
-    expected = {**cfg.to_dict(), "img_size": data.img_size, "classes": data.classes}
-    for key in ("amp", "channels_last"):  # derived from the device when not given: whatever the run derived
+    expected = {**cfg.to_dict(), CONFIG.img_size: data.img_size, CONFIG.classes: data.classes}
+    for key in (CONFIG.amp, CONFIG.channels_last):  # derived from the device when not given: whatever the run derived
         if expected[key] is None:
             del expected[key]
     diff = first_difference(saved, expected)

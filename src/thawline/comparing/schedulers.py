@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from thawline.comparing.trials import Request, Trial
 from thawline.core.atomic import write_text_atomic
-from thawline.core.runformat import HALVING_JSON
+from thawline.core.runformat import EPOCH, HALVING_JSON
 from thawline.report.advice import ADVICE_DIR, load_advice
 from thawline.report.advice_rules import PRIOR
 
@@ -172,7 +172,7 @@ class Halving:
         halving.json."""
         rung = self.rungs[i]
         for name in self.alive:
-            best = [max((r["val_acc"] for r in results[Request(t, rung)].metrics), default=0.0)
+            best = [max((r[EPOCH.val_acc] for r in results[Request(t, rung)].metrics), default=0.0)
                     for t in self.trials.get(name, [])]  # fmt: skip
             self.scores.setdefault(name, {})[str(rung)] = sum(best) / len(best) if best else 0.0
         if i + 1 < len(self.rungs):

@@ -55,6 +55,7 @@ from thawline.comparing.sweep_study import (
 )
 from thawline.core.config import TrainConfig, replace
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import EPOCH, SUMMARY, trial_dir
 from thawline.training import trainer
 from thawline.training.prepare import input_settings, prepare_data
 from thawline.training.runfolder import write_marker
@@ -170,15 +171,17 @@ def _objective(config, bases, names, budget, out_dir, data, me, train, verbose):
         trial.set_user_attr("worker", me)
         name = trial.suggest_categorical("strategy", names)
         strategy = suggest_strategy(trial, bases[name], budget)
-        run_dir = out_dir / f"trial-{trial.number}"
+        run_dir = out_dir / trial_dir(trial.number)
         trial.set_user_attr("strategy", strategy_to_dict(strategy))
         trial.set_user_attr("run_dir", str(run_dir))
         cfg = replace(config, strategy=strategy.name, epochs=budget, out=str(run_dir), lr=None)
 
         def on_epoch(row: dict[str, Any]) -> None:
-            trial.report(float(row["val_acc"]), int(row["epoch"]))
-            if int(row["epoch"]) < budget and trial.should_prune():
-                raise optuna.TrialPruned(f"val acc {row['val_acc']:.2%} at epoch {row['epoch']} is below the median")
+            trial.report(float(row[EPOCH.val_acc]), int(row[EPOCH.epoch]))
+            if int(row[EPOCH.epoch]) < budget and trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"val acc {row[EPOCH.val_acc]:.2%} at epoch {row[EPOCH.epoch]} is below the median"
+                )
 
         try:
             run = train(cfg, data=data, run_dir=run_dir, quiet=not verbose, strategy=strategy, on_epoch=on_epoch)
@@ -186,7 +189,7 @@ def _objective(config, bases, names, budget, out_dir, data, me, train, verbose):
             trial.set_user_attr("error", str(e))
             raise
         trial.set_user_attr("test_acc", run.test_acc)
-        trial.set_user_attr("train_time_s", run.summary.get("train_time_s"))
+        trial.set_user_attr("train_time_s", run.summary.get(SUMMARY.train_time_s))
         return run.best_val_acc
 
     return objective

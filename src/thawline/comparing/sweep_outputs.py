@@ -14,6 +14,7 @@ from typing import Any
 from thawline.comparing.sweep_study import finished_count, state_counts
 from thawline.core.atomic import write_text_atomic
 from thawline.core.config import TrainConfig
+from thawline.core.runformat import SWEEP_SUMMARY, TRIALS_CSV
 
 
 @dataclass
@@ -78,7 +79,7 @@ def write_outputs(
     w.writeheader()
     for r in rows:
         w.writerow({**r, "params": json.dumps(r["params"], sort_keys=True)})
-    write_text_atomic(out_dir / "trials.csv", buf.getvalue())
+    write_text_atomic(out_dir / TRIALS_CSV, buf.getvalue())
 
     counts = state_counts(study)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
@@ -124,7 +125,7 @@ def write_outputs(
             summary["importances_omitted"] = f"optuna could not compute them: {e}"
     else:
         summary["importances_omitted"] = f"needs at least 2 complete trials, the study has {len(complete)}"
-    write_text_atomic(out_dir / "sweep_summary.json", json.dumps(summary, indent=2, default=str))
+    write_text_atomic(out_dir / SWEEP_SUMMARY, json.dumps(summary, indent=2, default=str))
     return SweepResult(out_dir, study.study_name, shown, summary, rows, best_config, best_strategy)
 
 
@@ -193,5 +194,5 @@ def _closing_lines(result: SweepResult) -> str:
         lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importances"].items()))
     if result.best_config:
         lines.append(f"train it: thawline train --config {result.best_config}")
-    lines.append(f"wrote {result.out_dir / 'sweep_summary.json'} and {result.out_dir / 'trials.csv'}")
+    lines.append(f"wrote {result.out_dir / SWEEP_SUMMARY} and {result.out_dir / TRIALS_CSV}")
     return "\n".join(lines)

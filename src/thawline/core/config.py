@@ -15,6 +15,7 @@ import yaml
 
 from thawline.core.atomic import write_text_atomic
 from thawline.core.errors import ThawlineError, close_matches
+from thawline.core.runformat import DERIVED_KEYS
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -253,13 +254,9 @@ def option_specs(cls: type[TrainConfig] = TrainConfig) -> list[OptionSpec]:
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
-# The keys a run's config.yaml holds beside its options: what `prepare.RunSetup.resolved_config` derives from them
-# (phases, stages, classes, input settings, counts, ...). `make_config` ignores exactly these, so a run's
-# config.yaml is itself a --config file that reruns the run.
-DERIVED_KEYS = (
-    "strategy_init", "strategy_head", "phases", "stages", "classes", "interpolation", "mean", "std", "weights_source",
-    "weights_sha256", "num_train", "num_val", "num_test", "held_out", "lr_auto", "world_size", "class_weight_values",
-)  # fmt: skip
+# The keys a run's config.yaml holds beside its options (runformat.DERIVED_KEYS: what
+# `prepare.RunSetup.resolved_config` derives from them) are ignored by `make_config`, so a run's config.yaml is
+# itself a --config file that reruns the run.
 
 # Options that say where and how a run executes, not what it computes: a resume may change them freely. Every
 # other option (and the derived classes and phases) must equal the saved run's to continue it.

@@ -31,6 +31,7 @@ from PIL import Image
 
 from thawline.core.atomic import atomic_folder
 from thawline.core.errors import ThawlineError, close_matches
+from thawline.core.runformat import SHIFT_JSON, SUMMARY
 from thawline.data.files import Skipped, Walker
 from thawline.data.images import BadImage, open_rgb
 from thawline.data.splits import find_layout
@@ -358,15 +359,15 @@ def shift_summary(accuracy: dict[str, float], clean: float | None) -> dict[str, 
     accuracy minus that mean (positive: accuracy lost to the shift)."""
     mean = float(np.mean(list(accuracy.values()))) if accuracy else None
     return {
-        "shifted_acc": None if mean is None else round(mean, 6),
-        "shift_gap": None if mean is None or clean is None else round(clean - mean, 6),
-        "shift_sets": len(accuracy),
+        SUMMARY.shifted_acc: None if mean is None else round(mean, 6),
+        SUMMARY.shift_gap: None if mean is None or clean is None else round(clean - mean, 6),
+        SUMMARY.shift_sets: len(accuracy),
     }
 
 
 def read_shift(run_dir: str | os.PathLike) -> dict[str, float] | None:
     """A run folder's shift.json ({set: accuracy}), or None when it has none or it is unreadable."""
-    path = Path(run_dir) / "shift.json"
+    path = Path(run_dir) / SHIFT_JSON
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -16,6 +16,7 @@ from torch import nn
 
 from thawline.core.atomic import write_text_atomic
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import CONFIG
 from thawline.data.cache_store import default_cache_dir
 from thawline.data.discovery import discover
 from thawline.data.files import Skipped, Walker
@@ -90,7 +91,7 @@ def resolve_split(cfg: dict[str, Any], split: str | None) -> tuple[str, Path, Sp
         if not folder.is_dir():
             raise ThawlineError(f"--split '{split}' is neither test, val, train nor an existing folder")
         return folder.resolve().name, folder, None
-    data = cfg.get("data")
+    data = cfg.get(CONFIG.data)
     if not data:
         raise ThawlineError("the run records no data folder; pass --split DIR (a folder of class sub-folders)")
     root = Path(data)
@@ -105,7 +106,7 @@ def resolve_split(cfg: dict[str, Any], split: str | None) -> tuple[str, Path, Sp
     for name in names:
         if name in shares or (name == "train" and shares):
             found = discover(root, None, *_held_out_options(cfg))
-            index = {c: i for i, c in enumerate(cfg["classes"])}
+            index = {c: i for i, c in enumerate(cfg[CONFIG.classes])}
             files = found.splits[name]
             unknown = sorted({found.classes[k] for k in files.labels} - set(index))
             if unknown:
@@ -119,7 +120,7 @@ def resolve_split(cfg: dict[str, Any], split: str | None) -> tuple[str, Path, Sp
 
 def _held_out_options(cfg: dict[str, Any]) -> tuple[float | None, float | None]:
     """The run's --val-split and --test-split (unset, or a run saved before they existed: None, the defaults)."""
-    return cfg.get("val_split"), cfg.get("test_split")
+    return cfg.get(CONFIG.val_split), cfg.get(CONFIG.test_split)
 
 
 # The fix a failed evaluation write names: `evaluate` writes into the run folder and has no --out to send it elsewhere.
@@ -183,14 +184,14 @@ def evaluate_loaded(
     """A loaded run model (`load_run`) on one labelled folder, or on `files` (paths, labels) from it: logits of
     every image that decodes (with `tta`, averaged with its mirror image's), and the report; nothing written."""
     check_batch_size(batch_size)
-    classes = list(cfg["classes"])
+    classes = list(cfg[CONFIG.classes])
     found: list[Skipped] = []
     paths, labels = files if files is not None else labelled_files(folder, classes, found)
     prep = Preprocess.from_config(cfg)
     # The decode-once cache: the same pixels training saw, and no second decode of a split it already decoded.
     # the run's own cache (config.yaml's cache_dir) unless told otherwise: the split training decoded is not decoded
     # again, and nothing lands in a cache the run never used
-    where = cache_dir or cfg.get("cache_dir") or default_cache_dir()
+    where = cache_dir or cfg.get(CONFIG.cache_dir) or default_cache_dir()
     cache = build_image_cache(paths, prep.img_size, prep.interpolation, where, workers)
     rows = np.flatnonzero(cache.ok)
     if len(rows) == 0:
@@ -263,7 +264,7 @@ def evaluation_report(ev: Evaluation, cfg: dict[str, Any]) -> dict[str, Any]:
         "folder": str(ev.folder),
         "checkpoint": cfg.get("checkpoint"),
         "checkpoint_epoch": cfg.get("checkpoint_epoch"),
-        "model": cfg["model"],
+        "model": cfg[CONFIG.model],
         "classes": ev.classes,
         "num_images": len(ev.paths),
         "tta": ev.tta,

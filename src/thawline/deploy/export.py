@@ -19,6 +19,7 @@ import torch
 
 from thawline.core.atomic import atomic_path, write_error, write_text_atomic, writing
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import CONFIG
 from thawline.data.images import BadImage
 from thawline.data.splits import find_layout
 from thawline.deploy.load import Preprocess, load_run, run_folder
@@ -46,7 +47,7 @@ class ExportResult:
 def check_inputs(cfg: dict[str, Any], prep: Preprocess, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, str]:
     """`n` preprocessed images from the run's test (else val, else train) folder, spread over its classes; random
     if none."""
-    for folder in _data_folders(cfg.get("data")):
+    for folder in _data_folders(cfg.get(CONFIG.data)):
         files = list(image_files(folder))
         picked = [files[i] for i in np.linspace(0, len(files) - 1, min(n * 2, len(files))).astype(int)]
         rows = []
@@ -156,9 +157,9 @@ def _write_preprocessing(
     size = prep.img_size
     info = {
         "onnx_file": onnx_path.name,
-        "model": cfg["model"],
+        "model": cfg[CONFIG.model],
         "checkpoint": cfg.get("checkpoint"),
-        "classes": list(cfg["classes"]),
+        "classes": list(cfg[CONFIG.classes]),
         **prep.to_dict(),
         "resize": f"whole image to {size}x{size} (no crop, aspect ratio not kept), PIL {prep.interpolation}",
         "color": "RGB (alpha composited on white, EXIF orientation applied)",
@@ -171,7 +172,7 @@ def _write_preprocessing(
         },
         "output": {
             "name": OUTPUT_NAME,
-            "shape": ["batch" if dynamic_batch else 1, len(cfg["classes"])],
+            "shape": ["batch" if dynamic_batch else 1, len(cfg[CONFIG.classes])],
             "meaning": "logits; softmax gives class probabilities in the order of classes",
         },
         "dynamic_batch": dynamic_batch,
@@ -184,7 +185,7 @@ def _add_metadata(path: Path, cfg: dict[str, Any], prep: Preprocess) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    meta = {"classes": json.dumps(list(cfg["classes"])), "preprocessing": json.dumps(prep.to_dict())}
+    meta = {"classes": json.dumps(list(cfg[CONFIG.classes])), "preprocessing": json.dumps(prep.to_dict())}
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -16,7 +16,7 @@ from torch import nn
 
 from thawline.core.config import load_yaml_mapping
 from thawline.core.errors import ThawlineError
-from thawline.core.runformat import CONFIG_FILE, SUMMARY_FILE
+from thawline.core.runformat import CONFIG, CONFIG_FILE, SUMMARY_FILE
 from thawline.data.batches import Normalize
 from thawline.data.images import decode_resized
 from thawline.deploy.answer import AnswerEnsemble, member_runs, read_answer
@@ -26,7 +26,7 @@ from thawline.models.weights import check_model_name
 from thawline.training.checkpoint import load_checkpoint
 
 CHECKPOINTS = ("best", "last")
-REQUIRED_KEYS = ("model", "classes", "img_size", "interpolation", "mean", "std")
+REQUIRED_KEYS = (CONFIG.model, CONFIG.classes, CONFIG.img_size, CONFIG.interpolation, CONFIG.mean, CONFIG.std)
 
 
 # ---- loading a run ---------------------------------------------------------------------------------------
@@ -86,14 +86,14 @@ def load_one_run(
         raise ThawlineError(
             f"'{path}' records no {', '.join(missing)} in its config; it is not a complete thawline run"
         )
-    check_model_name(cfg["model"])
-    classes = list(cfg["classes"])
+    check_model_name(cfg[CONFIG.model])
+    classes = list(cfg[CONFIG.classes])
     model = timm.create_model(
-        cfg["model"], pretrained=False, num_classes=len(classes), drop_rate=float(cfg.get("drop_rate") or 0.0)
+        cfg[CONFIG.model], pretrained=False, num_classes=len(classes), drop_rate=float(cfg.get(CONFIG.drop_rate) or 0.0)
     )
-    if cfg.get("strategy_head", "linear") == "multi-depth":  # head2toe: the head over every stage, as trained
+    if cfg.get(CONFIG.strategy_head, "linear") == "multi-depth":  # head2toe: the head over every stage, as trained
 
-        install_multidepth_head(model, stage_map(model), int(cfg.get("img_size") or 224))
+        install_multidepth_head(model, stage_map(model), int(cfg.get(CONFIG.img_size) or 224))
     weights = state.get("model")
     if not isinstance(weights, dict):
         raise ThawlineError(f"'{path}' holds no model weights")
@@ -107,7 +107,7 @@ def load_one_run(
             key = wrong[0]
             what.append(f"'{key}' has shape {tuple(weights[key].shape)}, expected {tuple(own[key].shape)}")
         raise ThawlineError(
-            f"'{path}' does not fit {cfg['model']} with {len(classes)} classes: {'; '.join(what)}; "
+            f"'{path}' does not fit {cfg[CONFIG.model]} with {len(classes)} classes: {'; '.join(what)}; "
             "the checkpoint and its config disagree (was the file replaced?)"
         )
     model.load_state_dict(weights)
@@ -141,7 +141,9 @@ class Preprocess:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Preprocess:
-        return cls(int(cfg["img_size"]), str(cfg["interpolation"]), tuple(cfg["mean"]), tuple(cfg["std"]))
+        return cls(
+            int(cfg[CONFIG.img_size]), str(cfg[CONFIG.interpolation]), tuple(cfg[CONFIG.mean]), tuple(cfg[CONFIG.std])
+        )
 
     def decode(self, path: str | os.PathLike) -> np.ndarray:
         """(img_size, img_size, 3) uint8, or BadImage naming what is wrong with the file."""
@@ -178,7 +180,7 @@ def logits_of(model: nn.Module, x: torch.Tensor, device: torch.device, tta: bool
 def check_tta(cfg: dict[str, Any], tta: bool) -> None:
     """Mirror-image averaging only for a run that trained on mirrored images: elsewhere a mirror may change the
     class (text, digits, left/right)."""
-    if tta and not cfg.get("hflip", True):
+    if tta and not cfg.get(CONFIG.hflip, True):
         raise ThawlineError(
             "--tta averages each image with its mirror image, but this run was trained without flips (--no-hflip: "
             "a mirrored image may mean something else in this data); drop --tta"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import CONFIG
 from thawline.data.files import Skipped, printable, walk_images
 from thawline.data.images import BadImage
 from thawline.deploy.load import Preprocess, check_batch_size, check_tta, load_run, logits_of, pick_device
@@ -97,7 +98,7 @@ def predict(
     dev = pick_device(device)
     model, cfg = load_run(run_dir, which, dev)
     check_tta(cfg, tta)
-    classes = list(cfg["classes"])
+    classes = list(cfg[CONFIG.classes])
     k = min(top_k, len(classes))
     prep = Preprocess.from_config(cfg)
     results = [Prediction(path, error=err, skipped=skip) for path, err, skip in expand_inputs(inputs)]

@@ -21,7 +21,7 @@ from typing import Any
 from markupsafe import Markup
 
 from thawline.core.atomic import WriteFailed, write_text_atomic, writing
-from thawline.core.runformat import COMPARE_PLAN, FIG_DIR, REPORT_NAME
+from thawline.core.runformat import COMPARE_PLAN, FIG_DIR, PLAN, REPORT_NAME, ROW, SUMMARY
 from thawline.data.files import printable
 from thawline.report.plots import plot_curves
 from thawline.report.plots_compare import plot_layer_drift, plot_tradeoffs
@@ -83,11 +83,11 @@ def render(folder: Path, figdir: Path) -> str:
     spec = _read_yaml(folder / COMPARE_PLAN) if kind == "compare" else None
     trials = _trial_display(read_trials(folder, [])) if kind == "sweep" else None
     columns = shown_columns(rows)
-    display = [_display_row(r, runs.get(r["strategy"]), folder, columns) for r in rows]
+    display = [_display_row(r, runs.get(r[ROW.strategy]), folder, columns) for r in rows]
 
     taken: set[str] = set()
     curves = []
-    order = [r["strategy"] for r in rows] + [n for n in runs if n not in {r["strategy"] for r in rows}]
+    order = [r[ROW.strategy] for r in rows] + [n for n in runs if n not in {r[ROW.strategy] for r in rows}]
     for name in order:
         run = runs.get(name)
         if run is None:
@@ -98,7 +98,7 @@ def render(folder: Path, figdir: Path) -> str:
         }  # fmt: skip
         if run.metrics:
             file = f"curves-{_slug(name, taken)}.png"
-            best_epoch = (run.summary or {}).get("best_epoch")
+            best_epoch = (run.summary or {}).get(SUMMARY.best_epoch)
             plot_curves(run.metrics, figdir / file, best_epoch)
             item["image"] = f"{FIG_DIR}/{file}"
         else:
@@ -111,7 +111,9 @@ def render(folder: Path, figdir: Path) -> str:
         tradeoffs = f"{FIG_DIR}/tradeoffs.png"
 
     drifts = {
-        n: r.summary["layer_drift"] for n in order if (r := runs.get(n)) and r.summary and r.summary.get("layer_drift")
+        n: r.summary[SUMMARY.layer_drift]
+        for n in order
+        if (r := runs.get(n)) and r.summary and r.summary.get(SUMMARY.layer_drift)
     }
     drift = None
     if drifts:
@@ -125,11 +127,11 @@ def render(folder: Path, figdir: Path) -> str:
 
     shift = _shift_section(rows, runs, figdir)
 
-    best_name = rows[0]["strategy"] if rows else next(iter(runs), None)
+    best_name = rows[0][ROW.strategy] if rows else next(iter(runs), None)
     best = _best_run_section(runs[best_name], figdir) if best_name in runs else None
 
     first = runs.get(best_name) if best_name else None
-    info = _run_info(first, (spec or {}).get("config")) if first else []
+    info = _run_info(first, (spec or {}).get(PLAN.config)) if first else []
     title = f"thawline {({'compare': 'comparison'}).get(kind, kind)}: {folder.resolve().name}"
     skipped = _skipped_rows(folder, notes) if kind == "compare" else []
     return _template().render(
@@ -153,7 +155,7 @@ def render(folder: Path, figdir: Path) -> str:
         best=best,
         drift=drift,
         shift=shift,
-        has_full=any(split_name(r["strategy"])[1] == "full" for r in rows),
+        has_full=any(split_name(r[ROW.strategy])[1] == "full" for r in rows),
         trials=trials,
         crossval=crossval,
     )

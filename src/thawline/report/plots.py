@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from thawline.core.atomic import atomic_path
+from thawline.core.runformat import EPOCH
 
 DPI = 100
 OK_COLOR = "#1b7f3b"
@@ -55,12 +56,12 @@ def _phase_spans(metrics: list[dict[str, Any]]) -> list[tuple[int, float, float,
     """(phase, first epoch - 0.5, last epoch + 0.5, what trains) for each phase in metrics order."""
     spans: list[tuple[int, float, float, str]] = []
     for m in metrics:
-        phase, epoch = m.get("phase", 1), m["epoch"]
+        phase, epoch = m.get(EPOCH.phase, 1), m[EPOCH.epoch]
         if spans and spans[-1][0] == phase:
             p, lo, _, train = spans[-1]
             spans[-1] = (p, lo, epoch + 0.5, train)
         else:
-            spans.append((phase, epoch - 0.5, epoch + 0.5, str(m.get("phase_train", ""))))
+            spans.append((phase, epoch - 0.5, epoch + 0.5, str(m.get(EPOCH.phase_train, ""))))
     return spans
 
 
@@ -68,10 +69,11 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, best_epoch: int | Non
     """Train/val loss and accuracy per epoch; dashed vertical lines where a new phase starts, phases shaded."""
     fig = _figure(8.0, 3.0)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    epochs = [m["epoch"] for m in metrics]
-    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        for split, color in (("train", "#1f77b4"), ("val", "#ff7f0e")):
-            ys = [m.get(f"{split}_{key}") for m in metrics]
+    epochs = [m[EPOCH.epoch] for m in metrics]
+    panels = ((ax_loss, EPOCH.train_loss, EPOCH.val_loss, "loss"), (ax_acc, EPOCH.train_acc, EPOCH.val_acc, "accuracy"))
+    for ax, train_key, val_key, label in panels:
+        for key, split, color in ((train_key, "train", "#1f77b4"), (val_key, "val", "#ff7f0e")):
+            ys = [m.get(key) for m in metrics]
             pts = [(x, y) for x, y in zip(epochs, ys, strict=True) if y is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", ms=4, color=color, label=split)
@@ -102,11 +104,11 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, best_epoch: int | Non
             ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.xaxis.get_major_locator().set_params(integer=True)
     if best_epoch is not None:
-        best = next((m for m in metrics if m["epoch"] == best_epoch), None)
-        if best and best.get("val_acc") is not None:
+        best = next((m for m in metrics if m[EPOCH.epoch] == best_epoch), None)
+        if best and best.get(EPOCH.val_acc) is not None:
             ax_acc.plot(
                 [best_epoch],
-                [best["val_acc"]],
+                [best[EPOCH.val_acc]],
                 marker="*",
                 ms=14,
                 color=WINNER_COLOR,

@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from thawline.core.runformat import ROW
 from thawline.report.plots import WINNER_COLOR, _figure, _pct_axis, save_figure
 
 
 def _max_trainable(row: dict[str, Any]) -> float | None:
     try:
-        return float(max(int(n) for n in str(row.get("trainable_params") or "").split("/") if n))
+        return float(max(int(n) for n in str(row.get(ROW.trainable_params) or "").split("/") if n))
     except ValueError:
         return None
 
@@ -21,18 +22,18 @@ def _max_trainable(row: dict[str, Any]) -> float | None:
 def plot_tradeoffs(rows: list[dict[str, Any]], path: Path) -> None:
     """Best val accuracy (out-of-fold accuracy in a cross-validated comparison) against wall time and against
     trainable parameters; one labelled point per strategy."""
-    folds = any(r.get("oof_acc") is not None for r in rows)
+    folds = any(r.get(ROW.oof_acc) is not None for r in rows)
     fig = _figure(9.0, 3.6)
     ax_time, ax_params = fig.subplots(1, 2, sharey=True)
     for ax, xs, xlabel in (
-        (ax_time, [r.get("wall_time_s") for r in rows], "wall time (s)"),
+        (ax_time, [r.get(ROW.wall_time_s) for r in rows], "wall time (s)"),
         (ax_params, [_max_trainable(r) for r in rows], "trainable parameters (largest phase)"),
     ):
         for r, x in zip(rows, xs, strict=True):
-            y = r.get("oof_acc" if folds else "best_val_acc")
+            y = r.get(ROW.oof_acc if folds else ROW.best_val_acc)
             if x is None or y is None:
                 continue
-            winner = r.get("rank") == 1
+            winner = r.get(ROW.rank) == 1
             ax.scatter(
                 [x],
                 [y],
@@ -42,7 +43,7 @@ def plot_tradeoffs(rows: list[dict[str, Any]], path: Path) -> None:
                 edgecolor="#333",
                 zorder=3,
             )
-            ax.annotate(r["strategy"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+            ax.annotate(r[ROW.strategy], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.margins(x=0.2, y=0.15)
@@ -79,11 +80,11 @@ def plot_shift(rows: list[dict[str, Any]], path: Path) -> None:
     strategy, the diagonal where the shift costs nothing."""
     fig = _figure(5.6, 4.4)
     ax = fig.add_subplot()
-    pts = [(r, float(r["test_acc"]), float(r["shifted_acc"])) for r in rows if r.get("test_acc") is not None
-           and r.get("shifted_acc") is not None]  # fmt: skip
+    pts = [(r, float(r[ROW.test_acc]), float(r[ROW.shifted_acc])) for r in rows if r.get(ROW.test_acc) is not None
+           and r.get(ROW.shifted_acc) is not None]  # fmt: skip
     texts = []
     for r, x, y in sorted(pts, key=lambda p: -p[2]):  # labels placed top down
-        winner = r.get("rank") == 1
+        winner = r.get(ROW.rank) == 1
         ax.scatter(
             [x],
             [y],
@@ -93,7 +94,7 @@ def plot_shift(rows: list[dict[str, Any]], path: Path) -> None:
             edgecolor="#333",
             zorder=4 if winner else 3,
         )
-        texts.append(ax.annotate(r["strategy"], (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8))
+        texts.append(ax.annotate(r[ROW.strategy], (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8))
     if pts:
         values = [v for _, x, y in pts for v in (x, y)]
         lo, hi = min(values), max(values)

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from thawline.core.atomic import write_text_atomic
-from thawline.core.runformat import COMPARISON_CSV, COMPARISON_JSON
+from thawline.core.runformat import COMPARISON_CSV, COMPARISON_JSON, ROW, SUMMARY
 from thawline.data.names import folder_name
-from thawline.report.uncertainty import ALPHA, RESAMPLES, fmt_p
+from thawline.report.uncertainty import ALPHA, RESAMPLES, SPLIT_KEYS, fmt_p
 
 Row = dict[str, Any]
 Summary = dict[str, Any]
@@ -155,8 +155,10 @@ class Cell:
 
 
 def _params_cell(row: Row, s: Summary) -> Cell:
-    per_phase = s.get("trainable_params") or [int(n) for n in str(row.get("trainable_params") or "").split("/") if n]
-    total = s.get("total_params")
+    per_phase = s.get(SUMMARY.trainable_params) or [
+        int(n) for n in str(row.get(ROW.trainable_params) or "").split("/") if n
+    ]
+    total = s.get(SUMMARY.total_params)
     exact = " / ".join(f"{n:,}" for n in per_phase)
     return Cell(
         fmt_phase_counts(per_phase),
@@ -166,15 +168,15 @@ def _params_cell(row: Row, s: Summary) -> Cell:
 
 
 def _memory_cell(row: Row, s: Summary) -> Cell:
-    memory = fmt_mb(row.get("peak_rss_mb"))
-    if s.get("peak_gpu_mb"):
-        memory += f" · GPU {fmt_mb(s['peak_gpu_mb'])}"
+    memory = fmt_mb(row.get(ROW.peak_rss_mb))
+    if s.get(SUMMARY.peak_gpu_mb):
+        memory += f" · GPU {fmt_mb(s[SUMMARY.peak_gpu_mb])}"
     return Cell(memory)
 
 
 def _saved_cell(row: Row, s: Summary) -> Cell:
-    vs = row.get("time_vs_full")
-    if split_name(row["strategy"])[1] == "full":
+    vs = row.get(ROW.time_vs_full)
+    if split_name(row[ROW.strategy])[1] == "full":
         return Cell("baseline")
     if vs is None:
         return Cell("—")
@@ -182,7 +184,7 @@ def _saved_cell(row: Row, s: Summary) -> Cell:
 
 
 def _interval_cell(split: str) -> Callable[[Row, Summary], Cell]:
-    key = f"{split}_acc_ci"
+    key = SPLIT_KEYS[split]
 
     def cell(row: Row, s: Summary) -> Cell:
         ci = row.get(key)
@@ -196,21 +198,21 @@ def _interval_cell(split: str) -> Callable[[Row, Summary], Cell]:
 
 
 def _versus(row: Row) -> str:
-    return (f"from the winner on the same {row.get('tie_split')} images (exact McNemar test, Holm-adjusted over the "
+    return (f"from the winner on the same {row.get(ROW.tie_split)} images (exact McNemar test, Holm-adjusted over the "
             "strategies tested against the winner)")  # fmt: skip
 
 
 def _p_cell(row: Row, s: Summary) -> Cell:
-    p = row.get("p_vs_winner")
+    p = row.get(ROW.p_vs_winner)
     if p is None:
-        return Cell("—", "the winner itself" if row.get("rank") == 1 else "untested: no paired predictions")
+        return Cell("—", "the winner itself" if row.get(ROW.rank) == 1 else "untested: no paired predictions")
     return Cell(fmt_p(p), f"p-value of its difference {_versus(row)}")
 
 
 def _tied_cell(row: Row, s: Summary) -> Cell:
-    tied = row.get("tied")
+    tied = row.get(ROW.tied)
     if tied is None:
-        return Cell("—", "the winner itself" if row.get("rank") == 1 else "untested: no paired predictions")
+        return Cell("—", "the winner itself" if row.get(ROW.rank) == 1 else "untested: no paired predictions")
     if tied:
         return Cell("tied", f"not significantly different {_versus(row)}: p ≥ {ALPHA}")
     return Cell("no", f"significantly different {_versus(row)}: p < {ALPHA}")
@@ -236,68 +238,68 @@ COLUMNS: tuple[Column, ...] = (
     # compare --folds: every pooled image's out-of-fold prediction, and the spread of the folds' accuracies; filled
     # in by `comparing.crossval` (the val columns are empty there: each fold has its own val)
     Column(
-        "oof_acc", "out-of-fold acc", value=lambda s: None, cli=("oof acc", 8, _console(".2%")), text=fmt_pct,
+        ROW.oof_acc, "out-of-fold acc", value=lambda s: None, cli=("oof acc", 8, _console(".2%")), text=fmt_pct,
         optional=True,
     ),
     Column(
-        "oof_acc_ci", "out-of-fold 95% CI", value=lambda s: None, cli=("oof 95% CI", 11, _console_interval),
+        ROW.oof_acc_ci, "out-of-fold 95% CI", value=lambda s: None, cli=("oof 95% CI", 11, _console_interval),
         text=fmt_interval, optional=True,
     ),
     Column(
-        "folds_acc", "val acc over folds (mean ± std)", value=lambda s: None, cli=("fold mean±sd", 12, _console_seeds),
-        text=lambda v: fmt_seed_spread(v, of="folds"), optional=True,
+        ROW.folds_acc, "val acc over folds (mean ± std)", value=lambda s: None,
+        cli=("fold mean±sd", 12, _console_seeds), text=lambda v: fmt_seed_spread(v, of="folds"), optional=True,
     ),
     Column(
-        "best_val_acc", "best val acc", cli=("val acc", 8, _console(".2%")),
-        cell=lambda r, s: Cell(fmt_pct(r.get("best_val_acc")), f"best epoch {s.get('best_epoch')}"),
+        ROW.best_val_acc, "best val acc", cli=("val acc", 8, _console(".2%")),
+        cell=lambda r, s: Cell(fmt_pct(r.get(ROW.best_val_acc)), f"best epoch {s.get(SUMMARY.best_epoch)}"),
     ),
-    Column("val_acc_ci", "val 95% CI", cli=("val 95% CI", 11, _console_interval), cell=_interval_cell("val")),
+    Column(ROW.val_acc_ci, "val 95% CI", cli=("val 95% CI", 11, _console_interval), cell=_interval_cell("val")),
     Column(
-        "val_acc_seeds", "val acc over seeds (mean ± std)",
+        ROW.val_acc_seeds, "val acc over seeds (mean ± std)",
         value=lambda s: None,  # filled in by `uncertainty.seed_spread` from the compare folder's seeds/
         cli=("val mean±sd", 11, _console_seeds), text=fmt_seed_spread, optional=True,
     ),
-    Column("test_acc", "test acc", cli=("test acc", 9, _console(".2%")), text=fmt_pct),
+    Column(ROW.test_acc, "test acc", cli=("test acc", 9, _console(".2%")), text=fmt_pct),
     Column(
-        "test_acc_seeds", "test acc over seeds (mean ± std)", value=lambda s: None,
+        ROW.test_acc_seeds, "test acc over seeds (mean ± std)", value=lambda s: None,
         cli=("test mean±sd", 12, _console_seeds), text=fmt_seed_spread, optional=True,
     ),
-    Column("test_acc_ci", "test 95% CI", cli=("test 95% CI", 11, _console_interval), cell=_interval_cell("test")),
+    Column(ROW.test_acc_ci, "test 95% CI", cli=("test 95% CI", 11, _console_interval), cell=_interval_cell("test")),
     # compare --shift-test: written into summary.json with the run's shift.json ({set: accuracy})
     Column(
-        "shifted_acc", "shifted acc (mean over sets)", cli=("shifted", 8, _console(".2%")), text=fmt_pct,
+        ROW.shifted_acc, "shifted acc (mean over sets)", cli=("shifted", 8, _console(".2%")), text=fmt_pct,
         optional=True,
     ),
     Column(
-        "shift_gap", "shift gap (test − shifted)", cli=("gap", 7, _console("+.2%")),
+        ROW.shift_gap, "shift gap (test − shifted)", cli=("gap", 7, _console("+.2%")),
         text=lambda v: "—" if v is None else f"{float(v) * 100:+.1f} pts", optional=True,
     ),
     Column(
-        "p_vs_winner", "McNemar p vs winner (Holm)",
+        ROW.p_vs_winner, "McNemar p vs winner (Holm)",
         value=lambda s: None,  # filled in by `uncertainty.annotate` from the run folders' predictions
         cli=("p vs #1", 7, fmt_p), cell=_p_cell,
     ),
     Column(
-        "p_folds", "corrected t-test p vs winner over the folds (Holm)", value=lambda s: None,
+        ROW.p_folds, "corrected t-test p vs winner over the folds (Holm)", value=lambda s: None,
         cli=("p folds", 7, fmt_p), text=fmt_p, optional=True,
     ),
     Column(
-        "tied", "tied with winner",
+        ROW.tied, "tied with winner",
         value=lambda s: None,  # filled in by `uncertainty.annotate`: p >= 0.05 against the winner
         cli=("tied", 4, _console_tied), cell=_tied_cell,
     ),
-    Column("epochs", "epochs", cli=("epochs", 6, str), text=lambda v: "—" if v is None else str(v)),
-    Column("train_time_s", "train time", cli=("train s", 8, _console(".1f")), text=fmt_seconds),
-    Column("wall_time_s", "wall time", text=fmt_seconds),
-    Column("images_per_s", "img/s", cli=("img/s", 8, _console(".0f")), text=fmt_rate),
+    Column(ROW.epochs, "epochs", cli=("epochs", 6, str), text=lambda v: "—" if v is None else str(v)),
+    Column(ROW.train_time_s, "train time", cli=("train s", 8, _console(".1f")), text=fmt_seconds),
+    Column(ROW.wall_time_s, "wall time", text=fmt_seconds),
+    Column(ROW.images_per_s, "img/s", cli=("img/s", 8, _console(".0f")), text=fmt_rate),
     Column(
-        "trainable_params", "trainable params per phase",
-        value=lambda s: "/".join(str(n) for n in s.get("trainable_params") or []),
+        ROW.trainable_params, "trainable params per phase",
+        value=lambda s: "/".join(str(n) for n in s.get(SUMMARY.trainable_params) or []),
         cli=("trainable params", 22, _console_params), cell=_params_cell,
     ),
-    Column("peak_rss_mb", "peak memory", cell=_memory_cell),
+    Column(ROW.peak_rss_mb, "peak memory", cell=_memory_cell),
     Column(
-        "time_vs_full", "train time saved vs full",
+        ROW.time_vs_full, "train time saved vs full",
         value=lambda s: None,  # filled in by `rank`, relative to the full fine-tune's train time
         cli=("vs full", 8, _console("+.0%")), cell=_saved_cell,
     ),
@@ -305,16 +307,16 @@ COLUMNS: tuple[Column, ...] = (
 
 # A cross-validated comparison's own columns (out of fold, over the folds): its val columns are empty, and a plain
 # comparison's comparison.csv keeps its columns and their order (the folds' come last, and only with folds).
-FOLDS_KEYS = ("oof_acc", "oof_acc_ci", "folds_acc", "p_folds")
-PLAIN_VAL_KEYS = ("best_val_acc", "val_acc_ci")
-CSV_FIELDS = ("rank", "strategy", *(c.key for c in COLUMNS if c.key not in FOLDS_KEYS), "run_dir")
+FOLDS_KEYS = (ROW.oof_acc, ROW.oof_acc_ci, ROW.folds_acc, ROW.p_folds)
+PLAIN_VAL_KEYS = (ROW.best_val_acc, ROW.val_acc_ci)
+CSV_FIELDS = (ROW.rank, ROW.strategy, *(c.key for c in COLUMNS if c.key not in FOLDS_KEYS), ROW.run_dir)
 
 
 def row_from_summary(name: str, run_dir: Path | str, summary: Summary) -> Row:
-    row: Row = {"strategy": name}
+    row: Row = {ROW.strategy: name}
     for c in COLUMNS:
         row[c.key] = c.value(summary) if c.value else summary.get(c.key)
-    row["run_dir"] = str(run_dir)
+    row[ROW.run_dir] = str(run_dir)
     return row
 
 
@@ -322,28 +324,30 @@ def rank(rows: list[Row]) -> list[Row]:
     """Best val accuracy first (its mean over seeds when there are several), then less training time;
     `time_vs_full` relative to the full fine-tune (of the same model in a model grid)."""
     full_times = {
-        split_name(r["strategy"])[0]: r.get("train_time_s") for r in rows if split_name(r["strategy"])[1] == "full"
+        split_name(r[ROW.strategy])[0]: r.get(ROW.train_time_s)
+        for r in rows
+        if split_name(r[ROW.strategy])[1] == "full"
     }
     for r in rows:
-        full_time = full_times.get(split_name(r["strategy"])[0])
-        if r.get("time_vs_full") is None and full_time and r.get("train_time_s") is not None:
+        full_time = full_times.get(split_name(r[ROW.strategy])[0])
+        if r.get(ROW.time_vs_full) is None and full_time and r.get(ROW.train_time_s) is not None:
             # Negative = this strategy needed less training time than full fine-tuning.
-            r["time_vs_full"] = round(r["train_time_s"] / full_time - 1, 4)
+            r[ROW.time_vs_full] = round(r[ROW.train_time_s] / full_time - 1, 4)
 
     def val(r: Row) -> float:
-        if r.get("oof_acc") is not None:  # compare --folds: every pooled image, out of fold
-            return float(r["oof_acc"])
-        return (r.get("val_acc_seeds") or [r.get("best_val_acc") or 0.0])[0]
+        if r.get(ROW.oof_acc) is not None:  # compare --folds: every pooled image, out of fold
+            return float(r[ROW.oof_acc])
+        return (r.get(ROW.val_acc_seeds) or [r.get(ROW.best_val_acc) or 0.0])[0]
 
-    rows.sort(key=lambda r: (-val(r), r.get("train_time_s") or 0.0))
+    rows.sort(key=lambda r: (-val(r), r.get(ROW.train_time_s) or 0.0))
     for i, r in enumerate(rows):
-        r["rank"] = i + 1
+        r[ROW.rank] = i + 1
     return rows
 
 
 def shown_columns(rows: list[Row]) -> list[Column]:
     """Every column, less the optional ones that no row has a value for."""
-    folds = any(r.get("oof_acc") is not None for r in rows)
+    folds = any(r.get(ROW.oof_acc) is not None for r in rows)
     return [
         c for c in COLUMNS
         if (not c.optional or any(r.get(c.key) is not None for r in rows)) and not (folds and c.key in PLAIN_VAL_KEYS)
@@ -359,7 +363,7 @@ def report_cells(row: Row, summary: Summary | None, columns: list[Column] | None
 def write_comparison(out_dir: Path, rows: list[Row], extra: dict[str, Any] | None = None) -> None:
     """comparison.csv and comparison.json: the ranked rows (a list), or with `extra` (compare --folds: the folds,
     the race, the answer) an object holding them as "rows" beside those entries."""
-    fields = CSV_FIELDS + FOLDS_KEYS if any(r.get("oof_acc") is not None for r in rows) else CSV_FIELDS
+    fields = CSV_FIELDS + FOLDS_KEYS if any(r.get(ROW.oof_acc) is not None for r in rows) else CSV_FIELDS
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
@@ -378,10 +382,10 @@ def comparison_rows(doc: Any) -> Any:
 def format_table(rows: list[Row]) -> str:
     """The console table of a comparison."""
     shown = [c for c in shown_columns(rows) if c.cli]
-    width = max([14, *(len(str(r["strategy"])) for r in rows)])
+    width = max([14, *(len(str(r[ROW.strategy])) for r in rows)])
     header = f"{'#':>2}  {'strategy':<{width}} " + " ".join(f"{c.cli[0]:>{c.cli[1]}}" for c in shown)
     lines = [header, "-" * len(header)]
     for r in rows:
         cells = " ".join(f"{c.cli[2](r.get(c.key)):>{c.cli[1]}}" for c in shown)
-        lines.append(f"{r['rank']:>2}  {r['strategy']:<{width}} {cells}")
+        lines.append(f"{r[ROW.rank]:>2}  {r[ROW.strategy]:<{width}} {cells}")
     return "\n".join(lines)

@@ -17,10 +17,17 @@ from thawline.core.runformat import (
     COMPARE_PLAN,
     COMPARISON_JSON,
     CONFIG_FILE,
+    EPOCH,
     FOLD_PREFIX,
     METRICS_FILE,
+    PLAN,
     PREDICTIONS,
+    ROW,
+    SUMMARY,
     SUMMARY_FILE,
+    SWEEP_SUMMARY,
+    TRIALS_CSV,
+    trial_dir,
 )
 from thawline.report.metrics import Predictions, read_predictions
 from thawline.report.ranking import comparison_rows, grid_name, rank, row_from_summary, run_subdir
@@ -64,7 +71,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and "epoch" in row:
+        if isinstance(row, dict) and EPOCH.epoch in row:
             rows.append(row)
     return rows
 
@@ -88,12 +95,12 @@ def load_run(run_dir: Path, name: str | None = None) -> RunData:
     if run.summary is None:
         run.notes.append("summary.json is missing: the run has not finished")
     else:
-        run.name = name or str(run.summary.get("strategy") or run.name)
+        run.name = name or str(run.summary.get(SUMMARY.strategy) or run.name)
     run.metrics = read_metrics(run_dir / METRICS_FILE)
     run.config = _read_yaml(run_dir / CONFIG_FILE)
     pred_path = run_dir / PREDICTIONS
     if pred_path.is_file():
-        classes = run.summary.get("classes") if run.summary else None
+        classes = run.summary.get(SUMMARY.classes) if run.summary else None
         try:
             run.predictions = read_predictions(pred_path, classes)
         except ThawlineError as e:
@@ -104,7 +111,7 @@ def load_run(run_dir: Path, name: str | None = None) -> RunData:
 def folder_kind(folder: Path) -> str:
     if not folder.is_dir():
         raise ThawlineError(f"'{folder}' is not a folder; pass a run or compare folder such as runs/compare-1")
-    if (folder / "sweep_summary.json").is_file() or (folder / "trials.csv").is_file():
+    if (folder / SWEEP_SUMMARY).is_file() or (folder / TRIALS_CSV).is_file():
         return "sweep"
     if (folder / COMPARISON_JSON).is_file() or (folder / COMPARE_PLAN).is_file():
         return "compare"
@@ -129,7 +136,7 @@ def _resolve_subrun(folder: Path, strategy: str, run_dir: str | None) -> Path:
 
 def read_trials(folder: Path, notes: list[str]) -> list[dict[str, Any]]:
     """trials.csv of a sweep folder (every trial, pruned and failed ones included), by trial number."""
-    path = folder / "trials.csv"
+    path = folder / TRIALS_CSV
     if not path.is_file():
         notes.append("trials.csv is missing: the sweep has not finished a trial")
         return []
@@ -160,7 +167,7 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
         # Every finished trial is a run folder trial-<n>; pruned trials stopped early and have no summary.
         rows = []
         for trial in read_trials(folder, notes):
-            path = folder / f"trial-{trial['number']}"
+            path = folder / trial_dir(trial["number"])
             if not (path / SUMMARY_FILE).is_file():
                 continue
             name = f"trial-{trial['number']} {trial.get('strategy') or ''}".strip()
@@ -171,17 +178,17 @@ def load_folder(folder: Path) -> tuple[str, list[dict[str, Any]], dict[str, RunD
 
     table = comparison_rows(_read_json(folder / COMPARISON_JSON, notes))
     spec = _read_yaml(folder / COMPARE_PLAN) or {}
-    if isinstance(table, list) and table and all(isinstance(r, dict) and "strategy" in r for r in table):
+    if isinstance(table, list) and table and all(isinstance(r, dict) and ROW.strategy in r for r in table):
         rows = [dict(r) for r in table]
         for r in rows:
-            path = _resolve_subrun(folder, r["strategy"], r.get("run_dir"))
-            runs[r["strategy"]] = load_run(path, r["strategy"])
-        rows.sort(key=lambda r: r.get("rank", 0))
+            path = _resolve_subrun(folder, r[ROW.strategy], r.get(ROW.run_dir))
+            runs[r[ROW.strategy]] = load_run(path, r[ROW.strategy])
+        rows.sort(key=lambda r: r.get(ROW.rank, 0))
     else:
         notes.append("comparison.json is missing: the table is rebuilt from the finished sub-runs")
-        names = [str(n) for n in spec.get("strategies") or []]
-        if spec.get("models"):  # a model x strategy grid: OUT/<model>/<strategy>
-            names = [grid_name(str(m), n) for m in spec["models"] for n in names]
+        names = [str(n) for n in spec.get(PLAN.strategies) or []]
+        if spec.get(PLAN.models):  # a model x strategy grid: OUT/<model>/<strategy>
+            names = [grid_name(str(m), n) for m in spec[PLAN.models] for n in names]
         else:
             found = [p.name for p in sorted(folder.iterdir()) if (p / SUMMARY_FILE).is_file()]
             names += [n for n in found if n not in names]

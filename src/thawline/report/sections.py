@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from thawline.core.atomic import WriteFailed, atomic_path
-from thawline.core.runformat import COMPARISON_JSON, FIG_DIR, HALVING_JSON, PREDICTIONS
+from thawline.core.runformat import (
+    COMPARISON_JSON,
+    CONFIG,
+    COUNT_KEYS,
+    FIG_DIR,
+    HALVING_JSON,
+    PREDICTIONS,
+    ROW,
+    SUMMARY,
+)
 from thawline.data.shift import read_shift
 from thawline.report.advice import ADVICE_DIR, FIGURE, SKIPPED_JSON, advice_html, load_advice
 from thawline.report.crossval import answer_line
@@ -79,7 +88,7 @@ def _phase_plan(summary: dict[str, Any] | None, full: bool = False) -> str:
     """The phases in one line: 'head ×5 @ 1e-04 → all ×5 @ 1e-05'. Short form (`full=False`, under a strategy's
     name): an LR shared by every phase said once, and a long plan (gradual: one phase per stage) elided in the middle.
     """
-    phases = (summary or {}).get("phases") or []
+    phases = (summary or {}).get(SUMMARY.phases) or []
     shared = not full and len(phases) > 1 and len({(p.get("lr"), p.get("bn")) for p in phases}) == 1
     steps = [f"{p.get('train')} ×{p.get('epochs')}" + ("" if shared else f" @ {_phase_lr(p)}") for p in phases]
     if full:
@@ -92,18 +101,18 @@ def _phase_plan(summary: dict[str, Any] | None, full: bool = False) -> str:
 
 def _display_row(row: dict[str, Any], run: RunData | None, folder: Path, columns: list) -> dict[str, Any]:
     s = (run.summary if run else None) or {}
-    run_dir = run.run_dir if run else Path(row.get("run_dir") or folder)
+    run_dir = run.run_dir if run else Path(row.get(ROW.run_dir) or folder)
     try:
         href = os.path.relpath(run_dir, folder).replace(os.sep, "/") + "/"
     except ValueError:
         href = run_dir.resolve().as_uri()
     return {
-        "rank": row.get("rank"),
-        "strategy": row["strategy"],
+        "rank": row.get(ROW.rank),
+        "strategy": row[ROW.strategy],
         "plan": _phase_plan(s),
         "plan_full": _phase_plan(s, full=True),
-        "winner": row.get("rank") == 1,
-        "tied": row.get("tied") is True,
+        "winner": row.get(ROW.rank) == 1,
+        "tied": row.get(ROW.tied) is True,
         "cells": report_cells(row, s, columns),
         "href": href,
     }
@@ -124,7 +133,7 @@ def _tie_sentence(verdict: Verdict | None, rows: list[dict[str, Any]]) -> str | 
             f"({verdict.winner_only} vs {verdict.runner_up_only} right only by one of the two), "
             f"p={fmt_p(verdict.p)}."
         )
-    p_of = {r["strategy"]: r.get("p_vs_winner") for r in rows}
+    p_of = {r[ROW.strategy]: r.get(ROW.p_vs_winner) for r in rows}
     if verdict.tied:
         names = ", ".join(f"{n} (p={fmt_p(p_of.get(n))})" for n in verdict.tied)
         return (
@@ -152,31 +161,31 @@ def _run_info(run: RunData, spec_config: dict[str, Any] | None) -> list[tuple[st
     s = run.summary or {}
     cfg = run.config or spec_config or {}
     items = [
-        ("model", s.get("model") or cfg.get("model")),
-        ("weights", s.get("weights") or cfg.get("weights")),
-        ("data", cfg.get("data")),
-        ("image size", s.get("img_size") or cfg.get("img_size")),
-        ("device", s.get("device")),
-        ("classes", len(s["classes"]) if s.get("classes") else None),
+        ("model", s.get(SUMMARY.model) or cfg.get(CONFIG.model)),
+        ("weights", s.get(SUMMARY.weights) or cfg.get(CONFIG.weights)),
+        ("data", cfg.get(CONFIG.data)),
+        ("image size", s.get(SUMMARY.img_size) or cfg.get(CONFIG.img_size)),
+        ("device", s.get(SUMMARY.device)),
+        ("classes", len(s[SUMMARY.classes]) if s.get(SUMMARY.classes) else None),
         (
             "images train / val / test",
-            " / ".join(str(s.get(k, "—")) for k in ("num_train", "num_val", "num_test")) if s else None,
+            " / ".join(str(s.get(k, "—")) for k in COUNT_KEYS.values()) if s else None,
         ),
-        ("held out of train", ", ".join(f"{k} {v:.0%}" for k, v in (s.get("held_out") or {}).items())),
-        ("skipped files", s.get("skipped_files")),
+        ("held out of train", ", ".join(f"{k} {v:.0%}" for k, v in (s.get(SUMMARY.held_out) or {}).items())),
+        ("skipped files", s.get(SUMMARY.skipped_files)),
         ("augmentation", _augmentation(cfg)),
-        ("seed", cfg.get("seed")),
+        ("seed", cfg.get(CONFIG.seed)),
     ]
     return [(k, str(v)) for k, v in items if v is not None and v != ""]
 
 
 def _augmentation(cfg: dict[str, Any]) -> str | None:
     """What the train images went through ('flips, crops ≥ 35% of the area'); None for a config without it."""
-    if "hflip" not in cfg:
+    if CONFIG.hflip not in cfg:
         return None
-    parts = ["flips"] if cfg["hflip"] else []
-    if float(cfg.get("min_scale") or 1.0) < 1:
-        parts.append(f"crops ≥ {float(cfg['min_scale']):.0%} of the area")
+    parts = ["flips"] if cfg[CONFIG.hflip] else []
+    if float(cfg.get(CONFIG.min_scale) or 1.0) < 1:
+        parts.append(f"crops ≥ {float(cfg[CONFIG.min_scale]):.0%} of the area")
     return ", ".join(parts) or "none"
 
 
@@ -197,7 +206,7 @@ def _best_run_section(run: RunData, figdir: Path) -> dict[str, Any]:
     if len(preds) == 0:
         out["missing"] = f"predictions.csv in {run.run_dir} has no rows"
         return out
-    split = preds.split or (run.summary or {}).get("predictions_split") or "?"
+    split = preds.split or (run.summary or {}).get(SUMMARY.predictions_split) or "?"
     out["split"] = split
     if split != "test":
         out["notes"].append(
@@ -263,7 +272,7 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 def _shift_section(rows: list[dict[str, Any]], runs: dict[str, RunData], figdir: Path) -> dict[str, Any] | None:
     """`compare --shift-test`: test vs shifted accuracy per strategy (figure) and each run's shift.json as a
     table, one column per shifted set, the best per column marked."""
-    per_run = {r["strategy"]: read_shift(runs[r["strategy"]].run_dir) for r in rows if r["strategy"] in runs}
+    per_run = {r[ROW.strategy]: read_shift(runs[r[ROW.strategy]].run_dir) for r in rows if r[ROW.strategy] in runs}
     per_run = {name: accs for name, accs in per_run.items() if accs}
     if not per_run:
         return None
@@ -271,18 +280,18 @@ def _shift_section(rows: list[dict[str, Any]], runs: dict[str, RunData], figdir:
     best = {s: max((accs[s] for accs in per_run.values() if s in accs), default=None) for s in sets}
     table = []
     for r in rows:
-        accs = per_run.get(r["strategy"])
+        accs = per_run.get(r[ROW.strategy])
         if not accs:
             continue
         cells = [{"text": fmt_pct(accs.get(s)), "best": accs.get(s) is not None and accs.get(s) == best[s]}
                  for s in sets]  # fmt: skip
-        gap = r.get("shift_gap")
+        gap = r.get(ROW.shift_gap)
         table.append({
-            "name": r["strategy"], "test": fmt_pct(r.get("test_acc")), "cells": cells,
-            "mean": fmt_pct(r.get("shifted_acc")), "gap": "—" if gap is None else f"{float(gap) * 100:+.1f} pts",
+            "name": r[ROW.strategy], "test": fmt_pct(r.get(ROW.test_acc)), "cells": cells,
+            "mean": fmt_pct(r.get(ROW.shifted_acc)), "gap": "—" if gap is None else f"{float(gap) * 100:+.1f} pts",
         })  # fmt: skip
     image = None
-    if any(r.get("shifted_acc") is not None and r.get("test_acc") is not None for r in rows):
+    if any(r.get(ROW.shifted_acc) is not None and r.get(ROW.test_acc) is not None for r in rows):
         plot_shift(rows, figdir / "shift.png")
         image = f"{FIG_DIR}/shift.png"
     return {"image": image, "sets": sets, "rows": table}

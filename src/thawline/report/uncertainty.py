@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from thawline.core.errors import ThawlineError
-from thawline.core.runformat import PREDICTIONS, SEEDS_DIR, VAL_PREDICTIONS
+from thawline.core.runformat import PREDICTIONS, ROW, SEEDS_DIR, SUMMARY, SUMMARY_FILE, VAL_PREDICTIONS
 from thawline.data.names import folder_name
 from thawline.report.metrics import read_predictions
 
@@ -30,7 +30,7 @@ RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
 ALPHA = 0.05  # McNemar p below this: the difference from the winner is significant
-SPLIT_KEYS = {"val": "val_acc_ci", "test": "test_acc_ci"}  # the row/summary key of each split's interval
+SPLIT_KEYS = {"val": ROW.val_acc_ci, "test": ROW.test_acc_ci}  # the row/summary key of each split's interval
 
 
 # ---- statistics -------------------------------------------------------------------------------------------------
@@ -205,10 +205,10 @@ def mark_ties(rows: list[dict[str, Any]], correctness: Mapping[str, Mapping[str,
     `tie_split`. `correctness[strategy][split]` is a `Correctness` or a 0/1 array. The test split is used when
     every run has it, else val. Returns the verdict (None for fewer than two rows)."""
     for r in rows:
-        r["p_vs_winner"], r["tied"], r["tie_split"] = None, None, None
+        r[ROW.p_vs_winner], r[ROW.tied], r[ROW.tie_split] = None, None, None
     if len(rows) < 2:
         return None
-    names = [r["strategy"] for r in rows]
+    names = [r[ROW.strategy] for r in rows]
     per_run = {n: {s: Correctness.of(v) for s, v in (correctness.get(n) or {}).items()} for n in names}
     # test when every run has it, else val; with runs lacking both, the winner's split most runs share
     covered = [s for s in ("test", "val") if s in per_run[names[0]]]
@@ -221,25 +221,25 @@ def mark_ties(rows: list[dict[str, Any]], correctness: Mapping[str, Mapping[str,
     winner = per_run[names[0]][split]
     tests: dict[int, Paired] = {}
     for i, r in enumerate(rows[1:], 1):
-        own = per_run[r["strategy"]].get(split)
+        own = per_run[r[ROW.strategy]].get(split)
         pair = _align(winner, own) if own is not None else None
-        r["tie_split"] = split
+        r[ROW.tie_split] = split
         if pair is None:
-            verdict.untested.append(r["strategy"])
+            verdict.untested.append(r[ROW.strategy])
         else:
             tests[i] = mcnemar(*pair)
     for i, p in zip(tests, holm(t.p for t in tests.values()), strict=True):  # Holm over the strategies tested
         r = rows[i]
-        r["p_vs_winner"] = p
-        r["tied"] = p >= ALPHA
-        if r["tied"]:
-            verdict.tied.append(r["strategy"])
+        r[ROW.p_vs_winner] = p
+        r[ROW.tied] = p >= ALPHA
+        if r[ROW.tied]:
+            verdict.tied.append(r[ROW.strategy])
         if i == 1:
             test = tests[i]
             verdict.n, verdict.winner_only, verdict.runner_up_only, verdict.p = (
                 test.n, test.first_only, test.second_only, p,
             )  # fmt: skip
-    rows[0]["tie_split"] = split
+    rows[0][ROW.tie_split] = split
     return verdict
 
 
@@ -273,7 +273,7 @@ def annotate(rows: list[dict[str, Any]], run_dirs: Mapping[str, Path | str]) -> 
     notes: list[str] = []
     no_val: list[str] = []
     for r in rows:
-        name = r["strategy"]
+        name = r[ROW.strategy]
         run_dir = run_dirs.get(name)
         found, read_notes = read_correctness(run_dir) if run_dir is not None else ({}, [])
         notes += read_notes
@@ -282,7 +282,7 @@ def annotate(rows: list[dict[str, Any]], run_dirs: Mapping[str, Path | str]) -> 
             r.setdefault(key, None)
             if r[key] is None and split in found:
                 r[key] = bootstrap_interval(found[split].correct)
-        if r.get("val_acc_ci") is None:
+        if r.get(ROW.val_acc_ci) is None:
             no_val.append(name)
     if no_val:
         notes.append(
@@ -298,7 +298,7 @@ def annotate(rows: list[dict[str, Any]], run_dirs: Mapping[str, Path | str]) -> 
 
 # ---- spread over seeds ------------------------------------------------------------------------------------------
 
-SEED_KEYS = {"best_val_acc": "val_acc_seeds", "test_acc": "test_acc_seeds"}  # summary key -> row key
+SEED_KEYS = {SUMMARY.best_val_acc: ROW.val_acc_seeds, SUMMARY.test_acc: ROW.test_acc_seeds}  # summary key -> row key
 
 
 def seed_spread(
@@ -311,9 +311,9 @@ def seed_spread(
 
     seeds_dir = Path(compare_dir) / SEEDS_DIR
     for row in rows:
-        folder = folder_of(str(row["strategy"])) if folder_of else folder_name(str(row["strategy"]))
+        folder = folder_of(str(row[ROW.strategy])) if folder_of else folder_name(str(row[ROW.strategy]))
         values = {key: [row.get(key)] for key in SEED_KEYS}
-        for summary_path in sorted(seeds_dir.glob(f"seed-*/{folder}/summary.json")):
+        for summary_path in sorted(seeds_dir.glob(f"seed-*/{folder}/{SUMMARY_FILE}")):
             summary = json.loads(summary_path.read_text())
             for key in SEED_KEYS:
                 values[key].append(summary.get(key))

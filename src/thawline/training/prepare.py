@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from thawline.core.config import TrainConfig
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import CONFIG, COUNT_KEYS, SUMMARY
 from thawline.data import fingerprint
 from thawline.data.batches import Normalize
 from thawline.data.cache_store import default_cache_dir
@@ -100,9 +101,9 @@ class PreparedData:
     def counts(self) -> dict[str, Any]:
         """num_train / num_val / num_test and the shares held out of train (`held_out`: {"val": 0.2}, empty when
         every split has its folder), as config.yaml and summary.json record them."""
-        counts: dict[str, Any] = {f"num_{s}": len(self.splits[s]) if s in self.splits else 0 for s in SPLITS}
-        fold = {"fold": self.fold[0] + 1, "folds": self.fold[1]} if self.fold else {}
-        return {**counts, "held_out": dict(self.discovered.held_out), **fold}
+        counts: dict[str, Any] = {COUNT_KEYS[s]: len(self.splits[s]) if s in self.splits else 0 for s in SPLITS}
+        fold = {SUMMARY.fold: self.fold[0] + 1, SUMMARY.folds: self.fold[1]} if self.fold else {}
+        return {**counts, SUMMARY.held_out: dict(self.discovered.held_out), **fold}
 
 
 def data_settings(model: nn.Module, config: TrainConfig) -> tuple[int, str, tuple, tuple]:
@@ -329,28 +330,28 @@ class RunSetup:
         data, strategy = self.data, self.strategy
         resolved = {
             **self.config.to_dict(),
-            "strategy": strategy.name,
-            "strategy_init": strategy.init,
-            **({"strategy_head": strategy.head} if strategy.head != "linear" else {}),  # inference builds it again
-            "phases": [p.to_dict() for p in self.phases],
-            "stages": list(self.smap.names),
-            "classes": data.classes,
-            "img_size": data.img_size,
-            "interpolation": data.interpolation,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "weights_source": self.weights_info.get("source"),
-            "weights_sha256": self.weights_info.get("sha256"),
-            "device": str(self.device),
-            "amp": self.amp,
-            "channels_last": self.channels_last,
+            CONFIG.strategy: strategy.name,
+            CONFIG.strategy_init: strategy.init,
+            **({CONFIG.strategy_head: strategy.head} if strategy.head != "linear" else {}),  # inference builds it again
+            CONFIG.phases: [p.to_dict() for p in self.phases],
+            CONFIG.stages: list(self.smap.names),
+            CONFIG.classes: data.classes,
+            CONFIG.img_size: data.img_size,
+            CONFIG.interpolation: data.interpolation,
+            CONFIG.mean: list(self.mean),
+            CONFIG.std: list(self.std),
+            CONFIG.weights_source: self.weights_info.get("source"),
+            CONFIG.weights_sha256: self.weights_info.get("sha256"),
+            CONFIG.device: str(self.device),
+            CONFIG.amp: self.amp,
+            CONFIG.channels_last: self.channels_last,
             **data.counts(),
         }
         if lr_auto:
-            resolved["lr_auto"] = True
-        resolved["world_size"] = distributed.world_size()
+            resolved[CONFIG.lr_auto] = True
+        resolved[CONFIG.world_size] = distributed.world_size()
         if self.class_weights is not None:
-            resolved["class_weight_values"] = [round(float(w), 6) for w in self.class_weights]
+            resolved[CONFIG.class_weight_values] = [round(float(w), 6) for w in self.class_weights]
         return resolved
 
 

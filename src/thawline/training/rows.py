@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from thawline.core.runformat import EPOCH, PHASE_RESULT, SUMMARY
 from thawline.models.stages import count_params, stage_drift
 from thawline.report.uncertainty import bootstrap_interval
 from thawline.training import engine
@@ -28,21 +29,21 @@ def _epoch_row(
     seconds = stats.seconds + source.take_setup_seconds()
     groups = loop.optimizer.param_groups if loop.optimizer else []
     return {
-        "strategy": run.name,
-        "phase": phase.index + 1,
-        "phase_train": phase.train,
-        "epoch": loop.global_epoch,
-        "epoch_in_phase": epoch_in_phase + 1,
-        "train_loss": round(stats.loss, 6),
-        "train_acc": round(stats.acc, 6),
-        "val_loss": round(val.loss, 6),
-        "val_acc": round(val.acc, 6),
-        "lr": groups[-1]["lr"] if groups else 0.0,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(stats.images / seconds, 2) if seconds > 0 else None,
-        "trainable_params": n_trainable,
-        "feature_cache": source.cached,
-        "rss_mb": round(run.meter.peak_rss_mb, 1),
+        EPOCH.strategy: run.name,
+        EPOCH.phase: phase.index + 1,
+        EPOCH.phase_train: phase.train,
+        EPOCH.epoch: loop.global_epoch,
+        EPOCH.epoch_in_phase: epoch_in_phase + 1,
+        EPOCH.train_loss: round(stats.loss, 6),
+        EPOCH.train_acc: round(stats.acc, 6),
+        EPOCH.val_loss: round(val.loss, 6),
+        EPOCH.val_acc: round(val.acc, 6),
+        EPOCH.lr: groups[-1]["lr"] if groups else 0.0,
+        EPOCH.seconds: round(seconds, 3),
+        EPOCH.images_per_s: round(stats.images / seconds, 2) if seconds > 0 else None,
+        EPOCH.trainable_params: n_trainable,
+        EPOCH.feature_cache: source.cached,
+        EPOCH.rss_mb: round(run.meter.peak_rss_mb, 1),
     }
 
 
@@ -60,36 +61,36 @@ def _summary(
     started: float,
 ) -> dict[str, Any]:
     setup, metrics = run.setup, loop.metrics
-    train_seconds = sum(r["seconds"] for r in metrics)
-    train_images = sum(r["images_per_s"] * r["seconds"] for r in metrics if r["images_per_s"])
+    train_seconds = sum(r[EPOCH.seconds] for r in metrics)
+    train_images = sum(r[EPOCH.images_per_s] * r[EPOCH.seconds] for r in metrics if r[EPOCH.images_per_s])
     return {
-        "strategy": run.name,
-        "model": setup.config.model,
-        "weights": setup.weights_info.get("source"),
-        "classes": setup.data.classes,
-        "best_val_acc": round(loop.best_acc, 6),
-        "best_epoch": loop.best_epoch,
-        "test_acc": round(test.acc, 6) if test else None,
-        "test_loss": round(test.loss, 6) if test else None,
-        "epochs": setup.total_epochs,
-        "phases": [p.to_dict() for p in setup.phases],
-        "trainable_params": loop.trainable_per_phase,
-        "phase_results": _phase_results(setup.phases, metrics, loop.phase_test),
-        "total_params": count_params(setup.model),
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "train_time_s": round(train_seconds, 2),
-        "images_per_s": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
-        "peak_rss_mb": round(run.meter.peak_rss_mb, 1),
-        "peak_gpu_mb": run.meter.peak_gpu_mb,
-        "layer_drift": stage_drift(setup.model, run.initial, setup.smap),
+        SUMMARY.strategy: run.name,
+        SUMMARY.model: setup.config.model,
+        SUMMARY.weights: setup.weights_info.get("source"),
+        SUMMARY.classes: setup.data.classes,
+        SUMMARY.best_val_acc: round(loop.best_acc, 6),
+        SUMMARY.best_epoch: loop.best_epoch,
+        SUMMARY.test_acc: round(test.acc, 6) if test else None,
+        SUMMARY.test_loss: round(test.loss, 6) if test else None,
+        SUMMARY.epochs: setup.total_epochs,
+        SUMMARY.phases: [p.to_dict() for p in setup.phases],
+        SUMMARY.trainable_params: loop.trainable_per_phase,
+        SUMMARY.phase_results: _phase_results(setup.phases, metrics, loop.phase_test),
+        SUMMARY.total_params: count_params(setup.model),
+        SUMMARY.wall_time_s: round(time.perf_counter() - started, 2),
+        SUMMARY.train_time_s: round(train_seconds, 2),
+        SUMMARY.images_per_s: round(train_images / train_seconds, 2) if train_seconds > 0 else None,
+        SUMMARY.peak_rss_mb: round(run.meter.peak_rss_mb, 1),
+        SUMMARY.peak_gpu_mb: run.meter.peak_gpu_mb,
+        SUMMARY.layer_drift: stage_drift(setup.model, run.initial, setup.smap),
         **setup.data.counts(),
-        "data_digest": setup.data.fingerprint.digests(),  # per split: which files the accuracies are on (data.csv)
-        "skipped_files": len(setup.data.skipped),
-        "img_size": setup.data.img_size,
-        "device": str(setup.device),
-        "predictions_split": eval_split,
-        "val_acc_ci": _interval(val),
-        "test_acc_ci": _interval(test) if test else None,
+        SUMMARY.data_digest: setup.data.fingerprint.digests(),  # per split: which files the accuracies are on
+        SUMMARY.skipped_files: len(setup.data.skipped),
+        SUMMARY.img_size: setup.data.img_size,
+        SUMMARY.device: str(setup.device),
+        SUMMARY.predictions_split: eval_split,
+        SUMMARY.val_acc_ci: _interval(val),
+        SUMMARY.test_acc_ci: _interval(test) if test else None,
     }
 
 
@@ -99,29 +100,30 @@ def _phase_results(
     """Per phase: best and last val accuracy, and test accuracy at the phase's end when measured."""
     out = []
     for phase in phases:
-        rows = [r for r in metrics if r["phase"] == phase.index + 1]
+        rows = [r for r in metrics if r[EPOCH.phase] == phase.index + 1]
         out.append(
             {
-                "phase": phase.index + 1,
-                "train": phase.train,
-                "epochs": phase.epochs,
-                "best_val_acc": max((r["val_acc"] for r in rows), default=None),
-                "last_val_acc": rows[-1]["val_acc"] if rows else None,
-                "test_acc_at_end": round(phase_test[phase.index], 6) if phase.index in phase_test else None,
+                PHASE_RESULT.phase: phase.index + 1,
+                PHASE_RESULT.train: phase.train,
+                PHASE_RESULT.epochs: phase.epochs,
+                PHASE_RESULT.best_val_acc: max((r[EPOCH.val_acc] for r in rows), default=None),
+                PHASE_RESULT.last_val_acc: rows[-1][EPOCH.val_acc] if rows else None,
+                PHASE_RESULT.test_acc_at_end: round(phase_test[phase.index], 6) if phase.index in phase_test else None,
             }
         )
     return out
 
 
 def _epoch_line(row: dict[str, Any], phase: ResolvedPhase, n_phases: int, total_epochs: int) -> str:
-    cached = " cached" if row["feature_cache"] else ""
-    ips = f"{row['images_per_s']:.0f}" if row["images_per_s"] else "-"
+    cached = " cached" if row[EPOCH.feature_cache] else ""
+    ips = f"{row[EPOCH.images_per_s]:.0f}" if row[EPOCH.images_per_s] else "-"
     return (
-        f"[{row['strategy']}] phase {row['phase']}/{n_phases} ({phase.train}{cached}) "
-        f"epoch {row['epoch']}/{total_epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
-        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  lr {row['lr']:.2e}  "
-        f"{row['seconds']:.1f}s  {ips} img/s"
-    ) + _head_fit_note(row.get("head_fit"))
+        f"[{row[EPOCH.strategy]}] phase {row[EPOCH.phase]}/{n_phases} ({phase.train}{cached}) "
+        f"epoch {row[EPOCH.epoch]}/{total_epochs}  "
+        f"train loss {row[EPOCH.train_loss]:.4f} acc {row[EPOCH.train_acc]:.2%}  "
+        f"val loss {row[EPOCH.val_loss]:.4f} acc {row[EPOCH.val_acc]:.2%}  lr {row[EPOCH.lr]:.2e}  "
+        f"{row[EPOCH.seconds]:.1f}s  {ips} img/s"
+    ) + _head_fit_note(row.get(EPOCH.head_fit))
 
 
 def _head_fit_note(fit: dict[str, Any] | None) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from thawline.core.runformat import SUMMARY
 from thawline.training import distributed, runtime
 from thawline.training.prepare import RunSetup
 from thawline.training.tracking import Tracker
@@ -21,11 +22,11 @@ class RunResult:
 
     @property
     def best_val_acc(self) -> float:
-        return float(self.summary["best_val_acc"])
+        return float(self.summary[SUMMARY.best_val_acc])
 
     @property
     def test_acc(self) -> float | None:
-        return self.summary.get("test_acc")
+        return self.summary.get(SUMMARY.test_acc)
 
 
 @dataclass

@@ -21,7 +21,9 @@ from thawline.core.runformat import (
     COMPARE_FILES,
     COMPARE_PLAN,
     COMPARISON_JSON,
+    CONFIG,
     CONFIG_FILE,
+    EPOCH,
     FORMAT_ENTRIES,
     LAST_CKPT,
     LOCK_NAME,
@@ -37,7 +39,7 @@ from thawline.training.checkpoint import load_checkpoint
 
 RUNS_PARENT = Path("runs")  # where runs go without --out, relative to the working folder
 # What defines a run beyond its options: a resume with other classes or other phases would mix two runs.
-DEFINING_DERIVED = ("classes", "phases")
+DEFINING_DERIVED = (CONFIG.classes, CONFIG.phases)
 PATH_OPTIONS = ("data", "strategies_file", "weights")
 
 
@@ -310,7 +312,7 @@ def defining_options(cfg: dict[str, Any]) -> dict[str, Any]:
         if key not in cfg:
             continue  # a run saved before the option existed, or a derived value not known yet
         value = cfg[key]
-        if key == "lr" and (cfg.get("lr_auto") or value == "auto"):
+        if key == CONFIG.lr and (cfg.get(CONFIG.lr_auto) or value == "auto"):
             value = "auto"
         out[key] = json.loads(json.dumps(value))  # tuples as lists, as config.yaml holds them
     return out
@@ -375,7 +377,7 @@ def truncate_metrics(path: Path, done_epochs: int) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-            if row.get("epoch", 0) <= done_epochs:
+            if row.get(EPOCH.epoch, 0) <= done_epochs:
                 rows.append(row)
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

@@ -14,9 +14,10 @@ from typing import Any
 
 from thawline.core.atomic import writing
 from thawline.core.errors import ThawlineError
+from thawline.core.runformat import EPOCH
 from thawline.models.weights import hub_reachable
 
-SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
+SCALARS = (EPOCH.train_loss, EPOCH.train_acc, EPOCH.val_loss, EPOCH.val_acc, EPOCH.lr, EPOCH.images_per_s)
 _thread_hook = threading.excepthook
 
 

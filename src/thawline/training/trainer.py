@@ -29,11 +29,14 @@ from thawline.core.config import TrainConfig, save_yaml
 from thawline.core.errors import ThawlineError
 from thawline.core.runformat import (
     BEST_CKPT,
+    CONFIG,
     CONFIG_FILE,
+    EPOCH,
     LAST_CKPT,
     METRICS_FILE,
     PREDICTIONS,
     PROBABILITIES,
+    SUMMARY,
     SUMMARY_FILE,
     VAL_PREDICTIONS,
 )
@@ -197,7 +200,7 @@ def _epoch_sinks(run: Run, on_epoch: Callable[[dict[str, Any]], None] | None) ->
         sinks.append(lambda row, phase: append_jsonl(run.out / METRICS_FILE, row))
     if on_epoch is not None:
         sinks.append(lambda row, phase: on_epoch(row))
-    sinks.append(lambda row, phase: run.tracker.scalars({k: row[k] for k in SCALARS}, row["epoch"]))
+    sinks.append(lambda row, phase: run.tracker.scalars({k: row[k] for k in SCALARS}, row[EPOCH.epoch]))
     total = run.setup.config.epochs or run.setup.total_epochs
     sinks.append(lambda row, phase: log(_epoch_line(row, phase, len(run.setup.phases), total), run.quiet))
     return sinks
@@ -244,7 +247,7 @@ def _train_phase(
         loop.global_epoch += phase.epochs
         return
     lr_scale = setup.lr_scale
-    if run.resolved_config.get("lr_auto") and phase.index > 0:
+    if run.resolved_config.get(CONFIG.lr_auto) and phase.index > 0:
         lr_scale = _phase_auto_lr(run, phase) / phase.lr
     loop.optimizer = engine.enter_phase(loop.optimizer, setup.model, setup.smap, phase, setup.config, lr_scale)
     source = phase_source(setup, phase, run.name, run.quiet)
@@ -271,9 +274,9 @@ def _train_phase(
                 source.complete()  # the views the first epoch did not draw: the next epochs read only
             loop.global_epoch += 1
             row = _epoch_row(run, loop, phase, source, epoch_in_phase, stats, val, n_trainable)
-            row["passes"] = passes  # > 1 when small data needed more steps than one pass gives (min_steps)
+            row[EPOCH.passes] = passes  # > 1 when small data needed more steps than one pass gives (min_steps)
             if head_fit:
-                row["head_fit"] = head_fit
+                row[EPOCH.head_fit] = head_fit
             source.flush()  # the features this checkpoint relies on are durable before it is written
             loop.metrics.append(row)
             for sink in sinks:
@@ -388,7 +391,7 @@ def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float,
     resume needs. Weights that are no longer finite (a blown-up epoch) are never saved: the run stops and last.pt
     keeps the epoch before."""
     model = run.setup.model
-    val_loss = loop.metrics[-1].get("val_loss") if loop.metrics else None
+    val_loss = loop.metrics[-1].get(EPOCH.val_loss) if loop.metrics else None
     bad = f"validation loss {val_loss}" if val_loss is not None and not math.isfinite(val_loss) else None
     bad = bad or next(
         (f"weights ('{k}')" for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()),
@@ -471,8 +474,8 @@ def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
     summary = _summary(run, loop, val, result if eval_split == "test" else None, eval_split, started)
     if run.main:
         write_text_atomic(run.out / SUMMARY_FILE, json.dumps(summary, indent=2))
-        if summary["test_acc"] is not None:
-            run.tracker.scalars({"test_acc": summary["test_acc"]}, loop.global_epoch)
+        if summary[SUMMARY.test_acc] is not None:
+            run.tracker.scalars({SUMMARY.test_acc: summary[SUMMARY.test_acc]}, loop.global_epoch)
         _log_prediction_grid(run, loop.global_epoch)
     return summary
 
