@@ -242,6 +242,8 @@ class ConfigKeys:
     num_val: str = SummaryKeys.num_val
     num_test: str = SummaryKeys.num_test
     held_out: str = SummaryKeys.held_out
+    fold: str = SummaryKeys.fold  # a fold run of compare --folds
+    folds: str = SummaryKeys.folds
     lr_auto: str = "lr_auto"  # only when --lr auto: the LR came from the range test
     world_size: str = "world_size"
     class_weight_values: str = "class_weight_values"  # only with --class-weights
@@ -253,7 +255,8 @@ CONFIG = ConfigKeys()
 DERIVED_KEYS = (
     CONFIG.strategy_init, CONFIG.strategy_head, CONFIG.phases, CONFIG.stages, CONFIG.classes, CONFIG.interpolation,
     CONFIG.mean, CONFIG.std, CONFIG.weights_source, CONFIG.weights_sha256, CONFIG.num_train, CONFIG.num_val,
-    CONFIG.num_test, CONFIG.held_out, CONFIG.lr_auto, CONFIG.world_size, CONFIG.class_weight_values,
+    CONFIG.num_test, CONFIG.held_out, CONFIG.fold, CONFIG.folds, CONFIG.lr_auto, CONFIG.world_size,
+    CONFIG.class_weight_values,
 )  # fmt: skip
 
 
