@@ -105,14 +105,58 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:.1f}"
+
+
+def export_record(results: Path, record: Path) -> None:
+    """The results file as a docs table record (docs/gen_tables.py): one row a task, then the means."""
+    doc = json.loads(results.read_text())
+    meta, rows = doc["meta"], doc["tasks"]
+    loads = [f"{r['task']} {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}" for r in rows]
+    table = [[r["task"], f"{r['plain_pick']} ({pct(r['regret_plain_pick'])})",
+              f"{r['folds_pick']} ({pct(r['regret_folds_pick'])})", pct(r["best_plain_test"]),
+              f"{r['answer']['kind']}: " + " + ".join(f"{n} {w:.2f}" for n, w in r["answer"]["members"].items()),
+              pct(r["answer"].get("test_acc")), ", ".join(r["stopped"]) or "—",
+              f"{r['plain_wall_s']:.0f} / {r['folds_wall_s']:.0f} ({r['cost_ratio']:.2f}x)"] for r in rows]  # fmt: skip
+    s = summary(rows)
+    table.append(["**mean**", f"regret {pct(s['regret_plain_pick']['mean'])}",
+                  f"regret {pct(s['regret_folds_pick']['mean'])}", "", "",
+                  f"{s['answer_minus_best_plain_strategy']['mean'] * 100:+.1f} vs best plain", "",
+                  f"{s['cost_ratio']['mean']:.2f}x"])  # fmt: skip
+    out = {
+        "format": 1, "kind": "table",
+        "title": f"compare --folds {meta['folds']}{' --race' if meta['race'] else ''} against the plain compare "
+                 "(test accuracy, %; regret = best plain strategy's test accuracy minus the picked one's)",
+        "machine": meta["machine"], "date": meta["date"], "command": meta["command"],
+        "load": "1-minute load average before/after each task: " + "; ".join(loads),
+        "columns": ["task", "plain pick (regret)", "folds pick (regret)", "best plain strategy", "answer",
+                    "answer test", "stopped by the race", "wall s plain / folds"],
+        "rows": table,
+        "caption": (f"Fixed rule chosen leave-one-task-out on these tasks: regret {pct(s['fixed_rule_loo']['mean'])} "
+                    f"mean, {pct(s['fixed_rule_loo']['max'])} max. The answer's test accuracy is at least the best "
+                    f"plain strategy's on {s['answer_minus_best_plain_strategy']['at_least_equal']} of {len(rows)} "
+                    f"tasks and at least the best fold-averaged finalist's on "
+                    f"{s['answer_minus_best_member']['at_least_equal']} of {len(rows)}."),
+    }  # fmt: skip
+    record.write_text(json.dumps(out, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="the suite folder (benchmarks/suite/build.py --out DIR)")
-    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--export", nargs=2, metavar=("RESULTS", "RECORD"),
+                   help="write RESULTS (a crossval_suite.json) as a docs table record RECORD, run nothing")  # fmt: skip
+    p.add_argument("--data", help="the suite folder (benchmarks/suite/build.py --out DIR)")
+    p.add_argument("--tasks", help="comma-separated task names")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--no-race", dest="race", action="store_false")
     p.add_argument("--out", default="runs/crossval-suite")
     args = p.parse_args(argv)
+    if args.export:
+        export_record(Path(args.export[0]), Path(args.export[1]))
+        return 0
+    if not args.data or not args.tasks:
+        p.error("--data and --tasks are needed to run (or --export RESULTS RECORD)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["python", *sys.argv]), "date": datetime.datetime.now().isoformat(timespec="seconds"),
