@@ -25,6 +25,7 @@ import contextlib
 import io
 import os
 import pickle
+import shlex
 import signal
 import sys
 import threading
@@ -200,6 +201,8 @@ class WorkerPool:
         self.envs = list(envs) if envs is not None else [{} for _ in range(jobs)]
         self.workers: list[_Worker] = []
         self._context = get_context("spawn")
+        self._names: list[str] = []
+        self._after_death = ""
 
     def _start(self, index: int) -> _Worker:
         parent, child = self._context.Pipe()
@@ -219,9 +222,12 @@ class WorkerPool:
         jobs: Sequence[tuple[Callable[..., Any], tuple]],
         *,
         prefixes: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+        after_death: str = "",
     ) -> list[Any]:
         """Every job, at most `self.jobs` at a time; their results in order. `prefixes[i]`: put before each console
-        line of job i."""
+        line of job i; `names[i]`: what job i is, in the line that says its worker died (then `after_death`)."""
+        self._names, self._after_death = list(names or []), after_death
         pending = deque(range(len(jobs)))
         results: dict[int, Any] = {}
         try:
@@ -287,14 +293,17 @@ class WorkerPool:
               flush=True)  # fmt: skip
 
     def _raise(self, worker: _Worker, message: tuple) -> None:
-        kind = message[0]
+        kind, i = message[0], worker.job
         if kind == "stopped":  # only after a stop this pool asked for
             raise KeyboardInterrupt
         if kind == "died":
             worker.process.join(5)
             worker.job = None
-            raise ThawlineError(f"{self.describe(worker)} died (exit code {worker.process.exitcode}) before it "
-                                "finished; the runs it and the others finished are kept")  # fmt: skip
+            code = worker.process.exitcode
+            how = f"was killed (signal {-code})" if code is not None and code < 0 else f"exited (code {code})"
+            what = f" training {self._names[i]}" if i is not None and i < len(self._names) else ""
+            raise ThawlineError(f"{self.describe(worker)}{what} {how} before it finished (out of memory?); "
+                                f"the runs finished so far are kept{self._after_death}")  # fmt: skip
         _, what, text, code, blob = message
         worker.job = None
         if what == "thawline":
@@ -317,11 +326,13 @@ class WorkerPool:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while (alive := [w for w in self.workers if w.process.is_alive()]) and time.monotonic() < deadline:
-            handles = {h: w for w in alive for h in (w.conn, w.process.sentinel)}
-            for handle in wait(list(handles), min(1.0, max(0.0, deadline - time.monotonic()))):
-                self._drain(handles[handle])
-        self._end()
+        try:
+            while (alive := [w for w in self.workers if w.process.is_alive()]) and time.monotonic() < deadline:
+                handles = {h: w for w in alive for h in (w.conn, w.process.sentinel)}
+                for handle in wait(list(handles), min(1.0, max(0.0, deadline - time.monotonic()))):
+                    self._drain(handles[handle])
+        finally:  # also on a second Ctrl-C: the workers are ended, killed if need be
+            self._end()
 
     def _drain(self, worker: _Worker) -> None:
         """A stopping worker's console lines printed; its other messages dropped."""
@@ -330,7 +341,7 @@ class WorkerPool:
                 message = worker.conn.recv()
                 if message[0] == "out":
                     self._print(worker, message[1], message[2])
-        except (EOFError, OSError):
+        except Exception:  # noqa: BLE001 - gone, or a message cut by the Ctrl-C that stops it: nothing more to read
             worker.process.join(1)
 
     def close(self) -> None:
@@ -427,9 +438,11 @@ class LocalPoolExecutor:
             self._announced = True
             on = ", one GPU each" if any(self.gpus) else f", {self.threads} thread(s) each"
             print(f"[jobs] up to {self.jobs} trials at once in worker processes{on}", flush=True)
-        first_seed = self.spec.config.seed
+        first_seed, resume = self.spec.config.seed, shlex.quote(str(self.spec.out_dir))
         results = self.pool.run_all([(run_request, (self.spec, r)) for r in requests],
-                                    prefixes=[trial_tag(r, first_seed) for r in requests])  # fmt: skip
+                                    prefixes=[trial_tag(r, first_seed) for r in requests],
+                                    names=[f"'{r.trial.name}' {trial_tag(r, first_seed)}".strip() for r in requests],
+                                    after_death=f"; continue with `thawline compare --resume {resume}`")  # fmt: skip
         return dict(zip(requests, results, strict=True))
 
     def close(self) -> None:
