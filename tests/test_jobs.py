@@ -134,8 +134,12 @@ def test_each_worker_sees_its_own_device_and_threads() -> None:
     pool = executor.pool
     assert pool.envs == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}] and pool.threads == 1
     try:
-        seen = pool.run_all([(os.getenv, ("CUDA_VISIBLE_DEVICES",)), (os.getenv, ("CUDA_VISIBLE_DEVICES",))])
-        assert seen == ["3", "5"]
+        probe = (os.getenv, ("CUDA_VISIBLE_DEVICES",))
+        assert pool.run_all([probe, probe]) == ["3", "5"]
+        first = pool.workers[0].process
+        first.kill()  # a worker gone between batches: the next batch starts another with its device
+        first.join()
+        assert pool.run_all([probe, probe]) == ["3", "5"] and pool.workers[0].process is not first
         assert pool.run_all([(torch.get_num_threads, ()), (torch.get_num_threads, ())]) == [1, 1]
         assert os.environ.get("CUDA_VISIBLE_DEVICES") != "3"  # this process's own environment is untouched
     finally:

@@ -249,15 +249,18 @@ class WorkerPool:
         return [results[i] for i in range(len(jobs))]
 
     def _idle(self, wanted: int) -> _Worker | None:
-        for worker in self.workers:
+        for k, worker in enumerate(self.workers):
             if worker.job is None:
+                if not worker.process.is_alive():  # gone while idle (killed between batches): a new one in its place
+                    worker.conn.close()
+                    self.workers[k] = worker = self._start(worker.index)
                 return worker
         if len(self.workers) < min(self.jobs, wanted):
             self.workers.append(self._start(len(self.workers)))
             return self.workers[-1]
         return None
 
-    def _messages(self, timeout: float | None = None) -> list[tuple[_Worker, tuple]]:
+    def _messages(self) -> list[tuple[_Worker, tuple]]:
         """The next messages of the busy workers (console lines printed here, not returned); a worker that is gone
         gives ("died",)."""
         busy = [w for w in self.workers if w.job is not None]
@@ -267,7 +270,7 @@ class WorkerPool:
             by_handle[w.process.sentinel] = w
         out: list[tuple[_Worker, tuple]] = []
         seen: set[int] = set()
-        for handle in wait(list(by_handle), timeout):
+        for handle in wait(list(by_handle)):
             worker = by_handle[handle]
             if worker.index in seen:
                 continue
