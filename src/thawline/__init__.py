@@ -61,16 +61,19 @@ def compare(
     folds: int | None = None,
     race: bool = False,
     overwrite: bool = False,
+    jobs: int = 1,
 ) -> CompareResult:
     """Every strategy (all by default) trained on the same data and ranked (`thawline.comparing.comparison`: what
     each option does, what it writes); the keyword form of `thawline.comparing.run_comparison(config,
-    CompareOptions(...))`."""
+    CompareOptions(...))`. `jobs=N` trains N trials at once in spawned processes: a script that calls it needs
+    the `if __name__ == "__main__":` guard."""
     from thawline.comparing.comparison import DEFAULT_STRATEGIES
     from thawline.comparing.comparison import compare as _compare
 
     return _compare(
         config, strategies or DEFAULT_STRATEGIES, out, resume=resume, quiet=quiet, seeds=seeds, halving=halving,
         advise=advise, models=models, shift_test=shift_test, folds=folds, race=race, overwrite=overwrite,
+        jobs=jobs,
     )  # fmt: skip
 
 

@@ -169,6 +169,11 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         "--race", action="store_true",
         help="with --folds: after each fold (from the second) a strategy clearly behind the leader stops",
     )  # fmt: skip
+    p.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="train N trials at once, each in its own process on this machine (on CUDA one GPU each); the runs "
+        "equal those of --jobs 1 (default: one after another)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_compare)
 
 

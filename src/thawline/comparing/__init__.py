@@ -7,6 +7,8 @@ loads no torch (`run_comparison` and `InProcessExecutor` load theirs when first 
   `parse_strategies`, `DEFAULT_STRATEGIES`;
 - its schedulers: `AllTrials`, `Halving` (and the race's parts `halving_rungs`, `halving_keep`,
   `halving_survivors`, `halving_carried`), driven by `run_schedule`;
+- its executors: `InProcessExecutor` (one trial after another in this process) and `LocalPoolExecutor` (`--jobs N`:
+  N at once in worker processes, given a `WorkerSpec`);
 - the advisor's rules that `--advise` and the halving race read: `PRIOR`, `RULES`, `RULE_WEIGHT`,
   `STRATEGY_ORDER`, `signals_from_doc`, `rank_strategies`, `far_behind`;
 - the halving race replayed from a full comparison's per-epoch metrics, without training (`replay`): `read_curves`,
@@ -39,7 +41,8 @@ from thawline.report.advice_rules import (
     signals_from_doc,
 )
 
-_LAZY = {"run_comparison": "thawline.comparing.comparison", "InProcessExecutor": "thawline.comparing.executor"}
+_LAZY = {"run_comparison": "thawline.comparing.comparison", "InProcessExecutor": "thawline.comparing.executor",
+         "LocalPoolExecutor": "thawline.comparing.pool", "WorkerSpec": "thawline.comparing.pool"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:  # the parts that train import torch: only when asked for
@@ -60,8 +63,10 @@ __all__ = [
     "CompareOptions",
     "Halving",
     "InProcessExecutor",
+    "LocalPoolExecutor",
     "Request",
     "Trial",
+    "WorkerSpec",
     "far_behind",
     "first_epochs",
     "halving_carried",

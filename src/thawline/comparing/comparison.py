@@ -22,6 +22,8 @@ data decoded at its own input size) and one table ranks every (model, strategy) 
 (`OUT/<model>/advise/`).
 `shift_test=DIR` (a tree of `thawline data shift`) evaluates each ranked run's best weights on every shifted set:
 the run folder gets shift.json ({set: accuracy}) and its summary.json the table's `shifted_acc` and `shift_gap`.
+`jobs=N` trains N trials of each batch (all of them, a halving rung, a fold) at once in worker processes
+(`pool.py`); the runs are those of `jobs=1`, which trains them one after another in this process.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from thawline.comparing.crossval import (
     write_folds_csv,
     write_oof,
 )
-from thawline.comparing.executor import InProcessExecutor
+from thawline.comparing.executor import Executor, InProcessExecutor
 from thawline.comparing.options import (
     DEFAULT_STRATEGIES,
     CompareOptions,
@@ -52,6 +54,7 @@ from thawline.comparing.options import (
     parse_models,
     parse_strategies,
 )
+from thawline.comparing.pool import LocalPoolExecutor, WorkerSpec
 from thawline.comparing.schedulers import (
     AllTrials,
     Halving,
@@ -130,11 +133,12 @@ def compare(
     folds: int | None = None,
     race: bool = False,
     overwrite: bool = False,
+    jobs: int = 1,
 ) -> CompareResult:
     """`run_comparison` with its `CompareOptions` given as keyword arguments (the CLI's and the API's form)."""
     options = CompareOptions.of(strategies, out, models=models, seeds=seeds, halving=halving, advise=advise,
-                                shift_test=shift_test, folds=folds, race=race, resume=resume, overwrite=overwrite,
-                                quiet=quiet)  # fmt: skip
+                                shift_test=shift_test, folds=folds, race=race, jobs=jobs, resume=resume,
+                                overwrite=overwrite, quiet=quiet)  # fmt: skip
     return run_comparison(config, options)
 
 
@@ -229,9 +233,14 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
         names = skip_far_behind(names, out_dir, quiet=options.quiet)
     schedule = FoldSchedule(names, options.folds, config.seed, race=options.race,
                             log=out_dir / RACE_JSON if main else None, quiet=options.quiet)  # fmt: skip
-    executor = InProcessExecutor(config, folded.pool, out_dir, resume=options.resume, quiet=options.quiet,
-                                 fold_data=folded.fold)  # fmt: skip
-    results = run_schedule(schedule, executor.run)
+    if options.jobs > 1:
+        executor: Executor = LocalPoolExecutor(WorkerSpec(config, out_dir, options.resume, options.quiet,
+                                                          folds=options.folds), options.jobs)  # fmt: skip
+    else:
+        executor = InProcessExecutor(config, folded.pool, out_dir, resume=options.resume, quiet=options.quiet,
+                                     fold_data=folded.fold)  # fmt: skip
+    with executor:
+        results = run_schedule(schedule, executor)
     mem = members(folded, schedule, results)
     labels = folded.pool.splits["train"].labels
     test = folded.pool.splits.get("test")
@@ -263,8 +272,9 @@ def train_model(
     config: TrainConfig, names: list[str], model: str | None, out_dir: Path, options: CompareOptions
 ) -> dict[str, RunResult]:
     """One model's trials (`model`: its name in a grid, None outside one) on its data decoded once: the advisor's
-    pass first when asked (it may leave strategies out), then its scheduler's requests, run in this process. The
-    ranked runs: the first seed's that reached the whole budget, by row name."""
+    pass first when asked (it may leave strategies out), then its scheduler's requests, run in this process (or
+    `jobs` at a time in worker processes). The ranked runs: the first seed's that reached the whole budget, by row
+    name."""
     quiet = options.quiet
     data = prepare_data(config, quiet)
     if options.shift_test is not None:
@@ -279,8 +289,12 @@ def train_model(
         names = skip_far_behind(names, folder, quiet=quiet)
     trials = make_trials(names, model, config.seed, options.seeds)
     scheduler = halving(trials, config, folder, entrants, options) if options.halving else AllTrials(trials)
-    executor = InProcessExecutor(config, data, out_dir, resume=options.resume, quiet=quiet)
-    results = run_schedule(scheduler, executor.run)
+    if options.jobs > 1:  # the workers read the data from the disk cache prepare_data filled
+        executor: Executor = LocalPoolExecutor(WorkerSpec(config, out_dir, options.resume, quiet), options.jobs)
+    else:
+        executor = InProcessExecutor(config, data, out_dir, resume=options.resume, quiet=quiet)
+    with executor:
+        results = run_schedule(scheduler, executor)
     return ranked_runs(scheduler, results, out_dir, config.seed)
 
 

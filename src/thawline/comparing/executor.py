@@ -1,11 +1,13 @@
-"""Runs a comparison's requests: `InProcessExecutor` trains each in this process on data decoded once. Another
-executor (processes, a cluster) runs the same requests into the same folders; what a trial's folder holds never
-depends on which executor trained it."""
+"""Runs a comparison's requests: `InProcessExecutor` trains each in this process on data decoded once;
+`pool.LocalPoolExecutor` (`compare --jobs N`) trains N at a time in worker processes. An executor runs a
+scheduler's batch (`run_batch`: every request of a halving rung, of a fold, or all the trials) and returns when all
+of it is done, so the scheduler decides on the whole batch whatever the executor; each request goes into its
+trial's folder, and what that folder holds never depends on which executor trained it."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +25,18 @@ from thawline.training.trainer import train
 
 class Executor(Protocol):
     def run(self, request: Request) -> RunResult: ...
+
+    def run_batch(self, requests: Sequence[Request]) -> dict[Request, RunResult]:
+        """Every request of a batch (independent of each other), its results keyed by request, in the batch's order."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Closed (its workers ended); on an error or Ctrl-C, stopped."""
+        ...
 
 
 class InProcessExecutor:
@@ -62,6 +76,19 @@ class InProcessExecutor:
                 print(f"[{trial.strategy}] already finished in {run_dir}; skipped", flush=True)
             return finished
         return train(cfg, data=data, run_dir=run_dir, resume=self.resume, quiet=self.quiet, strategy=strategy)
+
+    def run_batch(self, requests: Sequence[Request]) -> dict[Request, RunResult]:
+        """The batch's requests one after another, in order."""
+        return {request: self.run(request) for request in requests}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> InProcessExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def finished_run(run_dir: Path, cfg: TrainConfig, data: PreparedData) -> RunResult | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,9 @@ class CompareOptions:
     each with `seeds` seeds; `halving`: successive halving (per model, by the mean over seeds); `advise`: the
     advisor's pass first (per model), leaving out the strategies it ranks far behind; `shift_test`: a tree of
     `thawline data shift` to evaluate every ranked run on; `folds`: K-fold cross-validation over train and val
-    pooled (`crossval.py`), `race`: strategies clearly behind stop between folds; `out`: the folder (None: the
-    config's `out`, else a new runs/compare-N)."""
+    pooled (`crossval.py`), `race`: strategies clearly behind stop between folds; `jobs`: how many trials train at
+    once, each in a worker process of this machine (`pool.py`; 1: one after another in this process); `out`: the
+    folder (None: the config's `out`, else a new runs/compare-N)."""
 
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     out: Path | None = None
@@ -41,6 +43,7 @@ class CompareOptions:
     shift_test: Path | None = None
     folds: int | None = None
     race: bool = False
+    jobs: int = 1
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -58,6 +61,7 @@ class CompareOptions:
         shift_test: str | Path | None = None,
         folds: int | None = None,
         race: bool = False,
+        jobs: int = 1,
         resume: bool = False,
         overwrite: bool = False,
         quiet: bool = False,
@@ -67,8 +71,8 @@ class CompareOptions:
             raise ThawlineError(EMPTY_MODELS)
         return cls(strategies=tuple(split_names(strategies)), out=Path(out) if out else None,
                    models=tuple(split_names(models or ())), seeds=seeds, halving=halving, advise=advise,
-                   shift_test=Path(shift_test) if shift_test else None, folds=folds, race=race, resume=resume,
-                   overwrite=overwrite, quiet=quiet)  # fmt: skip
+                   shift_test=Path(shift_test) if shift_test else None, folds=folds, race=race, jobs=jobs,
+                   resume=resume, overwrite=overwrite, quiet=quiet)  # fmt: skip
 
 
 def split_names(text: Names) -> list[str]:
@@ -122,11 +126,22 @@ def check_options(config: TrainConfig, options: CompareOptions) -> tuple[list[st
     if options.halving and config.epochs is None:
         raise ThawlineError("--halving needs an epoch budget: pass --epochs N")
     check_folds_options(options, grid)
+    check_jobs(options.jobs)
     if options.shift_test is not None:
         shift_sets(options.shift_test)  # one line before anything is written; its classes once data is read
     for name in names:  # every strategy's budget before any is trained
         check_budget(get_strategy(name, config.strategies_file), config.epochs)
     return names, grid
+
+
+def check_jobs(jobs: int) -> None:
+    """`--jobs N`: 1 or more, and not under torchrun, whose processes already train each run together (DDP)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ThawlineError(f"--jobs {jobs}: must be 1 or more (the trials trained at once)")
+    world = os.environ.get("WORLD_SIZE", "1")
+    if jobs > 1 and world.isdigit() and int(world) > 1:
+        raise ThawlineError(f"--jobs {jobs} under torchrun ({world} processes): DDP already spreads each training "
+                            "over them; drop --jobs, or run without torchrun to train trials side by side")  # fmt: skip
 
 
 def check_folds_options(options: CompareOptions, grid: list[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,12 +33,23 @@ class Scheduler(Protocol):
     def next(self, results: Results) -> list[Request]: ...
 
 
-def run_schedule(scheduler: Scheduler, run: Callable[[Request], RunResult]) -> dict[Request, RunResult]:
-    """Every request the scheduler asks for, run by `run` (an executor's), in the order asked; the results."""
+class BatchRunner(Protocol):
+    def run_batch(self, requests: Sequence[Request]) -> Mapping[Request, RunResult]: ...
+
+
+def run_schedule(scheduler: Scheduler, run: Callable[[Request], RunResult] | BatchRunner) -> dict[Request, RunResult]:
+    """Every request the scheduler asks for, run by `run`: an executor, given each batch whole (`run_batch`: its
+    requests may run at the same time; the scheduler decides once all are done), or a function of one request,
+    called in the order asked; the results, in the order asked."""
     results: dict[Request, RunResult] = {}
+    run_batch = getattr(run, "run_batch", None)
     while batch := scheduler.next(results):
-        for request in batch:
-            results[request] = run(request)
+        if run_batch is not None:
+            done = run_batch(batch)
+            results.update((request, done[request]) for request in batch)
+        else:
+            for request in batch:
+                results[request] = run(request)  # type: ignore[operator]
     return results
 
 

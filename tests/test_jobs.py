@@ -1,0 +1,177 @@
+"""`compare --jobs N`: trials trained N at a time in worker processes (comparing/pool.py) give the sequential
+compare's run folders; each worker sees its own GPU and threads; errors, refusals and Ctrl-C end in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import make_image_folder, one_error_line, tiny_config
+
+import thawline
+from thawline.cli import main
+from thawline.comparing.options import check_jobs
+from thawline.comparing.pool import LocalPoolExecutor, WorkerFailed, WorkerPool, WorkerSpec, worker_devices
+from thawline.core.errors import ThawlineError
+from thawline.training.runfolder import RunInterrupted
+
+STRATEGIES = "head-only,partial,full"
+# what differs between two trainings of the same run: how long they took and how much memory they held
+TIMING = {"wall_time_s", "train_time_s", "images_per_s", "peak_rss_mb", "peak_gpu_mb", "seconds", "rss_mb"}
+
+
+def run_folders(out: Path) -> dict[str, dict[str, Any]]:
+    """Every run folder of a compare (by its path in it): its summary and metrics without the timings, and its
+    final and best weights."""
+    runs = {}
+    for summary in sorted(out.rglob("summary.json")):
+        run = summary.parent
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        runs[str(run.relative_to(out))] = {
+            "summary": {k: v for k, v in json.loads(summary.read_text()).items() if k not in TIMING},
+            "metrics": [{k: v for k, v in row.items() if k not in TIMING} for row in rows],
+            "weights": {name: load_weights(run / name) for name in ("best.pt", "last.pt")},
+        }
+    return runs
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_runs(a: Path, b: Path) -> None:
+    ra, rb = run_folders(a), run_folders(b)
+    assert list(ra) == list(rb) and ra
+    for name in ra:
+        assert ra[name]["summary"] == rb[name]["summary"], name
+        assert ra[name]["metrics"] == rb[name]["metrics"], name
+        for ckpt, weights in ra[name]["weights"].items():
+            other = rb[name]["weights"][ckpt]
+            assert all(torch.equal(weights[k], other[k]) for k in weights), (name, ckpt)  # bit for bit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Every compare here on one thread (the workers take this process's count): on the shared 2-core machine the
+    tests take a third of the time they take on two threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The data, its cache and the sequential compare every test here compares against."""
+    root = tmp_path_factory.mktemp("jobs")
+    data = make_image_folder(root / "data")
+    config = tiny_config(data, cache_dir=str(root / "cache"))
+    sequential = thawline.compare(config, STRATEGIES, root / "sequential", quiet=True, halving=True, seeds=2)
+    folds = thawline.compare(config, STRATEGIES, root / "folds", quiet=True, folds=2)
+    return {"root": root, "config": config, "sequential": sequential.out_dir, "folds": folds.out_dir}
+
+
+def test_jobs_trains_the_sequential_runs(shared: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+    """Halving (a rung of paused requests, then the survivors continued) on two seeds, two trials at a time: every
+    run folder, its summary, metrics and weights, equal to the sequential compare's; the console lines come whole,
+    another seed's prefixed."""
+    pooled = thawline.compare(shared["config"], STRATEGIES, shared["root"] / "pooled", halving=True, seeds=2, jobs=2)
+    assert_same_runs(shared["sequential"], pooled.out_dir)
+    out = capsys.readouterr().out
+    assert "[jobs] up to 2 trials at once in worker processes" in out
+    epoch_lines = [line for line in out.splitlines() if " epoch " in line and "train loss" in line]
+    assert epoch_lines and all(line.startswith(("[", "(seed 1) [")) for line in epoch_lines), out
+    assert any(line.startswith("(seed 1) [") for line in epoch_lines)
+
+
+def test_ctrl_c_stops_the_workers_and_resumes(shared: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the workers train a cross-validated compare (here: on the first epoch line they send): they
+    stop, and the compare folder resumes and ends with the sequential compare's runs and answer."""
+    out = shared["root"] / "interrupted"
+    started: list[Any] = []
+    real_print = WorkerPool._print
+
+    def interrupt(worker: Any, stream: str, line: str) -> None:
+        real_print(worker, stream, line)
+        if " epoch " in line and "interrupted" not in started:
+            started.append("interrupted")  # once: the workers' last lines then print as they stop
+            raise KeyboardInterrupt
+
+    real_start = WorkerPool._start
+
+    def start(self: WorkerPool, index: int) -> Any:
+        started.append(self)
+        return real_start(self, index)
+
+    monkeypatch.setattr(WorkerPool, "_print", staticmethod(interrupt))
+    monkeypatch.setattr(WorkerPool, "_start", start)
+    with pytest.raises(RunInterrupted) as stopped:
+        thawline.compare(shared["config"], STRATEGIES, out, quiet=False, folds=2, jobs=2)
+    assert stopped.value.command == "compare" and stopped.value.folder == out
+    pools = [p for p in started if isinstance(p, WorkerPool)]
+    assert pools and "interrupted" in started and all(not pool.workers for pool in pools)  # every worker ended
+    monkeypatch.undo()
+    assert (out / "compare.yaml").is_file() and not (out / "comparison.json").exists()  # a compare to resume
+    # resumed in this process (a resume may take another --jobs; one process here saves the workers' start-up)
+    resumed = thawline.compare(shared["config"], STRATEGIES, out, quiet=True, folds=2, resume=True)
+    assert_same_runs(shared["folds"], out)
+    answer = json.loads((shared["folds"] / "comparison.json").read_text())["answer"]
+    assert resumed.answer is not None
+    assert {k: v for k, v in resumed.answer.items() if k != "runs"} == {k: v for k, v in answer.items() if k != "runs"}
+
+
+def test_each_worker_sees_its_own_device_and_threads() -> None:
+    """Worker k gets the k-th GPU (a fake CUDA_VISIBLE_DEVICES: no GPU is needed to see what a worker is given) and
+    the thread count it was told."""
+    assert worker_devices(3, ["3", "5"]) == ["3", "5", "3"]  # more jobs than GPUs: round-robin
+    assert worker_devices(2, []) == [None, None]  # no GPU: the environment as it is
+    spec = WorkerSpec(tiny_config(Path("unused"), device="cpu"), Path("unused"), resume=False, quiet=True)
+    executor = LocalPoolExecutor(spec, 2, threads=1, gpus=["3", "5"])
+    pool = executor.pool
+    assert pool.envs == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}] and pool.threads == 1
+    try:
+        probe = (os.getenv, ("CUDA_VISIBLE_DEVICES",))
+        assert pool.run_all([probe, probe]) == ["3", "5"]
+        first = pool.workers[0].process
+        first.kill()  # a worker gone between batches: the next batch starts another with its device
+        first.join()
+        assert pool.run_all([probe, probe]) == ["3", "5"] and pool.workers[0].process is not first
+        assert pool.run_all([(torch.get_num_threads, ()), (torch.get_num_threads, ())]) == [1, 1]
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") != "3"  # this process's own environment is untouched
+    finally:
+        executor.close()
+    assert not pool.workers
+
+
+def test_worker_errors_come_back_whole() -> None:
+    """A worker's ThawlineError is raised here as itself (the CLI's one line), another error as its type with the
+    worker's traceback, a worker that dies as one line naming its job; each stops the pool, as an error stops a
+    sequential compare."""
+    pool = WorkerPool(1)  # no thread count: the worker loads no torch
+    with pytest.raises(ThawlineError, match=r"^--jobs 0: must be 1 or more"):
+        pool.run_all([(check_jobs, (0,))])
+    assert not pool.workers
+    with pytest.raises(ValueError, match="invalid literal") as error:
+        pool.run_all([(int, ("x",))])
+    assert isinstance(error.value.__cause__, WorkerFailed) and "Traceback" in str(error.value.__cause__)
+    assert not pool.workers
+    with pytest.raises(ThawlineError, match=r"^worker process 1 \(pid \d+\) training 'full' exited \(code 3\)"):
+        pool.run_all([(os._exit, (3,))], names=["'full'"])  # a worker that dies (killed, out of memory): one line
+
+
+def test_refused_in_one_line(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--jobs 0, and --jobs 2 under torchrun (WORLD_SIZE > 1), are refused in one line before anything is written."""
+    base = ["compare", "--data", str(image_folder), "--model", "test_efficientnet", "--weights", "none",
+            "--epochs", "1", "--strategies", "head-only"]  # fmt: skip
+    assert main([*base, "--jobs", "0", "--out", str(tmp_path / "a")]) == 2
+    one_error_line(capsys, "--jobs 0", "1 or more")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([*base, "--jobs", "2", "--out", str(tmp_path / "b")]) == 2
+    one_error_line(capsys, "--jobs 2", "torchrun", "drop --jobs")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
