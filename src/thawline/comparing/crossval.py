@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from thawline.comparing.schedulers import Results
-from thawline.comparing.trials import Request, Trial, trial_folder
+from thawline.comparing.trials import Request, Trial
 from thawline.core.atomic import write_bytes_atomic, write_text_atomic
 from thawline.core.runformat import FOLDS_CSV, OOF_NPZ, PROBABILITIES, ROW, SUMMARY
 from thawline.data.fingerprint import relative
@@ -131,6 +131,7 @@ class Member:
     oof: np.ndarray
     test: np.ndarray | None
     runs: list[RunResult]
+    fold_acc: list[float]  # its accuracy on each fold's val images
 
 
 def members(folded: FoldedData, schedule: FoldSchedule, results: Mapping[Request, RunResult]) -> dict[str, Member]:
@@ -141,15 +142,16 @@ def members(folded: FoldedData, schedule: FoldSchedule, results: Mapping[Request
     for name in schedule.alive:
         runs = [results[Request(schedule.trial(name, f))] for f in range(folded.k)]
         oof = np.full((len(pool), len(folded.classes)), np.nan)
-        tests = []
+        tests, fold_acc = [], []
         for run in runs:
             probs = read_probabilities(run.run_dir / PROBABILITIES)
             oof[[index[p] for p in probs["val"].paths]] = probs["val"].probs
+            fold_acc.append(accuracy(probs["val"].probs, probs["val"].labels))
             if "test" in probs:
                 tests.append(probs["test"].probs)
         if np.isnan(oof).any():
             raise AssertionError(f"{name}: pooled images without an out-of-fold prediction")  # the folds cover all
-        out[name] = Member(name, oof, np.mean(tests, axis=0) if tests else None, runs)
+        out[name] = Member(name, oof, np.mean(tests, axis=0) if tests else None, runs, fold_acc)
     return out
 
 
@@ -199,7 +201,7 @@ def crossval_rows(mem: dict[str, Member], labels: np.ndarray, test_labels: np.nd
         first = m.runs[0]
         row = row_from_summary(name, first.run_dir, first.summary or {})
         correct = (m.oof.argmax(axis=1) == labels).astype(np.int64)
-        folds = [float(fold_correctness(r).mean()) for r in m.runs]
+        folds = m.fold_acc
         row.update({ROW.best_val_acc: None, ROW.val_acc_ci: None, ROW.oof_acc: round(float(correct.mean()), 6),
                     ROW.oof_acc_ci: bootstrap_interval(correct), ROW.folds_acc: spread(folds),
                     ROW.train_time_s: round(sum((r.summary or {}).get(SUMMARY.train_time_s) or 0.0 for r in m.runs), 2),
@@ -275,7 +277,3 @@ def write_oof(out_dir: Path, folded: FoldedData, mem: dict[str, Member], answer:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     write_bytes_atomic(out_dir / OOF_NPZ, buf.getvalue())
-
-
-def fold_runs_dir(out_dir: Path, name: str, seed: int, fold: int) -> Path:
-    return trial_folder(out_dir, Trial(name, None, seed, fold), seed)

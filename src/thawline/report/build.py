@@ -72,22 +72,10 @@ def _template():
     return env.get_template("report.html")  # the template, named as the page it renders
 
 
-def render(folder: Path, figdir: Path) -> str:
-    """Write every figure into `figdir` and return the page's HTML."""
-    kind, rows, runs, notes = load_folder(folder)
-    crossval = crossval_section(folder) if kind == "compare" else None
-    if crossval is None:
-        verdict, uncertainty_notes = annotate(rows, {name: run.run_dir for name, run in runs.items()})
-    else:  # the ties of a cross-validated comparison are on its out-of-fold predictions, in comparison.json
-        verdict, uncertainty_notes = None, []
-    spec = _read_yaml(folder / COMPARE_PLAN) if kind == "compare" else None
-    trials = _trial_display(read_trials(folder, [])) if kind == "sweep" else None
-    columns = shown_columns(rows)
-    display = [_display_row(r, runs.get(r[ROW.strategy]), folder, columns) for r in rows]
-
+def _curves(order: list[str], runs: dict[str, Any], figdir: Path) -> list[dict[str, Any]]:
+    """Each run's train/val curves figure (in `order`), its phase plan and notes."""
     taken: set[str] = set()
     curves = []
-    order = [r[ROW.strategy] for r in rows] + [n for n in runs if n not in {r[ROW.strategy] for r in rows}]
     for name in order:
         run = runs.get(name)
         if run is None:
@@ -104,6 +92,24 @@ def render(folder: Path, figdir: Path) -> str:
         else:
             item["missing"] = f"metrics.jsonl is missing or empty in {run.run_dir}"
         curves.append(item)
+    return curves
+
+
+def render(folder: Path, figdir: Path) -> str:
+    """Write every figure into `figdir` and return the page's HTML."""
+    kind, rows, runs, notes = load_folder(folder)
+    crossval = crossval_section(folder) if kind == "compare" else None
+    if crossval is None:
+        verdict, uncertainty_notes = annotate(rows, {name: run.run_dir for name, run in runs.items()})
+    else:  # the ties of a cross-validated comparison are on its out-of-fold predictions, in comparison.json
+        verdict, uncertainty_notes = None, []
+    spec = _read_yaml(folder / COMPARE_PLAN) if kind == "compare" else None
+    trials = _trial_display(read_trials(folder, [])) if kind == "sweep" else None
+    columns = shown_columns(rows)
+    display = [_display_row(r, runs.get(r[ROW.strategy]), folder, columns) for r in rows]
+
+    order = [r[ROW.strategy] for r in rows] + [n for n in runs if n not in {r[ROW.strategy] for r in rows}]
+    curves = _curves(order, runs, figdir)
 
     tradeoffs = None
     if rows:
