@@ -41,7 +41,8 @@ def task_config(task_dir: Path, manifest: dict[str, Any], cache: Path) -> Any:
 def run_task(task_dir: Path, out: Path, folds: int, race: bool) -> dict[str, Any]:
     manifest = json.loads((task_dir / "manifest.json").read_text())
     row: dict[str, Any] = {"task": manifest["task"], "counts": manifest.get("counts"), "epochs": manifest["epochs"],
-                           "img_size": manifest["img_size"], "load_before": os.getloadavg()}  # fmt: skip
+                           "img_size": manifest["img_size"], "load_before": os.getloadavg(),
+                           "date": datetime.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
     cache = out / "cache" / manifest["task"]
     shutil.rmtree(cache, ignore_errors=True)
     cfg = task_config(task_dir, manifest, cache)
@@ -162,15 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"command": " ".join(["python", *sys.argv]), "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "folds": args.folds, "race": args.race,
             "model": MODEL, "thawline": thawline.__version__ if hasattr(thawline, "__version__") else None}  # fmt: skip
-    rows: list[dict[str, Any]] = []
+    results = out / "crossval_suite.json"
+    # Resumable task by task: rows already in OUT's results stay unless their task is run again.
+    rows: list[dict[str, Any]] = json.loads(results.read_text())["tasks"] if results.exists() else []
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        rows = [r for r in rows if r["task"] != task]
         rows.append(run_task(Path(args.data) / task, out, args.folds, args.race))
         r = rows[-1]
         print(f"[{task}] plain pick {r['plain_pick']} (regret {r['regret_plain_pick']:.3f}), folds pick "
               f"{r['folds_pick']} (regret {r['regret_folds_pick']:.3f}); answer {r['answer'].get('kind')} test "
               f"{r['answer'].get('test_acc')} vs best plain {r['best_plain_test']}; cost {r['cost_ratio']}x")
         doc = {"meta": meta, "tasks": rows, "summary": summary(rows)}
-        (out / "crossval_suite.json").write_text(json.dumps(doc, indent=2) + "\n")
+        tmp = results.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(results)
     print(json.dumps(summary(rows), indent=2))
     return 0
 
