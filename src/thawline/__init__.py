@@ -60,6 +60,7 @@ def compare(
     shift_test: str | Path | None = None,
     folds: int | None = None,
     race: bool = False,
+    refit: bool = False,
     overwrite: bool = False,
     jobs: int = 1,
 ) -> CompareResult:
@@ -72,8 +73,8 @@ def compare(
 
     return _compare(
         config, strategies or DEFAULT_STRATEGIES, out, resume=resume, quiet=quiet, seeds=seeds, halving=halving,
-        advise=advise, models=models, shift_test=shift_test, folds=folds, race=race, overwrite=overwrite,
-        jobs=jobs,
+        advise=advise, models=models, shift_test=shift_test, folds=folds, race=race, refit=refit,
+        overwrite=overwrite, jobs=jobs,
     )  # fmt: skip
 
 

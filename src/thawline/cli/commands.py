@@ -71,7 +71,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(
         config, strategies, config.out, resume=bool(args.resume), quiet=args.quiet, seeds=args.seeds,
         halving=args.halving, advise=args.advise, models=args.models, shift_test=args.shift_test,
-        folds=args.folds, race=args.race, overwrite=args.overwrite, jobs=args.jobs,
+        folds=args.folds, race=args.race, refit=args.refit, overwrite=args.overwrite, jobs=args.jobs,
     )  # fmt: skip
     from thawline.training import distributed
 

@@ -170,6 +170,11 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         help="with --folds: after each fold (from the second) a strategy clearly behind the leader stops",
     )  # fmt: skip
     p.add_argument(
+        "--refit", action="store_true",
+        help="with --folds: train the best single strategy once more on train and val pooled, to the mean best "
+        "epoch of its folds, into OUT/<strategy>/refit: one model instead of the answer's K per strategy",
+    )  # fmt: skip
+    p.add_argument(
         "--jobs", type=int, default=1, metavar="N",
         help="train N trials at once, each in its own process on this machine (on CUDA one GPU each); the runs "
         "equal those of --jobs 1 (default: one after another)",

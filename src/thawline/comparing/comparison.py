@@ -55,6 +55,7 @@ from thawline.comparing.options import (
     parse_strategies,
 )
 from thawline.comparing.pool import LocalPoolExecutor, WorkerSpec
+from thawline.comparing.refit import refit, refit_line
 from thawline.comparing.schedulers import (
     AllTrials,
     Halving,
@@ -132,12 +133,14 @@ def compare(
     shift_test: str | Path | None = None,
     folds: int | None = None,
     race: bool = False,
+    refit: bool = False,
     overwrite: bool = False,
     jobs: int = 1,
 ) -> CompareResult:
     """`run_comparison` with its `CompareOptions` given as keyword arguments (the CLI's and the API's form)."""
     options = CompareOptions.of(strategies, out, models=models, seeds=seeds, halving=halving, advise=advise,
-                                shift_test=shift_test, folds=folds, race=race, jobs=jobs, resume=resume,
+                                shift_test=shift_test, folds=folds, race=race, refit=refit, jobs=jobs,
+                                resume=resume,
                                 overwrite=overwrite, quiet=quiet)  # fmt: skip
     return run_comparison(config, options)
 
@@ -250,8 +253,14 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
     if main:
         write_oof(out_dir, folded, mem, answer)
     document = {"folds": options.folds, "race": schedule.state(options.folds), "answer": answer}
+    lines = verdict_lines(rows, answer, schedule.stopped)
+    if options.refit:
+        best = answer["single"]["strategy"]
+        document["refit"] = refit(config, best, mem[best].runs, folded.pool, out_dir, resume=options.resume,
+                                  quiet=options.quiet)  # fmt: skip
+        lines.append(refit_line(document["refit"]))
     runs = {name: m.runs[0] for name, m in mem.items()}
-    return CrossValidated(runs, rows, answer, document, verdict_lines(rows, answer, schedule.stopped))
+    return CrossValidated(runs, rows, answer, document, lines)
 
 
 def train_grid(

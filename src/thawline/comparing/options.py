@@ -30,7 +30,8 @@ class CompareOptions:
     each with `seeds` seeds; `halving`: successive halving (per model, by the mean over seeds); `advise`: the
     advisor's pass first (per model), leaving out the strategies it ranks far behind; `shift_test`: a tree of
     `thawline data shift` to evaluate every ranked run on; `folds`: K-fold cross-validation over train and val
-    pooled (`crossval.py`), `race`: strategies clearly behind stop between folds; `jobs`: how many trials train at
+    pooled (`crossval.py`), `race`: strategies clearly behind stop between folds, `refit`: the answer's best single
+    strategy trained once more on train and val pooled (`refit.py`); `jobs`: how many trials train at
     once, each in a worker process of this machine (`pool.py`; 1: one after another in this process); `out`: the
     folder (None: the config's `out`, else a new runs/compare-N)."""
 
@@ -43,6 +44,7 @@ class CompareOptions:
     shift_test: Path | None = None
     folds: int | None = None
     race: bool = False
+    refit: bool = False
     jobs: int = 1
     resume: bool = False
     overwrite: bool = False
@@ -61,6 +63,7 @@ class CompareOptions:
         shift_test: str | Path | None = None,
         folds: int | None = None,
         race: bool = False,
+        refit: bool = False,
         jobs: int = 1,
         resume: bool = False,
         overwrite: bool = False,
@@ -71,7 +74,7 @@ class CompareOptions:
             raise ThawlineError(EMPTY_MODELS)
         return cls(strategies=tuple(split_names(strategies)), out=Path(out) if out else None,
                    models=tuple(split_names(models or ())), seeds=seeds, halving=halving, advise=advise,
-                   shift_test=Path(shift_test) if shift_test else None, folds=folds, race=race, jobs=jobs,
+                   shift_test=Path(shift_test) if shift_test else None, folds=folds, race=race, refit=refit, jobs=jobs,
                    resume=resume, overwrite=overwrite, quiet=quiet)  # fmt: skip
 
 
@@ -148,6 +151,9 @@ def check_folds_options(options: CompareOptions, grid: list[str]) -> None:
     """`--folds` and `--race`: what they combine with, refused in one line with the reason."""
     if options.race and not options.folds:
         raise ThawlineError("--race stops strategies between folds: pass --folds K with it (--folds 5 --race)")
+    if options.refit and not options.folds:
+        raise ThawlineError("--refit trains the answer of the folds once more on train and val pooled: pass --folds K "
+                            "with it (--folds 5 --refit)")  # fmt: skip
     if not options.folds:
         return
     check_k(options.folds)

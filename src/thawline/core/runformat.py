@@ -36,6 +36,7 @@ FOLD_PREFIX = "fold-"  # compare --folds K: OUT/<strategy>/fold-<i>, i = 1..K
 FOLDS_CSV = "folds.csv"  # compare --folds: every pooled file's fold (path, class, fold)
 RACE_JSON = "race.json"  # compare --race: the folds seen, who stopped after which fold and why
 OOF_NPZ = "oof.npz"  # compare --folds: each finalist's out-of-fold and test probabilities, and the answer's
+REFIT_DIR = "refit"  # compare --folds --refit: OUT/<strategy>/refit, the answer's strategy on train and val pooled
 
 # A sweep's files (each finished trial is a run folder inside it).
 TRIALS_CSV = "trials.csv"  # every trial, pruned and failed ones included
@@ -65,7 +66,7 @@ FORMAT_ENTRIES = (
     "evaluation*.json", "evaluation_*.csv", "model.onnx", "preprocessing.json",
     SHIFT_JSON, "shift.png", DATA_FILE, PROBABILITIES,
     COMPARE_PLAN, COMPARISON_CSV, COMPARISON_JSON, HALVING_JSON, REPORT_NAME, FIG_DIR, f"{FIG_DIR}/*.png",
-    "advise", "advise/*", SEEDS_DIR, "seed-*", f"{FOLD_PREFIX}*", FOLDS_CSV, RACE_JSON, OOF_NPZ,
+    "advise", "advise/*", SEEDS_DIR, "seed-*", f"{FOLD_PREFIX}*", REFIT_DIR, FOLDS_CSV, RACE_JSON, OOF_NPZ,
     TRIALS_CSV, SWEEP_SUMMARY, "sweep.db", "best_strategy.yaml", "best_config.yaml", "trial-*",
 )  # fmt: skip
 

@@ -22,7 +22,7 @@ def _epoch_row(
     source: PhaseSource,
     epoch_in_phase: int,
     stats: engine.EpochStats,
-    val: engine.EvalResult,
+    val: engine.EvalResult | None,
     n_trainable: int,
 ) -> dict[str, Any]:
     """One line of metrics.jsonl (the keys the tracker, the console and the report read)."""
@@ -36,8 +36,8 @@ def _epoch_row(
         EPOCH.epoch_in_phase: epoch_in_phase + 1,
         EPOCH.train_loss: round(stats.loss, 6),
         EPOCH.train_acc: round(stats.acc, 6),
-        EPOCH.val_loss: round(val.loss, 6),
-        EPOCH.val_acc: round(val.acc, 6),
+        EPOCH.val_loss: round(val.loss, 6) if val else None,  # None: no val split (a refit)
+        EPOCH.val_acc: round(val.acc, 6) if val else None,
         EPOCH.lr: groups[-1]["lr"] if groups else 0.0,
         EPOCH.seconds: round(seconds, 3),
         EPOCH.images_per_s: round(stats.images / seconds, 2) if seconds > 0 else None,
@@ -55,9 +55,9 @@ def _interval(result: engine.EvalResult) -> list[float] | None:
 def _summary(
     run: Run,
     loop: LoopState,
-    val: engine.EvalResult,
+    val: engine.EvalResult | None,
     test: engine.EvalResult | None,
-    eval_split: str,
+    eval_split: str | None,
     started: float,
 ) -> dict[str, Any]:
     setup, metrics = run.setup, loop.metrics
@@ -68,7 +68,7 @@ def _summary(
         SUMMARY.model: setup.config.model,
         SUMMARY.weights: setup.weights_info.get("source"),
         SUMMARY.classes: setup.data.classes,
-        SUMMARY.best_val_acc: round(loop.best_acc, 6),
+        SUMMARY.best_val_acc: round(loop.best_acc, 6) if val else None,
         SUMMARY.best_epoch: loop.best_epoch,
         SUMMARY.test_acc: round(test.acc, 6) if test else None,
         SUMMARY.test_loss: round(test.loss, 6) if test else None,
@@ -89,7 +89,7 @@ def _summary(
         SUMMARY.img_size: setup.data.img_size,
         SUMMARY.device: str(setup.device),
         SUMMARY.predictions_split: eval_split,
-        SUMMARY.val_acc_ci: _interval(val),
+        SUMMARY.val_acc_ci: _interval(val) if val else None,
         SUMMARY.test_acc_ci: _interval(test) if test else None,
     }
 
@@ -101,12 +101,13 @@ def _phase_results(
     out = []
     for phase in phases:
         rows = [r for r in metrics if r[EPOCH.phase] == phase.index + 1]
+        accs = [r[EPOCH.val_acc] for r in rows if r[EPOCH.val_acc] is not None]
         out.append(
             {
                 PHASE_RESULT.phase: phase.index + 1,
                 PHASE_RESULT.train: phase.train,
                 PHASE_RESULT.epochs: phase.epochs,
-                PHASE_RESULT.best_val_acc: max((r[EPOCH.val_acc] for r in rows), default=None),
+                PHASE_RESULT.best_val_acc: max(accs, default=None),
                 PHASE_RESULT.last_val_acc: rows[-1][EPOCH.val_acc] if rows else None,
                 PHASE_RESULT.test_acc_at_end: round(phase_test[phase.index], 6) if phase.index in phase_test else None,
             }
@@ -117,11 +118,12 @@ def _phase_results(
 def _epoch_line(row: dict[str, Any], phase: ResolvedPhase, n_phases: int, total_epochs: int) -> str:
     cached = " cached" if row[EPOCH.feature_cache] else ""
     ips = f"{row[EPOCH.images_per_s]:.0f}" if row[EPOCH.images_per_s] else "-"
+    val = "val -" if row[EPOCH.val_acc] is None else f"val loss {row[EPOCH.val_loss]:.4f} acc {row[EPOCH.val_acc]:.2%}"
     return (
         f"[{row[EPOCH.strategy]}] phase {row[EPOCH.phase]}/{n_phases} ({phase.train}{cached}) "
         f"epoch {row[EPOCH.epoch]}/{total_epochs}  "
         f"train loss {row[EPOCH.train_loss]:.4f} acc {row[EPOCH.train_acc]:.2%}  "
-        f"val loss {row[EPOCH.val_loss]:.4f} acc {row[EPOCH.val_acc]:.2%}  lr {row[EPOCH.lr]:.2e}  "
+        f"{val}  lr {row[EPOCH.lr]:.2e}  "
         f"{row[EPOCH.seconds]:.1f}s  {ips} img/s"
     ) + _head_fit_note(row.get(EPOCH.head_fit))
 
@@ -130,4 +132,5 @@ def _head_fit_note(fit: dict[str, Any] | None) -> str:
     if not fit:
         return ""
     which = "kept" if fit["kept"] else f"not kept (stepped head: val {fit['stepped_val_acc']:.2%})"
-    return f"  | solved head (C={fit['C']:g}, {fit['cv_folds']}-fold CV) val {fit['val_acc']:.2%}: {which}"
+    val = "no val split" if fit["val_acc"] is None else f"val {fit['val_acc']:.2%}"
+    return f"  | solved head (C={fit['C']:g}, {fit['cv_folds']}-fold CV) {val}: {which}"

@@ -31,7 +31,7 @@ class PhaseSource:
     forward: Forward
     eval_forward: Forward
     train_batches: Callable[[int, int], Batches]  # (epoch, pass) -> that pass's shuffled batches
-    val_batches: Callable[[], Batches]
+    val_batches: Callable[[], Batches] | None  # None: the run has no val split (a refit on train and val pooled)
     n_train: int
     cached: bool
     setup_seconds: float = 0.0  # feature computation not yet counted in an epoch's time
@@ -120,7 +120,7 @@ def epoch_seed(seed: int, epoch: int, pass_index: int = 0) -> int:
 
 def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool = False) -> PhaseSource:
     config, smap, model = setup.config, setup.smap, setup.model
-    train, val = setup.data.splits["train"], setup.data.splits["val"]
+    train, val = setup.data.splits["train"], setup.data.splits.get("val")
     bs = config.batch_size
     split = None
     # cached features hold one view of each image: random crops (min_scale < 1) need the prefix on every batch
@@ -141,7 +141,7 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
                 balanced=config.balanced_sampler,
                 min_scale=config.min_scale,
             ),
-            lambda: eval_batches(val, setup.eval_batch_size, setup.normalize),
+            (lambda: eval_batches(val, setup.eval_batch_size, setup.normalize)) if val is not None else None,
             len(train),
             cached=False,
             train_features=lambda: head_inputs(setup),
@@ -154,7 +154,7 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
     with distributed.local_main_first():
         views = 2 if config.hflip else 1
         train_store = features(setup, split, train, views, name, quiet, eager=distributed.active())
-        val_store = features(setup, split, val, 1, name, quiet)
+        val_store = features(setup, split, val, 1, name, quiet) if val is not None else None
     channels_last = setup.normalize.channels_last
 
     def train_features() -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +180,7 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
             balanced=config.balanced_sampler,
             shard=(distributed.rank(), distributed.world_size()),
         ),
-        lambda: Batches(
+        (lambda: Batches(
             val_store.read,
             val.labels,
             eval_positions(len(val)),
@@ -190,12 +190,12 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
             seed=0,
             transform=layout,
             has_views=True,
-        ),
+        )) if val is not None and val_store is not None else None,
         len(train),
         cached=True,
         setup_seconds=time.perf_counter() - t0,
         dropout=split.dropout,
-        stores=[train_store, val_store],
+        stores=[s for s in (train_store, val_store) if s is not None],
         train_features=train_features,
     )
 

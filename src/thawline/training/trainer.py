@@ -90,12 +90,17 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     stop_after_epoch: int | None = None,
     overwrite: bool = False,
+    final_epoch: int | None = None,
 ) -> RunResult:
     """Train one strategy and write its run folder (config.yaml, metrics.jsonl, best/last.pt, summary.json).
 
     `stop_after_epoch`: pause once that global epoch is checkpointed (no summary yet: `RunResult.summary` is None);
     `resume=True` later continues exactly as if it had not stopped (successive halving uses this). A fresh run into
-    a folder that holds a run is refused unless `overwrite`; the folder is locked while this process writes it."""
+    a folder that holds a run is refused unless `overwrite`; the folder is locked while this process writes it.
+
+    `final_epoch`: the run ends (test, summary) after that global epoch with the weights it has there, the learning
+    rate scheduled for the whole budget as in the runs it stands for: `compare --refit`, whose data has no val split
+    to pick an epoch by (data without "val" needs it)."""
     started = time.perf_counter()
     runtime.keep_freed_memory()  # large activations reused instead of page-faulted every step (~1.8x on CPU)
     distributed.init(config.device)
@@ -114,6 +119,8 @@ def train(
     seed_everything(config.seed)
     if data is None:
         data = prepare_data(config, quiet)
+    if "val" not in data.splits and final_epoch is None:
+        raise ThawlineError("a run without a val split needs the epoch to end at (final_epoch): nothing picks one")
     lr_auto, lr_found = config.lr == "auto", None
     if lr_auto:
         # Under DDP every rank runs the range test on its shard (its caches are shared); rank 0's pick is used.
@@ -132,8 +139,11 @@ def train(
         try:
             loop = _restore(run, saved)
             sinks = _epoch_sinks(run, on_epoch)
-            for phase in setup.phases:
-                _train_phase(run, loop, phase, sinks, stop_after_epoch)
+            try:
+                for phase in setup.phases:
+                    _train_phase(run, loop, phase, sinks, stop_after_epoch, final_epoch)
+            except _Final:
+                pass
             summary = _finish(run, loop, started)
         except _Paused:
             return RunResult(out, None, loop.metrics)
@@ -237,8 +247,17 @@ class _Paused(Exception):
     """The run reached its `stop_after_epoch` and is checkpointed there."""
 
 
+class _Final(Exception):
+    """The run reached its `final_epoch`: it ends there."""
+
+
 def _train_phase(
-    run: Run, loop: LoopState, phase: ResolvedPhase, sinks: list[EpochSink], stop_after_epoch: int | None = None
+    run: Run,
+    loop: LoopState,
+    phase: ResolvedPhase,
+    sinks: list[EpochSink],
+    stop_after_epoch: int | None = None,
+    final_epoch: int | None = None,
 ) -> None:
     setup = run.setup
     n_trainable = apply_freezing(setup.model, setup.smap, set(phase.trainable), phase.bn, phase.kinds)
@@ -246,6 +265,8 @@ def _train_phase(
     if loop.global_epoch + phase.epochs <= loop.done_epochs:  # finished before the resume point
         loop.global_epoch += phase.epochs
         return
+    if final_epoch is not None and max(loop.global_epoch, loop.done_epochs) >= final_epoch:
+        raise _Final  # also a resume after the final epoch's checkpoint: no epoch past it
     lr_scale = setup.lr_scale
     if run.resolved_config.get(CONFIG.lr_auto) and phase.index > 0:
         lr_scale = _phase_auto_lr(run, phase) / phase.lr
@@ -268,7 +289,8 @@ def _train_phase(
             )  # fmt: skip
             stats, val = _train_epoch(run, loop, phase, source, train_forward, schedule, passes)
             head_fit: dict[str, Any] = {}
-            if head is not None and epoch_in_phase + 1 == phase.epochs:
+            # the solved head at the phase's end, or at the run's when it ends earlier (a refit)
+            if head is not None and (epoch_in_phase + 1 == phase.epochs or loop.global_epoch + 1 == final_epoch):
                 head_fit, val = _solved_candidate(run, loop, source, head, val)  # val: the head kept
             if epoch_in_phase + 1 < phase.epochs:
                 source.complete()  # the views the first epoch did not draw: the next epochs read only
@@ -281,7 +303,9 @@ def _train_phase(
             loop.metrics.append(row)
             for sink in sinks:
                 sink(row, phase)
-            _checkpoint(run, loop, phase, val.acc, best=head_fit.get("kept", False))
+            _checkpoint(run, loop, phase, val.acc if val else None, best=head_fit.get("kept", False))
+            if loop.global_epoch == final_epoch:
+                raise _Final
             if loop.global_epoch == stop_after_epoch and loop.global_epoch < setup.total_epochs:
                 raise _Paused
     finally:
@@ -299,7 +323,7 @@ def _train_epoch(
     train_forward: engine.Forward,
     schedule: engine.PhaseSchedule,
     passes: int,
-) -> tuple[engine.EpochStats, engine.EvalResult]:
+) -> tuple[engine.EpochStats, engine.EvalResult | None]:
     setup = run.setup
     torch.manual_seed(setup.config.seed * 100_003 + loop.global_epoch)  # dropout etc.: a pure function of the epoch
     bar = tqdm(
@@ -333,8 +357,11 @@ def _train_epoch(
     return stats, _validate(run, source)
 
 
-def _validate(run: Run, source: PhaseSource) -> engine.EvalResult:
+def _validate(run: Run, source: PhaseSource) -> engine.EvalResult | None:
+    """The model on the val split (None without one: a refit)."""
     setup = run.setup
+    if source.val_batches is None:
+        return None
     return engine.evaluate(
         source.eval_forward, source.val_batches(), setup.device, setup.amp, model=setup.model, across_ranks=run.across
     )
@@ -354,11 +381,12 @@ def solvable_head(setup: RunSetup, phase: ResolvedPhase, source: PhaseSource) ->
 
 
 def _solved_candidate(
-    run: Run, loop: LoopState, source: PhaseSource, head: torch.nn.Linear, stepped: engine.EvalResult
-) -> tuple[dict[str, Any], engine.EvalResult]:
+    run: Run, loop: LoopState, source: PhaseSource, head: torch.nn.Linear, stepped: engine.EvalResult | None
+) -> tuple[dict[str, Any], engine.EvalResult | None]:
     """After the stepped epochs of a head-to-the-end phase: the head solved on the same features (L2 chosen by
     cross-validation on train) replaces the stepped one when its val accuracy is at least the best epoch's. Ties
-    go to the solved head: its val accuracy is one measurement, the stepped one the best of several epochs.
+    go to the solved head: its val accuracy is one measurement, the stepped one the best of several epochs. Without a
+    val split (a refit) the solved head is kept: its L2 penalty is itself chosen by cross-validation.
     On the task suite the stepped head beat a logistic-regression probe by up to 7 points and fell 6 below it on
     others; keeping the better on val stayed within 0.5 points of the probe on 12 of 13 tasks (-0.6 on the 13th).
     Returns what the metrics row records and the validation of the head kept (its time counts as the epoch's)."""
@@ -372,11 +400,12 @@ def _solved_candidate(
     if distributed.active():  # every rank solved the same problem; rank 0's bits are the run's
         _set_head(head, *distributed.broadcast_object((head.weight.detach().cpu(), head.bias.detach().cpu())))
     solved = _validate(run, source)
-    kept = solved.acc >= max(loop.best_acc, stepped.acc)
+    kept = solved is None or stepped is None or solved.acc >= max(loop.best_acc, stepped.acc)
     if not kept:
         _set_head(head, *stepped_head)
     source.setup_seconds += time.perf_counter() - t0
-    row = {**fit.as_row(), "val_acc": round(solved.acc, 6), "stepped_val_acc": round(stepped.acc, 6), "kept": kept}
+    row = {**fit.as_row(), "val_acc": round(solved.acc, 6) if solved else None,
+           "stepped_val_acc": round(stepped.acc, 6) if stepped else None, "kept": kept}  # fmt: skip
     return row, solved if kept else stepped
 
 
@@ -386,10 +415,10 @@ def _set_head(head: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -
     head.bias.copy_(bias)
 
 
-def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float, best: bool = False) -> None:
-    """best.pt when validation improved (or `best`: a solved head that tied), then last.pt: everything an exact
-    resume needs. Weights that are no longer finite (a blown-up epoch) are never saved: the run stops and last.pt
-    keeps the epoch before."""
+def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float | None, best: bool = False) -> None:
+    """best.pt when validation improved (or `best`: a solved head that tied; or every epoch without a val split, so
+    best.pt holds the latest weights), then last.pt: everything an exact resume needs. Weights that are no longer
+    finite (a blown-up epoch) are never saved: the run stops and last.pt keeps the epoch before."""
     model = run.setup.model
     val_loss = loop.metrics[-1].get(EPOCH.val_loss) if loop.metrics else None
     bad = f"validation loss {val_loss}" if val_loss is not None and not math.isfinite(val_loss) else None
@@ -404,9 +433,9 @@ def _checkpoint(run: Run, loop: LoopState, phase: ResolvedPhase, val_acc: float,
             f"epoch {loop.global_epoch} of strategy '{run.name}' ended with non-finite {bad}, so it was not saved; "
             f"{where}; lower the learning rate (--lr) and rerun into a new --out"
         )
-    improved = best or val_acc > loop.best_acc
+    improved = best or val_acc is None or val_acc > loop.best_acc
     if improved:
-        loop.best_acc, loop.best_epoch = val_acc, loop.global_epoch
+        loop.best_acc, loop.best_epoch = val_acc if val_acc is not None else loop.best_acc, loop.global_epoch
         loop.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if not run.main:
         return
@@ -445,38 +474,43 @@ def _evaluate_split(run: Run, split_name: str) -> engine.EvalResult:
 
 
 def _finish(run: Run, loop: LoopState, started: float) -> dict[str, Any]:
-    """Test (or val) predictions of the best epoch's weights on full images, then summary.json."""
+    """Test and val predictions of the best epoch's weights on full images (predictions.csv: test, else val), then
+    summary.json. A refit has no val split; without test either, it has nothing to predict."""
     setup = run.setup
     if loop.best_state is not None:
         setup.model.load_state_dict(loop.best_state)
     setup.model.eval()
-    eval_split = "test" if "test" in setup.data.splits else "val"
+    splits = setup.data.splits
     runtime.release_freed_memory()  # full-image evaluation: another working set than the epochs' (peak RSS)
-    result = _evaluate_split(run, eval_split)
-    split = setup.data.splits[eval_split]
+    test = _evaluate_split(run, "test") if "test" in splits else None
     # The val split's per-image predictions too (predictions_val.csv) when predictions.csv holds test: the val
     # interval and paired tests of `thawline.report.uncertainty` need them. Every rank evaluates (a gather under DDP).
-    val = _evaluate_split(run, "val") if eval_split == "test" else result
+    val = _evaluate_split(run, "val") if "val" in splits else None
+    eval_split = "test" if test is not None else "val" if val is not None else None
     if run.main:
-        write_predictions(
-            run.out / PREDICTIONS, eval_split, split.paths, result.labels.numpy(), result.logits.numpy(),
-            setup.data.classes,
-        )  # fmt: skip
-        if eval_split == "test":
+        results = {"val": val, "test": test}
+        if eval_split is not None:
+            shown = results[eval_split]
+            assert shown is not None
             write_predictions(
-                run.out / VAL_PREDICTIONS, "val", setup.data.splits["val"].paths, val.labels.numpy(),
-                val.logits.numpy(), setup.data.classes,
+                run.out / PREDICTIONS, eval_split, splits[eval_split].paths, shown.labels.numpy(),
+                shown.logits.numpy(), setup.data.classes,
             )  # fmt: skip
-        probs = {"val": (setup.data.splits["val"].paths, val.labels.numpy(), val.logits.numpy())}
-        if eval_split == "test":
-            probs["test"] = (split.paths, result.labels.numpy(), result.logits.numpy())
-        write_probabilities(run.out / PROBABILITIES, probs)  # out-of-fold predictions, ensembles
-    summary = _summary(run, loop, val, result if eval_split == "test" else None, eval_split, started)
+        if test is not None and val is not None:
+            write_predictions(
+                run.out / VAL_PREDICTIONS, "val", splits["val"].paths, val.labels.numpy(), val.logits.numpy(),
+                setup.data.classes,
+            )  # fmt: skip
+        probs = {name: (splits[name].paths, r.labels.numpy(), r.logits.numpy()) for name, r in results.items() if r}
+        if probs:
+            write_probabilities(run.out / PROBABILITIES, probs)  # out-of-fold predictions, ensembles
+    summary = _summary(run, loop, val, test, eval_split, started)
     if run.main:
         write_text_atomic(run.out / SUMMARY_FILE, json.dumps(summary, indent=2))
         if summary[SUMMARY.test_acc] is not None:
             run.tracker.scalars({SUMMARY.test_acc: summary[SUMMARY.test_acc]}, loop.global_epoch)
-        _log_prediction_grid(run, loop.global_epoch)
+        if eval_split is not None:
+            _log_prediction_grid(run, loop.global_epoch)
     return summary
 
 
