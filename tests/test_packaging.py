@@ -57,9 +57,7 @@ def test_wheel_holds_modules_templates_and_license(tmp_path: Path):
     assert modules - names == set(), "modules missing from the wheel"
     templates = {p.relative_to(src).as_posix() for p in (src / "thawline" / "report" / "templates").iterdir()}
     assert templates and templates <= names, "report templates missing from the wheel"
-    typed = src / "thawline" / "py.typed"
-    if typed.is_file():
-        assert "thawline/py.typed" in names
+    assert "thawline/py.typed" in names  # PEP 561: type checkers read the package's hints
     dist_info = f"thawline-{_project_version()}.dist-info"
     assert f"{dist_info}/licenses/LICENSE" in names
     assert f"{dist_info}/entry_points.txt" in names
