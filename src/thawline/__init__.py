@@ -24,6 +24,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
 
 __version__ = "0.1.0"
 
+# compare's default retries of a trial whose worker died (a torch-free module, like the two below).
+from thawline.comparing.retries import DEFAULT_RETRIES  # noqa: E402
+
 # The one error type: bad input or an unwritable file, said in one line (the CLI prints it, no traceback).
 from thawline.core.errors import ThawlineError  # noqa: E402
 
@@ -62,18 +65,26 @@ def compare(
     race: bool = False,
     overwrite: bool = False,
     jobs: int = 1,
+    trials_per_gpu: int = 1,
+    ray: str | None = None,
+    gpus_per_trial: float | None = None,
+    cpus_per_trial: float | None = None,
+    retries: int = DEFAULT_RETRIES,
 ) -> CompareResult:
     """Every strategy (all by default) trained on the same data and ranked (`thawline.comparing.comparison`: what
     each option does, what it writes); the keyword form of `thawline.comparing.run_comparison(config,
     CompareOptions(...))`. `jobs=N` trains N trials at once in spawned processes: a script that calls it needs
-    the `if __name__ == "__main__":` guard."""
+    the `if __name__ == "__main__":` guard; `ray=ADDRESS` ("" for Ray's default) trains them as tasks on a Ray
+    cluster (`thawline.comparing.ray_executor`); `retries`: how often a trial whose worker died is resumed
+    before it is reported failed (`thawline.comparing.retries`)."""
     from thawline.comparing.comparison import DEFAULT_STRATEGIES
     from thawline.comparing.comparison import compare as _compare
 
     return _compare(
         config, strategies or DEFAULT_STRATEGIES, out, resume=resume, quiet=quiet, seeds=seeds, halving=halving,
         advise=advise, models=models, shift_test=shift_test, folds=folds, race=race, overwrite=overwrite,
-        jobs=jobs,
+        jobs=jobs, trials_per_gpu=trials_per_gpu, ray=ray, gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial, retries=retries,
     )  # fmt: skip
 
 

@@ -72,6 +72,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         config, strategies, config.out, resume=bool(args.resume), quiet=args.quiet, seeds=args.seeds,
         halving=args.halving, advise=args.advise, models=args.models, shift_test=args.shift_test,
         folds=args.folds, race=args.race, overwrite=args.overwrite, jobs=args.jobs,
+        trials_per_gpu=args.trials_per_gpu, ray=args.ray, gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial, retries=args.retries,
     )  # fmt: skip
     from thawline.training import distributed
 

@@ -9,7 +9,8 @@ threads (measured: 1 thread vs 2 on this 2-core machine changed losses and weigh
 worker trains with the thread count a sequential compare would use in this environment
 (`torch.get_num_threads()` here, which `OMP_NUM_THREADS` sets), not a share of the cores.
 On CUDA worker k sees only GPU k (modulo the GPUs visible here; `CUDA_VISIBLE_DEVICES` is set before torch
-initialises CUDA), so N trials on N GPUs, and more jobs than GPUs share them round-robin.
+initialises CUDA), so N trials on N GPUs, and more jobs than GPUs share them round-robin; `--trials-per-gpu M`
+gives each GPU M workers in a row instead (worker k sees GPU k // M), which packs small trainings.
 
 Console lines of the workers come through a pipe whole, printed here (so they never interleave mid-line and pass
 the terminal's escaping); a line of a trial that a sequential compare would tell apart by order alone (another seed,
@@ -63,10 +64,11 @@ class WorkerSpec:
     folds: int | None = None
 
 
-def worker_devices(jobs: int, visible: Sequence[str]) -> list[str | None]:
-    """The CUDA_VISIBLE_DEVICES of each of `jobs` workers: worker k the k-th of the `visible` GPUs (round-robin when
-    there are more jobs than GPUs); None for every worker when there is no GPU (the environment is left as it is)."""
-    return [visible[k % len(visible)] if visible else None for k in range(jobs)]
+def worker_devices(jobs: int, visible: Sequence[str], per_gpu: int = 1) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each of `jobs` workers: worker k the (k // per_gpu)-th of the `visible` GPUs
+    (`--trials-per-gpu`: `per_gpu` small trainings packed on each; round-robin when there are more workers than
+    places); None for every worker when there is no GPU (the environment is left as it is)."""
+    return [visible[(k // per_gpu) % len(visible)] if visible else None for k in range(jobs)]
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -413,7 +415,7 @@ class LocalPoolExecutor:
     `InProcessExecutor` would (same folders, same results); `run_batch` returns once the whole batch is done, so the
     scheduler decides on all of it, as with the sequential executor. `threads`: each worker's intra-op threads
     (default: this process's, which keeps every run's floats those of the sequential compare); `gpus`: the GPUs
-    to hand out, one per worker (default: those visible here when the config trains on CUDA)."""
+    to hand out, `trials_per_gpu` workers on each (default: those visible here when the config trains on CUDA)."""
 
     def __init__(
         self,
@@ -422,10 +424,12 @@ class LocalPoolExecutor:
         *,
         threads: int | None = None,
         gpus: Sequence[str] | None = None,
+        trials_per_gpu: int = 1,
     ) -> None:
-        self.spec, self.jobs = spec, jobs
+        self.spec, self.jobs, self.trials_per_gpu = spec, jobs, trials_per_gpu
         self.threads = default_threads() if threads is None else threads
-        devices = worker_devices(jobs, visible_gpus(spec.config.device) if gpus is None else list(gpus))
+        visible = visible_gpus(spec.config.device) if gpus is None else list(gpus)
+        devices = worker_devices(jobs, visible, trials_per_gpu)
         envs = [{"CUDA_VISIBLE_DEVICES": d} if d is not None else {} for d in devices]
         self.pool = WorkerPool(jobs, envs=envs, threads=self.threads)
         self.gpus = devices
@@ -439,7 +443,8 @@ class LocalPoolExecutor:
             return {}
         if not self.spec.quiet and not self._announced:
             self._announced = True
-            on = ", one GPU each" if any(self.gpus) else f", {self.threads} thread(s) each"
+            each = "one GPU each" if self.trials_per_gpu == 1 else f"{self.trials_per_gpu} per GPU"
+            on = f", {each}" if any(self.gpus) else f", {self.threads} thread(s) each"
             print(f"[jobs] up to {self.jobs} trials at once in worker processes{on}", flush=True)
         first_seed, resume = self.spec.config.seed, shlex.quote(str(self.spec.out_dir))
         results = self.pool.run_all([(run_request, (self.spec, r)) for r in requests],
