@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from conftest import make_image_folder, one_error_line, tiny_config
 import thawline
 from thawline.cli import main
 from thawline.comparing.options import check_jobs
-from thawline.comparing.pool import LocalPoolExecutor, WorkerFailed, WorkerPool, WorkerSpec, worker_devices
+from thawline.comparing.pool import GAVE_UP, LocalPoolExecutor, WorkerFailed, WorkerPool, WorkerSpec, worker_devices
 from thawline.core.errors import ThawlineError
 from thawline.training.runfolder import RunInterrupted
 
@@ -213,3 +214,31 @@ def test_placement_refused_in_one_line(image_folder: Path, tmp_path: Path, capsy
         assert main([*base, *flags]) == 2, flags
         one_error_line(capsys, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+def die_once(marker: str) -> str:
+    """A job whose worker SIGKILLs itself on its first try (the marker file says it had one)."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "alive"
+
+
+def test_a_dead_worker_is_replaced_and_its_job_retried(tmp_path: Path) -> None:
+    """With `on_death` (the retries.py rule of LocalPoolExecutor), a worker that dies is replaced and its job runs
+    again in its place, or is given up on while the other jobs of the batch finish."""
+    pool = WorkerPool(1)
+    deaths: list[str] = []
+    marker = str(tmp_path / "died")
+
+    def retry_once(i: int, how: str) -> Any:
+        deaths.append(how)
+        return (die_once, (marker,)) if len(deaths) == 1 else None
+
+    try:
+        assert pool.run_all([(die_once, (marker,)), (abs, (-2,))], on_death=retry_once) == ["alive", 2]
+        assert len(deaths) == 1 and deaths[0].startswith("worker process 1") and "was killed (signal 9)" in deaths[0]
+        assert pool.run_all([(os._exit, (3,)), (abs, (-2,))], on_death=retry_once) == [GAVE_UP, 2]
+        assert "exited (code 3)" in deaths[1]
+    finally:
+        pool.close()

@@ -325,7 +325,7 @@ def make_executor(
         return RayExecutor(spec, address=options.ray or None, gpus_per_trial=options.gpus_per_trial,
                            cpus_per_trial=options.cpus_per_trial, retries=options.retries)  # fmt: skip
     if options.jobs > 1:
-        return LocalPoolExecutor(spec, options.jobs, trials_per_gpu=options.trials_per_gpu)
+        return LocalPoolExecutor(spec, options.jobs, trials_per_gpu=options.trials_per_gpu, retries=options.retries)
     return in_process()
 
 
