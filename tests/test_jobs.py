@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from conftest import make_image_folder, one_error_line, tiny_config
 import thawline
 from thawline.cli import main
 from thawline.comparing.options import check_jobs
-from thawline.comparing.pool import LocalPoolExecutor, WorkerFailed, WorkerPool, WorkerSpec, worker_devices
+from thawline.comparing.pool import GAVE_UP, LocalPoolExecutor, WorkerFailed, WorkerPool, WorkerSpec, worker_devices
 from thawline.core.errors import ThawlineError
 from thawline.training.runfolder import RunInterrupted
 
@@ -175,3 +176,69 @@ def test_refused_in_one_line(
     assert main([*base, "--jobs", "2", "--out", str(tmp_path / "b")]) == 2
     one_error_line(capsys, "--jobs 2", "torchrun", "drop --jobs")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_trials_per_gpu_packs_workers() -> None:
+    """--trials-per-gpu M: worker k sees GPU k // M (round-robin past the last GPU), and a worker really runs with
+    the CUDA_VISIBLE_DEVICES it was given (a fake one: no GPU is needed)."""
+    assert worker_devices(5, ["3", "5"], per_gpu=2) == ["3", "3", "5", "5", "3"]
+    assert worker_devices(2, [], per_gpu=2) == [None, None]
+    spec = WorkerSpec(tiny_config(Path("unused"), device="cpu"), Path("unused"), resume=False, quiet=True)
+    executor = LocalPoolExecutor(spec, 3, threads=1, gpus=["3", "5"], trials_per_gpu=2)
+    pool = executor.pool
+    pool.threads = None  # the probe needs no torch: the workers start faster
+    try:
+        probe = (os.getenv, ("CUDA_VISIBLE_DEVICES",))
+        assert pool.run_all([probe, probe, probe]) == ["3", "3", "5"]
+    finally:
+        executor.close()
+
+
+def test_placement_refused_in_one_line(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--ray and --trials-per-gpu combinations that cannot apply are refused in one line each, before anything is
+    written (none of them needs Ray installed)."""
+    base = ["compare", "--data", str(image_folder), "--model", "test_efficientnet", "--weights", "none",
+            "--epochs", "1", "--strategies", "head-only", "--out", str(tmp_path / "out")]  # fmt: skip
+    refused = {
+        ("--ray", "--jobs", "2"): ("--ray with --jobs 2", "drop --jobs"),
+        ("--gpus-per-trial", "1"): ("--gpus-per-trial", "pass --ray"),
+        ("--cpus-per-trial", "2"): ("--cpus-per-trial", "pass --ray"),
+        ("--trials-per-gpu", "2"): ("--trials-per-gpu 2", "pass --jobs N"),
+        ("--trials-per-gpu", "0", "--jobs", "2"): ("--trials-per-gpu 0", "1 or more"),
+        ("--ray", "--trials-per-gpu", "2"): ("--trials-per-gpu 2 is for --jobs", "--gpus-per-trial 0.5"),
+        ("--ray", "--gpus-per-trial", "2"): ("--gpus-per-trial 2", "one GPU"),
+        ("--ray", "--cpus-per-trial", "0"): ("--cpus-per-trial 0", "more than 0"),
+        ("--retries", "-1"): ("--retries -1", "0 or more"),
+    }
+    for flags, fragments in refused.items():
+        assert main([*base, *flags]) == 2, flags
+        one_error_line(capsys, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def die_once(marker: str) -> str:
+    """A job whose worker SIGKILLs itself on its first try (the marker file says it had one)."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "alive"
+
+
+def test_a_dead_worker_is_replaced_and_its_job_retried(tmp_path: Path) -> None:
+    """With `on_death` (the retries.py rule of LocalPoolExecutor), a worker that dies is replaced and its job runs
+    again in its place, or is given up on while the other jobs of the batch finish."""
+    pool = WorkerPool(1)
+    deaths: list[str] = []
+    marker = str(tmp_path / "died")
+
+    def retry_once(i: int, how: str) -> Any:
+        deaths.append(how)
+        return (die_once, (marker,)) if len(deaths) == 1 else None
+
+    try:
+        assert pool.run_all([(die_once, (marker,)), (abs, (-2,))], on_death=retry_once) == ["alive", 2]
+        assert len(deaths) == 1 and deaths[0].startswith("worker process 1") and "was killed (signal 9)" in deaths[0]
+        assert pool.run_all([(os._exit, (3,)), (abs, (-2,))], on_death=retry_once) == [GAVE_UP, 2]
+        assert "exited (code 3)" in deaths[1]
+    finally:
+        pool.close()

@@ -63,3 +63,16 @@ def test_pausing_at_every_epoch_boundary_keeps_the_schedule(strategy: str, image
                 assert not moved, f"{strategy} epoch {epoch}: {name} of frozen stage {stage} moved"
         moved_stages = {stage_of[n] for n in after if n in stage_of and not torch.equal(before[n], after[n])}
         assert moved_stages == trainable, f"{strategy} epoch {epoch}: moved {moved_stages}, schedule {trainable}"
+
+
+def test_a_pause_asked_again_trains_nothing(image_folder: Path, tmp_path: Path) -> None:
+    """A run paused at epoch 1 and asked again to pause at epoch 1 (a halving request retried after its worker died
+    right after that checkpoint) stays paused there: nothing is trained, its rows are those of the pause."""
+    cfg = tiny_config(image_folder, strategy="full", epochs=2)
+    first = thawline.train(cfg, run_dir=tmp_path / "run", quiet=True, stop_after_epoch=1)
+    weights = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    again = thawline.train(cfg, run_dir=tmp_path / "run", resume=True, quiet=True, stop_after_epoch=1)
+    assert again.summary is None and again.metrics == first.metrics
+    assert not (tmp_path / "run" / "summary.json").exists() and len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 1
+    after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert all(torch.equal(weights[k], after[k]) for k in weights)

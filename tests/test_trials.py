@@ -219,3 +219,36 @@ def test_the_cli_takes_every_combination(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["compare", "--data", str(data), "--seeds", "0", "--out", str(tmp_path / "bad"), *flags]) != 0
     one_error_line(capsys, "--seeds 0: must be 1 or more")
     assert not (tmp_path / "bad").exists()
+
+
+class FailingExecutor(FakeExecutor):
+    """A batch executor whose `failing` strategy's trials are given up on (their workers kept dying): missing from
+    the batch's results, as RayExecutor and LocalPoolExecutor leave them."""
+
+    def __init__(self, budget: int, failing: str) -> None:
+        super().__init__(budget)
+        self.failing = failing
+
+    def run_batch(self, requests: list[Request]) -> dict[Request, RunResult]:
+        return {r: self.run(r) for r in requests if r.trial.strategy != self.failing}
+
+
+def test_a_failed_trial_is_dropped_and_the_others_go_on(tmp_path: Path) -> None:
+    """AllTrials ranks the others; halving judges each rung without it (not ranked, not listed as stopped); a
+    schedule without `drop` (the folds, which need every one) stops in one line."""
+    plain = AllTrials(make_trials(["head-only", "full", "scratch"], None, 0, 1))
+    results = run_schedule(plain, FailingExecutor(4, "full"))
+    assert list(ranked_runs(plain, results, Path("OUT"), 0)) == ["head-only", "scratch"]
+    halving = Halving(make_trials(SEVEN, None, 0, 1), 9, "gradual", log=tmp_path / "halving.json")
+    run_schedule(halving, FailingExecutor(9, "layer-wise"))  # the best one fails at the first rung
+    assert [t.strategy for t in halving.finalists] == ["full", "gradual"]  # the next best reaches the end
+    assert "layer-wise" not in json.loads((tmp_path / "halving.json").read_text())["stopped"]
+
+    class NoDrop:
+        finalists = make_trials(["full"], None, 0, 1)
+
+        def next(self, results: dict) -> list[Request]:
+            return [] if results else [Request(self.finalists[0])]
+
+    with pytest.raises(ThawlineError, match=r"^'full' failed \(its worker kept dying\)"):
+        run_schedule(NoDrop(), FailingExecutor(4, "full"))

@@ -50,32 +50,16 @@ def compare(
     config: TrainConfig,
     strategies: str | list[str] | tuple[str, ...] | None = None,
     out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    quiet: bool = False,
-    seeds: int = 1,
-    halving: bool = False,
-    advise: bool = False,
-    models: str | list[str] | tuple[str, ...] | None = None,
-    shift_test: str | Path | None = None,
-    folds: int | None = None,
-    race: bool = False,
-    refit: bool = False,
-    overwrite: bool = False,
-    jobs: int = 1,
+    **options: Any,
 ) -> CompareResult:
     """Every strategy (all by default) trained on the same data and ranked (`thawline.comparing.comparison`: what
-    each option does, what it writes); the keyword form of `thawline.comparing.run_comparison(config,
-    CompareOptions(...))`. `jobs=N` trains N trials at once in spawned processes: a script that calls it needs
-    the `if __name__ == "__main__":` guard."""
+    each option does, what it writes). `options` are `thawline.comparing.CompareOptions`' fields (seeds, halving,
+    folds, race, refit, jobs, ray, resume, quiet, ...), declared and documented there once. `jobs=N` trains N trials
+    at once in spawned processes: a script that calls it needs the `if __name__ == "__main__":` guard."""
     from thawline.comparing.comparison import DEFAULT_STRATEGIES
     from thawline.comparing.comparison import compare as _compare
 
-    return _compare(
-        config, strategies or DEFAULT_STRATEGIES, out, resume=resume, quiet=quiet, seeds=seeds, halving=halving,
-        advise=advise, models=models, shift_test=shift_test, folds=folds, race=race, refit=refit,
-        overwrite=overwrite, jobs=jobs,
-    )  # fmt: skip
+    return _compare(config, strategies or DEFAULT_STRATEGIES, out, **options)
 
 
 def advise(config: TrainConfig, out: str | Path | None = None, **kwargs: Any) -> Advice:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from thawline.cli.options import (
     _config_from_args,
@@ -53,6 +54,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_options(args: argparse.Namespace) -> dict[str, Any]:
+    """compare's keyword options from the parsed flags: every `CompareOptions` field the parser has a flag of (the
+    flag's dest is the field's name), so an option is declared once, in `CompareOptions`, and its flag once."""
+    from dataclasses import fields
+
+    from thawline.comparing import CompareOptions
+
+    given = {f.name: getattr(args, f.name) for f in fields(CompareOptions) if hasattr(args, f.name)}
+    given["resume"] = bool(args.resume)  # --resume [DIR]: the folder itself is read before (_resumed_compare)
+    for positional in ("strategies", "out"):  # compare's arguments: the resolved strategy list and config.out
+        given.pop(positional, None)
+    return given
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from thawline.comparing.comparison import DEFAULT_STRATEGIES, compare
 
@@ -68,11 +83,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         strategies = args.strategies or list(DEFAULT_STRATEGIES)
         _needs_folder(args, config.out)
-    result = compare(
-        config, strategies, config.out, resume=bool(args.resume), quiet=args.quiet, seeds=args.seeds,
-        halving=args.halving, advise=args.advise, models=args.models, shift_test=args.shift_test,
-        folds=args.folds, race=args.race, refit=args.refit, overwrite=args.overwrite, jobs=args.jobs,
-    )  # fmt: skip
+    result = compare(config, strategies, config.out, **compare_options(args))
     from thawline.training import distributed
 
     if not distributed.is_main():

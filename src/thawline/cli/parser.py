@@ -24,6 +24,7 @@ from thawline.cli.commands import (
     cmd_sweep,
     cmd_train,
 )
+from thawline.comparing.retries import DEFAULT_RETRIES
 from thawline.core.config import TrainConfig, option_specs
 
 
@@ -178,6 +179,28 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         "--jobs", type=int, default=1, metavar="N",
         help="train N trials at once, each in its own process on this machine (on CUDA one GPU each); the runs "
         "equal those of --jobs 1 (default: one after another)",
+    )  # fmt: skip
+    p.add_argument(
+        "--trials-per-gpu", dest="trials_per_gpu", type=int, default=1, metavar="M",
+        help="with --jobs on CUDA: M workers share each GPU (packs small trainings; default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="train the trials as tasks on a Ray cluster (pip install 'thawline[ray]'): ADDRESS, else RAY_ADDRESS "
+        "or a new local one; run folders and data on storage every node sees; the runs equal those of --jobs 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--gpus-per-trial", dest="gpus_per_trial", type=float, metavar="G",
+        help="with --ray: the GPUs each trial asks for (0.5 puts two on a GPU; default 1 on CUDA, else 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cpus-per-trial", dest="cpus_per_trial", type=float, metavar="C",
+        help="with --ray: the CPUs each trial asks for (default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--retries", type=int, default=DEFAULT_RETRIES, metavar="R",
+        help="a trial whose worker dies (killed, out of memory, node lost) resumes from its last checkpoint up to "
+        f"R times, then is reported failed and the others are ranked (default {DEFAULT_RETRIES})",
     )  # fmt: skip
     p.set_defaults(func=cmd_compare)
 

@@ -23,14 +23,16 @@ data decoded at its own input size) and one table ranks every (model, strategy) 
 `shift_test=DIR` (a tree of `thawline data shift`) evaluates each ranked run's best weights on every shifted set:
 the run folder gets shift.json ({set: accuracy}) and its summary.json the table's `shifted_acc` and `shift_gap`.
 `jobs=N` trains N trials of each batch (all of them, a halving rung, a fold) at once in worker processes
-(`pool.py`); the runs are those of `jobs=1`, which trains them one after another in this process.
+(`pool.py`), `ray=ADDRESS` as tasks on a Ray cluster (`ray_executor.py`); the runs are those of `jobs=1`, which
+trains them one after another in this process. A trial whose worker keeps dying is reported failed and the others
+are ranked (`retries.py`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from dataclasses import replace as with_options
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ from thawline.comparing.options import (
     parse_strategies,
 )
 from thawline.comparing.pool import LocalPoolExecutor, WorkerSpec
+from thawline.comparing.ray_executor import RayExecutor
 from thawline.comparing.refit import refit, refit_line
 from thawline.comparing.schedulers import (
     AllTrials,
@@ -113,6 +116,7 @@ class CompareResult:
     runs: dict[str, RunResult]
     rows: list[dict[str, Any]]
     answer: dict[str, Any] | None = None  # compare --folds: the delivered answer (comparison.json's `answer`)
+    failed: list[str] = field(default_factory=list)  # the lines of the trials given up on (not ranked)
 
     @property
     def winner(self) -> str:
@@ -120,29 +124,11 @@ class CompareResult:
 
 
 def compare(
-    config: TrainConfig,
-    strategies: Names = DEFAULT_STRATEGIES,
-    out: str | Path | None = None,
-    *,
-    resume: bool = False,
-    quiet: bool = False,
-    seeds: int = 1,
-    halving: bool = False,
-    advise: bool = False,
-    models: Names | None = None,
-    shift_test: str | Path | None = None,
-    folds: int | None = None,
-    race: bool = False,
-    refit: bool = False,
-    overwrite: bool = False,
-    jobs: int = 1,
+    config: TrainConfig, strategies: Names = DEFAULT_STRATEGIES, out: str | Path | None = None, **options: Any
 ) -> CompareResult:
-    """`run_comparison` with its `CompareOptions` given as keyword arguments (the CLI's and the API's form)."""
-    options = CompareOptions.of(strategies, out, models=models, seeds=seeds, halving=halving, advise=advise,
-                                shift_test=shift_test, folds=folds, race=race, refit=refit, jobs=jobs,
-                                resume=resume,
-                                overwrite=overwrite, quiet=quiet)  # fmt: skip
-    return run_comparison(config, options)
+    """`run_comparison` with its `CompareOptions` given as keyword arguments (the CLI's and the API's form): every
+    field of `CompareOptions` (where each option is declared and documented) but `strategies` and `out`."""
+    return run_comparison(config, CompareOptions.of(strategies, out, **options))
 
 
 def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResult:
@@ -181,12 +167,13 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
                     PLAN.race: options.race}  # fmt: skip
             save_yaml(out_dir / COMPARE_PLAN, plan)
         crossval: CrossValidated | None = None
+        failed: list[str] = []
         try:
             if options.folds:
                 crossval = cross_validate(config, names, out_dir, options)
                 runs = crossval.runs
             else:
-                runs = train_grid(config, names, grid, out_dir, options)
+                runs = train_grid(config, names, grid, out_dir, options, failed)
         except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
             raise RunInterrupted(out_dir, "compare") from None
         except ThawlineError:
@@ -209,7 +196,9 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
         for folder in [out_dir, *(out_dir / model_folder(m) for m in grid)] if options.halving else []:
             if line := halving_stopped_line(folder):
                 print(line, flush=True)
-    return CompareResult(out_dir, runs, rows, crossval.answer if crossval else None)
+        for line in failed:
+            print(line, flush=True)
+    return CompareResult(out_dir, runs, rows, crossval.answer if crossval else None, failed)
 
 
 @dataclass
@@ -236,12 +225,9 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
         names = skip_far_behind(names, out_dir, quiet=options.quiet)
     schedule = FoldSchedule(names, options.folds, config.seed, race=options.race,
                             log=out_dir / RACE_JSON if main else None, quiet=options.quiet)  # fmt: skip
-    if options.jobs > 1:
-        executor: Executor = LocalPoolExecutor(WorkerSpec(config, out_dir, options.resume, options.quiet,
-                                                          folds=options.folds), options.jobs)  # fmt: skip
-    else:
-        executor = InProcessExecutor(config, folded.pool, out_dir, resume=options.resume, quiet=options.quiet,
-                                     fold_data=folded.fold)  # fmt: skip
+    executor = make_executor(config, out_dir, options, lambda: InProcessExecutor(
+        config, folded.pool, out_dir, resume=options.resume, quiet=options.quiet, fold_data=folded.fold
+    ), folds=options.folds)  # fmt: skip
     with executor:
         results = run_schedule(schedule, executor)
     mem = members(folded, schedule, results)
@@ -264,12 +250,15 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
 
 
 def train_grid(
-    config: TrainConfig, names: list[str], grid: list[str], out_dir: Path, options: CompareOptions
+    config: TrainConfig, names: list[str], grid: list[str], out_dir: Path, options: CompareOptions,
+    failed: list[str] | None = None,
 ) -> dict[str, RunResult]:
-    """Every strategy (on every model of a grid), then each ranked run on the shifted sets when asked."""
+    """Every strategy (on every model of a grid), then each ranked run on the shifted sets when asked; the lines of
+    the trials given up on go to `failed`."""
     runs: dict[str, RunResult] = {}
     for model in grid or [None]:
-        runs.update(train_model(replace(config, model=model) if model else config, names, model, out_dir, options))
+        model_config = replace(config, model=model) if model else config
+        runs.update(train_model(model_config, names, model, out_dir, options, failed))
     if options.shift_test is not None and distributed.is_main():
         sets = shift_sets(options.shift_test)
         for name, run in runs.items():
@@ -278,12 +267,13 @@ def train_grid(
 
 
 def train_model(
-    config: TrainConfig, names: list[str], model: str | None, out_dir: Path, options: CompareOptions
+    config: TrainConfig, names: list[str], model: str | None, out_dir: Path, options: CompareOptions,
+    failed: list[str] | None = None,
 ) -> dict[str, RunResult]:
     """One model's trials (`model`: its name in a grid, None outside one) on its data decoded once: the advisor's
     pass first when asked (it may leave strategies out), then its scheduler's requests, run in this process (or
-    `jobs` at a time in worker processes). The ranked runs: the first seed's that reached the whole budget, by row
-    name."""
+    `jobs` at a time in worker processes, or on Ray). The ranked runs: the first seed's that reached the whole
+    budget, by row name (a trial given up on is not one: its line goes to `failed`)."""
     quiet = options.quiet
     data = prepare_data(config, quiet)
     if options.shift_test is not None:
@@ -298,13 +288,28 @@ def train_model(
         names = skip_far_behind(names, folder, quiet=quiet)
     trials = make_trials(names, model, config.seed, options.seeds)
     scheduler = halving(trials, config, folder, entrants, options) if options.halving else AllTrials(trials)
-    if options.jobs > 1:  # the workers read the data from the disk cache prepare_data filled
-        executor: Executor = LocalPoolExecutor(WorkerSpec(config, out_dir, options.resume, quiet), options.jobs)
-    else:
-        executor = InProcessExecutor(config, data, out_dir, resume=options.resume, quiet=quiet)
+    executor = make_executor(config, out_dir, options,
+                             lambda: InProcessExecutor(config, data, out_dir, resume=options.resume, quiet=quiet))
     with executor:
         results = run_schedule(scheduler, executor)
+    if failed is not None:
+        failed.extend(getattr(executor, "failed", {}).values())
     return ranked_runs(scheduler, results, out_dir, config.seed)
+
+
+def make_executor(
+    config: TrainConfig, out_dir: Path, options: CompareOptions, in_process: Callable[[], Executor],
+    folds: int | None = None,
+) -> Executor:
+    """Who trains a schedule's requests: Ray tasks (`ray`), `jobs` worker processes (which, like the tasks on this
+    machine, read the data from the disk cache prepare_data filled), or this process (`in_process()`)."""
+    spec = WorkerSpec(config, out_dir, options.resume, options.quiet, folds=folds)
+    if options.ray is not None:
+        return RayExecutor(spec, address=options.ray or None, gpus_per_trial=options.gpus_per_trial,
+                           cpus_per_trial=options.cpus_per_trial, retries=options.retries)  # fmt: skip
+    if options.jobs > 1:
+        return LocalPoolExecutor(spec, options.jobs, trials_per_gpu=options.trials_per_gpu, retries=options.retries)
+    return in_process()
 
 
 def halving(trials: list[Trial], config: TrainConfig, folder: Path, entrants: int, options: CompareOptions) -> Halving:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from thawline.comparing.retries import DEFAULT_RETRIES, check_retries
 from thawline.core.config import TrainConfig
 from thawline.core.errors import ThawlineError
 from thawline.data.folds import check_k
@@ -32,8 +34,11 @@ class CompareOptions:
     `thawline data shift` to evaluate every ranked run on; `folds`: K-fold cross-validation over train and val
     pooled (`crossval.py`), `race`: strategies clearly behind stop between folds, `refit`: the answer's best single
     strategy trained once more on train and val pooled (`refit.py`); `jobs`: how many trials train at
-    once, each in a worker process of this machine (`pool.py`; 1: one after another in this process); `out`: the
-    folder (None: the config's `out`, else a new runs/compare-N)."""
+    once, each in a worker process of this machine (`pool.py`; 1: one after another in this process), and
+    `trials_per_gpu` of them share each GPU; `ray`: the trials as tasks on a Ray cluster instead (`ray_executor.py`;
+    the cluster's address, "" for Ray's default), each given `gpus_per_trial` GPUs (fractional packs) and
+    `cpus_per_trial` CPUs; `retries`: how often a trial whose worker died is resumed before it is reported failed
+    (`retries.py`); `out`: the folder (None: the config's `out`, else a new runs/compare-N)."""
 
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     out: Path | None = None
@@ -46,6 +51,11 @@ class CompareOptions:
     race: bool = False
     refit: bool = False
     jobs: int = 1
+    trials_per_gpu: int = 1
+    ray: str | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    retries: int = DEFAULT_RETRIES
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -57,25 +67,16 @@ class CompareOptions:
         out: str | Path | None = None,
         *,
         models: Names | None = None,
-        seeds: int = 1,
-        halving: bool = False,
-        advise: bool = False,
         shift_test: str | Path | None = None,
-        folds: int | None = None,
-        race: bool = False,
-        refit: bool = False,
-        jobs: int = 1,
-        resume: bool = False,
-        overwrite: bool = False,
-        quiet: bool = False,
+        **options: Any,
     ) -> CompareOptions:
-        """From `thawline.compare`'s arguments: comma-separated names split, paths made `Path`s."""
+        """From `thawline.compare`'s arguments (this class's fields, declared only here): comma-separated names
+        split, paths made `Path`s; an unknown keyword is a TypeError naming it."""
         if isinstance(models, str) and not split_names(models):
             raise ThawlineError(EMPTY_MODELS)
         return cls(strategies=tuple(split_names(strategies)), out=Path(out) if out else None,
-                   models=tuple(split_names(models or ())), seeds=seeds, halving=halving, advise=advise,
-                   shift_test=Path(shift_test) if shift_test else None, folds=folds, race=race, refit=refit, jobs=jobs,
-                   resume=resume, overwrite=overwrite, quiet=quiet)  # fmt: skip
+                   models=tuple(split_names(models or ())), shift_test=Path(shift_test) if shift_test else None,
+                   **options)  # fmt: skip
 
 
 def split_names(text: Names) -> list[str]:
@@ -130,6 +131,7 @@ def check_options(config: TrainConfig, options: CompareOptions) -> tuple[list[st
         raise ThawlineError("--halving needs an epoch budget: pass --epochs N")
     check_folds_options(options, grid)
     check_jobs(options.jobs)
+    check_placement(options)
     if options.shift_test is not None:
         shift_sets(options.shift_test)  # one line before anything is written; its classes once data is read
     for name in names:  # every strategy's budget before any is trained
@@ -145,6 +147,42 @@ def check_jobs(jobs: int) -> None:
     if jobs > 1 and world.isdigit() and int(world) > 1:
         raise ThawlineError(f"--jobs {jobs} under torchrun ({world} processes): DDP already spreads each training "
                             "over them; drop --jobs, or run without torchrun to train trials side by side")  # fmt: skip
+
+
+def check_placement(options: CompareOptions) -> None:
+    """`--trials-per-gpu`, `--ray` and its `--gpus-per-trial`/`--cpus-per-trial`, `--retries`: each refused in one
+    line where it cannot apply."""
+    check_retries(options.retries)
+    per_gpu = options.trials_per_gpu
+    if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
+        raise ThawlineError(f"--trials-per-gpu {per_gpu}: must be 1 or more (the --jobs workers sharing a GPU)")
+    if options.ray is None:
+        for flag, given in (("--gpus-per-trial", options.gpus_per_trial), ("--cpus-per-trial", options.cpus_per_trial)):
+            if given is not None:
+                raise ThawlineError(f"{flag} places trials on a Ray cluster: pass --ray [ADDRESS] with it (with "
+                                    "--jobs N each worker gets a GPU, or --trials-per-gpu M share one)")  # fmt: skip
+        if per_gpu > 1 and options.jobs == 1:
+            raise ThawlineError(f"--trials-per-gpu {per_gpu} packs --jobs workers onto each GPU: pass --jobs N")
+        return
+    if options.jobs > 1:
+        raise ThawlineError(f"--ray with --jobs {options.jobs}: Ray places the trials on its cluster, as many at once "
+                            "as its resources hold; drop --jobs")  # fmt: skip
+    if per_gpu > 1:
+        raise ThawlineError(f"--trials-per-gpu {per_gpu} is for --jobs; with --ray, --gpus-per-trial "
+                            f"{1 / per_gpu:.2g} puts {per_gpu} trials on a GPU")  # fmt: skip
+    gpus, cpus = options.gpus_per_trial, options.cpus_per_trial
+    if gpus is not None and not 0 <= gpus <= 1:
+        raise ThawlineError(f"--gpus-per-trial {gpus:g}: a trial trains on one GPU; give 1, or a fraction such as "
+                            "0.5 to put two trials on a GPU (0: on CPUs)")  # fmt: skip
+    if cpus is not None and not cpus > 0:
+        raise ThawlineError(f"--cpus-per-trial {cpus:g}: must be more than 0")
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise ThawlineError(f"--ray under torchrun ({world} processes): each Ray task trains a trial on its own; "
+                            "run the compare without torchrun")  # fmt: skip
+    from thawline.comparing.ray_executor import import_ray
+
+    import_ray()  # installed, or the one line naming the extra, before anything is written
 
 
 def check_folds_options(options: CompareOptions, grid: list[str]) -> None:

@@ -9,14 +9,16 @@ threads (measured: 1 thread vs 2 on this 2-core machine changed losses and weigh
 worker trains with the thread count a sequential compare would use in this environment
 (`torch.get_num_threads()` here, which `OMP_NUM_THREADS` sets), not a share of the cores.
 On CUDA worker k sees only GPU k (modulo the GPUs visible here; `CUDA_VISIBLE_DEVICES` is set before torch
-initialises CUDA), so N trials on N GPUs, and more jobs than GPUs share them round-robin.
+initialises CUDA), so N trials on N GPUs, and more jobs than GPUs share them round-robin; `--trials-per-gpu M`
+gives each GPU M workers in a row instead (worker k sees GPU k // M), which packs small trainings.
 
 Console lines of the workers come through a pipe whole, printed here (so they never interleave mid-line and pass
 the terminal's escaping); a line of a trial that a sequential compare would tell apart by order alone (another seed,
 a fold) is prefixed with it. Ctrl-C: the workers ignore the terminal's SIGINT; this process stops each one with
 SIGTERM, which ends its run as a Ctrl-C would (resumable from its last checkpoint), and the comparison then says
 how to resume. A worker's ThawlineError is raised here as the same one line; another exception is raised here
-with the worker's traceback; a worker that dies (killed, out of memory) is one line naming its trial.
+with the worker's traceback; a worker that dies (killed, out of memory) is replaced and its trial resumed from its
+last checkpoint, at most `retries` times, then reported failed (`retries.py`, the rule `compare --ray` follows).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thawline.comparing.retries import DEFAULT_RETRIES, failed_line, resuming, retry_line
 from thawline.comparing.trials import Request
 from thawline.core.errors import ThawlineError
 
@@ -63,10 +66,11 @@ class WorkerSpec:
     folds: int | None = None
 
 
-def worker_devices(jobs: int, visible: Sequence[str]) -> list[str | None]:
-    """The CUDA_VISIBLE_DEVICES of each of `jobs` workers: worker k the k-th of the `visible` GPUs (round-robin when
-    there are more jobs than GPUs); None for every worker when there is no GPU (the environment is left as it is)."""
-    return [visible[k % len(visible)] if visible else None for k in range(jobs)]
+def worker_devices(jobs: int, visible: Sequence[str], per_gpu: int = 1) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each of `jobs` workers: worker k the (k // per_gpu)-th of the `visible` GPUs
+    (`--trials-per-gpu`: `per_gpu` small trainings packed on each; round-robin when there are more workers than
+    places); None for every worker when there is no GPU (the environment is left as it is)."""
+    return [visible[(k // per_gpu) % len(visible)] if visible else None for k in range(jobs)]
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -181,6 +185,9 @@ class WorkerFailed(RuntimeError):
     """An unexpected error in a worker: its traceback there is the message."""
 
 
+GAVE_UP = object()  # run_all's result of a job given up on after its worker died (on_death said so)
+
+
 @dataclass
 class _Worker:
     index: int
@@ -224,10 +231,14 @@ class WorkerPool:
         prefixes: Sequence[str] | None = None,
         names: Sequence[str] | None = None,
         after_death: str = "",
+        on_death: Callable[[int, str], tuple[Callable[..., Any], tuple] | None] | None = None,
     ) -> list[Any]:
         """Every job, at most `self.jobs` at a time; their results in order. `prefixes[i]`: put before each console
-        line of job i; `names[i]`: what job i is, in the line that says its worker died (then `after_death`)."""
+        line of job i; `names[i]`: what job i is, in the line that says its worker died (then `after_death`).
+        `on_death(i, how)`, when given, decides about job i whose worker died: the job to run in its place (on a new
+        worker), or None to give up on it (its result is then `GAVE_UP`); without it a death stops the pool."""
         self._names, self._after_death = list(names or []), after_death
+        jobs = list(jobs)
         pending = deque(range(len(jobs)))
         results: dict[int, Any] = {}
         try:
@@ -241,6 +252,13 @@ class WorkerPool:
                     if message[0] == "done":
                         worker.job = None
                         results[i] = message[1]
+                    elif message[0] == "died" and on_death is not None:
+                        instead = on_death(i, f"{self.describe(worker)} {self._bury(worker)}")
+                        if instead is None:
+                            results[i] = GAVE_UP
+                        else:  # first in line: a retry keeps the batch's order of starts
+                            jobs[i] = instead
+                            pending.appendleft(i)
                     else:
                         self._raise(worker, message)
         except BaseException:
@@ -300,10 +318,7 @@ class WorkerPool:
         if kind == "stopped":  # only after a stop this pool asked for
             raise KeyboardInterrupt
         if kind == "died":
-            worker.process.join(5)
-            worker.job = None
-            code = worker.process.exitcode
-            how = f"was killed (signal {-code})" if code is not None and code < 0 else f"exited (code {code})"
+            how = self._bury(worker)
             what = f" training {self._names[i]}" if i is not None and i < len(self._names) else ""
             raise ThawlineError(f"{self.describe(worker)}{what} {how} before it finished (out of memory?); "
                                 f"the runs finished so far are kept{self._after_death}")  # fmt: skip
@@ -317,6 +332,14 @@ class WorkerPool:
         if isinstance(original, BaseException):
             raise original from WorkerFailed(f"in {self.describe(worker)}:\n{text}")
         raise WorkerFailed(f"in {self.describe(worker)}:\n{text}")
+
+    @staticmethod
+    def _bury(worker: _Worker) -> str:
+        """A dead worker made idle (the next job starts another in its place); how it ended."""
+        worker.process.join(5)
+        worker.job = None
+        code = worker.process.exitcode
+        return f"was killed (signal {-code})" if code is not None and code < 0 else f"exited (code {code})"
 
     def describe(self, worker: _Worker) -> str:
         return f"worker process {worker.index + 1} (pid {worker.process.pid})"
@@ -413,7 +436,7 @@ class LocalPoolExecutor:
     `InProcessExecutor` would (same folders, same results); `run_batch` returns once the whole batch is done, so the
     scheduler decides on all of it, as with the sequential executor. `threads`: each worker's intra-op threads
     (default: this process's, which keeps every run's floats those of the sequential compare); `gpus`: the GPUs
-    to hand out, one per worker (default: those visible here when the config trains on CUDA)."""
+    to hand out, `trials_per_gpu` workers on each (default: those visible here when the config trains on CUDA)."""
 
     def __init__(
         self,
@@ -422,31 +445,51 @@ class LocalPoolExecutor:
         *,
         threads: int | None = None,
         gpus: Sequence[str] | None = None,
+        trials_per_gpu: int = 1,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
-        self.spec, self.jobs = spec, jobs
+        self.spec, self.jobs, self.trials_per_gpu, self.retries = spec, jobs, trials_per_gpu, retries
+        self.failed: dict[Request, str] = {}
         self.threads = default_threads() if threads is None else threads
-        devices = worker_devices(jobs, visible_gpus(spec.config.device) if gpus is None else list(gpus))
+        visible = visible_gpus(spec.config.device) if gpus is None else list(gpus)
+        devices = worker_devices(jobs, visible, trials_per_gpu)
         envs = [{"CUDA_VISIBLE_DEVICES": d} if d is not None else {} for d in devices]
         self.pool = WorkerPool(jobs, envs=envs, threads=self.threads)
         self.gpus = devices
         self._announced = False
 
     def run(self, request: Request) -> RunResult:
-        return self.run_batch([request])[request]
+        done = self.run_batch([request])
+        if request not in done:
+            raise ThawlineError(self.failed[request])
+        return done[request]
 
     def run_batch(self, requests: Sequence[Request]) -> dict[Request, RunResult]:
         if not requests:
             return {}
         if not self.spec.quiet and not self._announced:
             self._announced = True
-            on = ", one GPU each" if any(self.gpus) else f", {self.threads} thread(s) each"
+            each = "one GPU each" if self.trials_per_gpu == 1 else f"{self.trials_per_gpu} per GPU"
+            on = f", {each}" if any(self.gpus) else f", {self.threads} thread(s) each"
             print(f"[jobs] up to {self.jobs} trials at once in worker processes{on}", flush=True)
         first_seed, resume = self.spec.config.seed, shlex.quote(str(self.spec.out_dir))
+        names = [f"'{r.trial.name}' {trial_tag(r, first_seed)}".strip() for r in requests]
+        tries = [0] * len(requests)
+
+        def on_death(i: int, how: str) -> tuple[Callable[..., Any], tuple] | None:
+            """The retries.py rule: resumed from its last checkpoint, or given up on."""
+            if tries[i] >= self.retries:
+                self.failed[requests[i]] = failed_line(names[i], self.retries, how)
+                return None
+            tries[i] += 1
+            print(retry_line(names[i], tries[i], self.retries, how), flush=True)
+            return run_request, (resuming(self.spec), requests[i])
+
         results = self.pool.run_all([(run_request, (self.spec, r)) for r in requests],
-                                    prefixes=[trial_tag(r, first_seed) for r in requests],
-                                    names=[f"'{r.trial.name}' {trial_tag(r, first_seed)}".strip() for r in requests],
-                                    after_death=f"; continue with `thawline compare --resume {resume}`")  # fmt: skip
-        return dict(zip(requests, results, strict=True))
+                                    prefixes=[trial_tag(r, first_seed) for r in requests], names=names,
+                                    after_death=f"; continue with `thawline compare --resume {resume}`",
+                                    on_death=on_death)  # fmt: skip
+        return {r: result for r, result in zip(requests, results, strict=True) if result is not GAVE_UP}
 
     def close(self) -> None:
         self.pool.close()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from thawline.comparing.trials import Request, Trial
 from thawline.core.atomic import write_text_atomic
+from thawline.core.errors import ThawlineError
 from thawline.core.runformat import EPOCH, HALVING_JSON
 from thawline.report.advice import ADVICE_DIR, load_advice
 from thawline.report.advice_rules import PRIOR
@@ -40,13 +41,23 @@ class BatchRunner(Protocol):
 def run_schedule(scheduler: Scheduler, run: Callable[[Request], RunResult] | BatchRunner) -> dict[Request, RunResult]:
     """Every request the scheduler asks for, run by `run`: an executor, given each batch whole (`run_batch`: its
     requests may run at the same time; the scheduler decides once all are done), or a function of one request,
-    called in the order asked; the results, in the order asked."""
+    called in the order asked; the results, in the order asked. A request missing from a batch's results failed
+    (its worker kept dying, `retries.py`): its trial is dropped from the schedule (`drop`), or, for a scheduler
+    that cannot go on without it, the comparison stops in one line."""
     results: dict[Request, RunResult] = {}
     run_batch = getattr(run, "run_batch", None)
     while batch := scheduler.next(results):
         if run_batch is not None:
             done = run_batch(batch)
-            results.update((request, done[request]) for request in batch)
+            for request in batch:
+                if request in done:
+                    results[request] = done[request]
+                    continue
+                drop = getattr(scheduler, "drop", None)
+                if drop is None:
+                    raise ThawlineError(f"'{request.trial.name}' failed (its worker kept dying) and this schedule "
+                                        "needs every one of its trials; resume the compare to retry it")  # fmt: skip
+                drop(request.trial)
         else:
             for request in batch:
                 results[request] = run(request)  # type: ignore[operator]
@@ -61,6 +72,10 @@ class AllTrials:
 
     def next(self, results: Results) -> list[Request]:
         return [r for r in map(Request, self.finalists) if r not in results]
+
+    def drop(self, trial: Trial) -> None:
+        """A trial that failed: not asked for again, not ranked."""
+        self.finalists.remove(trial)
 
 
 # The schedule's reduction factor (Hyperband's, Li et al. 2017): the rungs divide the budget by 3 per round and the
@@ -177,6 +192,14 @@ class Halving:
                 self.current = i
                 return [Request(t, self.rungs[i]) for t in self.finalists]
         return []
+
+    def drop(self, trial: Trial) -> None:
+        """A trial that failed: its strategy goes on with its other seeds, and leaves the race with none left (it
+        is then neither ranked nor listed as stopped)."""
+        left = [t for t in self.trials.get(trial.strategy, []) if t != trial]
+        self.trials[trial.strategy] = left
+        if not left and trial.strategy in self.alive:
+            self.alive = [n for n in self.alive if n != trial.strategy]
 
     def _judge(self, i: int, results: Results) -> None:
         """The rung's scores (each strategy's mean over its seeds of the best val accuracy so far), who stops, and

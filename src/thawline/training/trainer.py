@@ -138,6 +138,8 @@ def train(
         run = _open_run(setup, out, saved is not None, lr_auto, lr_found, quiet)
         try:
             loop = _restore(run, saved)
+            if stop_after_epoch is not None and stop_after_epoch <= loop.done_epochs < setup.total_epochs:
+                raise _Paused  # checkpointed there already: a retried request whose worker died after its pause
             sinks = _epoch_sinks(run, on_epoch)
             try:
                 for phase in setup.phases:
