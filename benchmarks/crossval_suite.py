@@ -50,14 +50,22 @@ def run_task(task_dir: Path, out: Path, folds: int, race: bool) -> dict[str, Any
     plain = thawline.compare(cfg, list(STRATEGIES), out / "runs" / manifest["task"] / "plain", quiet=True)
     row["plain_wall_s"] = round(time.perf_counter() - started, 1)
     shutil.rmtree(cache, ignore_errors=True)  # each compare pays for its own decoding and feature passes
-    test = {r["strategy"]: r["test_acc"] for r in plain.rows}
-    row["plain_test"] = test
-    row["plain_pick"] = plain.winner
     started = time.perf_counter()
     cv = thawline.compare(cfg, list(STRATEGIES), out / "runs" / manifest["task"] / "folds", quiet=True, folds=folds,
                           race=race)  # fmt: skip
     row["folds_wall_s"] = round(time.perf_counter() - started, 1)
     shutil.rmtree(cache, ignore_errors=True)
+    score(row, plain, cv)
+    row["cost_ratio"] = round(row["folds_wall_s"] / row["plain_wall_s"], 2)
+    row["load_after"] = os.getloadavg()
+    return row
+
+
+def score(row: dict[str, Any], plain: Any, cv: Any) -> None:
+    """The row's accuracies, picks and regrets from the two compares' results."""
+    test = {r["strategy"]: r["test_acc"] for r in plain.rows}
+    row["plain_test"] = test
+    row["plain_pick"] = plain.winner
     row["folds_pick"] = cv.winner
     row["answer"] = {k: v for k, v in (cv.answer or {}).items() if k != "runs"}
     row["members_test"] = {r["strategy"]: r.get("test_acc") for r in cv.rows}
@@ -66,8 +74,20 @@ def run_task(task_dir: Path, out: Path, folds: int, race: bool) -> dict[str, Any
     row["best_plain_test"] = best
     row["regret_plain_pick"] = round(best - test[plain.winner], 6)
     row["regret_folds_pick"] = round(best - test[cv.winner], 6)
-    row["cost_ratio"] = round(row["folds_wall_s"] / row["plain_wall_s"], 2)
-    row["load_after"] = os.getloadavg()
+
+
+def rescore_task(task_dir: Path, out: Path, folds: int, race: bool, row: dict[str, Any]) -> dict[str, Any]:
+    """A task already run, its picks and answer recomputed by this code from its run folders: both compares resumed,
+    so nothing trains (every run is finished) and the wall times stay those measured."""
+    manifest = json.loads((task_dir / "manifest.json").read_text())
+    cache = out / "cache" / manifest["task"]
+    cfg = task_config(task_dir, manifest, cache)
+    runs = out / "runs" / manifest["task"]
+    plain = thawline.compare(cfg, list(STRATEGIES), runs / "plain", quiet=True, resume=True)
+    cv = thawline.compare(cfg, list(STRATEGIES), runs / "folds", quiet=True, folds=folds, race=race, resume=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    score(row, plain, cv)
+    row["rescored"] = datetime.datetime.now().isoformat(timespec="seconds")
     return row
 
 
@@ -152,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--no-race", dest="race", action="store_false")
     p.add_argument("--out", default="runs/crossval-suite")
+    p.add_argument("--rescore", action="store_true",
+                   help="recompute the picks and answers of the tasks already in OUT's results from their run "
+                        "folders with this code (resumed compares: nothing trains, wall times kept)")  # fmt: skip
     args = p.parse_args(argv)
     if args.export:
         export_record(Path(args.export[0]), Path(args.export[1]))
@@ -167,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     # Resumable task by task: rows already in OUT's results stay unless their task is run again.
     rows: list[dict[str, Any]] = json.loads(results.read_text())["tasks"] if results.exists() else []
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        done = next((r for r in rows if r["task"] == task), None)
         rows = [r for r in rows if r["task"] != task]
-        rows.append(run_task(Path(args.data) / task, out, args.folds, args.race))
+        if args.rescore and done is not None:
+            rows.append(rescore_task(Path(args.data) / task, out, args.folds, args.race, done))
+        else:
+            rows.append(run_task(Path(args.data) / task, out, args.folds, args.race))
         r = rows[-1]
         print(f"[{task}] plain pick {r['plain_pick']} (regret {r['regret_plain_pick']:.3f}), folds pick "
               f"{r['folds_pick']} (regret {r['regret_folds_pick']:.3f}); answer {r['answer'].get('kind')} test "

@@ -25,7 +25,14 @@ from thawline.data.fingerprint import of_discovered
 from thawline.data.folds import assign_folds, fold_split, pooled
 from thawline.deploy.answer import AnswerEnsemble
 from thawline.deploy.load import load_run
-from thawline.report.crossval import MIN_RACE_FOLDS, corrected_t_test, ensemble_selection, race_drops
+from thawline.report.crossval import (
+    MIN_RACE_FOLDS,
+    corrected_t_test,
+    ensemble_selection,
+    parsimonious_pick,
+    race_drops,
+    training_cost,
+)
 from thawline.training.run_state import RunResult
 
 STRATEGIES = ["head-only", "full", "scratch"]
@@ -150,6 +157,18 @@ def test_caruana_selection_on_a_constructed_case() -> None:
 
 
 # ---- the race scheduler with a fake executor ------------------------------------------------------------------
+
+
+def test_the_pick_is_the_cheapest_of_the_leader_and_those_tied_with_it() -> None:
+    rows = [{"strategy": "full", "tied": None}, {"strategy": "gradual", "tied": True},
+            {"strategy": "head-only", "tied": False}, {"strategy": "two-phase", "tied": True}]  # fmt: skip
+    costs = {"full": 900.0, "gradual": 500.0, "head-only": 1.0, "two-phase": 500.0}
+    # head-only is cheapest but behind (both tests); gradual and two-phase cost the same: the higher rank
+    assert parsimonious_pick(rows, costs) == "gradual"
+    assert parsimonious_pick(rows, {**costs, "full": 10.0}) == "full"  # the leader when it is the cheapest
+    assert parsimonious_pick(rows[:1], costs) == "full"
+    summary = {"trainable_params": [1_000, 50_000], "phases": [{"epochs": 2}, {"epochs": 3}]}
+    assert training_cost(summary) == 1_000 * 2 + 50_000 * 3  # trainable-parameter epochs
 
 
 def test_fold_schedule_asks_fold_by_fold_and_stops_who_the_rule_drops(tmp_path: Path) -> None:
@@ -347,7 +366,7 @@ def test_the_cli_prints_the_table_the_race_and_the_answer(tmp_path: Path, capsys
                  "--out", str(tmp_path / "cmp")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert "oof acc" in out and "fold mean±sd" in out and "answer: " in out
+    assert "oof acc" in out and "fold mean±sd" in out and "answer: " in out and "pick: " in out
     assert "forward passes an image" in out and str(tmp_path / "cmp" / "report.html") in out
     plan = (tmp_path / "cmp" / "compare.yaml").read_text()
     assert "folds: 2" in plan and "race: true" in plan

@@ -43,6 +43,7 @@ from thawline.comparing.crossval import (
     answer_of,
     crossval_rows,
     members,
+    pick_of,
     verdict_lines,
     write_folds_csv,
     write_oof,
@@ -120,7 +121,8 @@ class CompareResult:
 
     @property
     def winner(self) -> str:
-        return self.rows[0][ROW.strategy]
+        """The strategy answered: rank 1; with folds the pick (the cheapest of those tied with rank 1)."""
+        return self.answer["single"]["strategy"] if self.answer else self.rows[0][ROW.strategy]
 
 
 def compare(
@@ -235,7 +237,7 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
     test = folded.pool.splits.get("test")
     test_labels = test.labels if test is not None else None
     rows = crossval_rows(mem, labels, test_labels, options.folds, out_dir)
-    answer = answer_of(mem, labels, test_labels, options.folds)
+    answer = answer_of(mem, labels, test_labels, options.folds, pick_of(rows, mem))
     if main:
         write_oof(out_dir, folded, mem, answer)
     document = {"folds": options.folds, "race": schedule.state(options.folds), "answer": answer}

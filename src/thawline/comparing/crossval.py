@@ -35,7 +35,9 @@ from thawline.report.crossval import (
     answer_line,
     corrected_t_test,
     ensemble_selection,
+    parsimonious_pick,
     race_drops,
+    training_cost,
     weighted_probs,
 )
 from thawline.report.probabilities import SplitProbabilities, read_probabilities
@@ -155,15 +157,23 @@ def members(folded: FoldedData, schedule: FoldSchedule, results: Mapping[Request
     return out
 
 
-def answer_of(mem: dict[str, Member], labels: np.ndarray, test_labels: np.ndarray | None, k: int) -> dict[str, Any]:
+def pick_of(rows: list[dict[str, Any]], mem: Mapping[str, Member]) -> str:
+    """The single strategy answered (`report.crossval.parsimonious_pick`): the cheapest to train of the leader and
+    the strategies tied with it, the cost read from each one's first fold run."""
+    return parsimonious_pick(rows, {n: training_cost(m.runs[0].summary or {}) for n, m in mem.items()})
+
+
+def answer_of(
+    mem: dict[str, Member], labels: np.ndarray, test_labels: np.ndarray | None, k: int, pick: str
+) -> dict[str, Any]:
     """The delivered answer: Caruana's ensemble over the members on their out-of-fold probabilities when it is
-    more accurate there than the best single member, else that member; both evaluated on test once."""
+    more accurate there than every single member, else the `pick` (`pick_of`); both evaluated on test once."""
     selection = ensemble_selection({n: m.oof for n, m in mem.items()}, labels)
-    best = max(mem, key=lambda n: (accuracy(mem[n].oof, labels), -list(mem).index(n)))
-    single = {"strategy": best, "oof_acc": round(accuracy(mem[best].oof, labels), 6),
-              "test_acc": test_accuracy({best: 1.0}, mem, test_labels)}  # fmt: skip
-    ensemble = len(selection.weights) > 1 and selection.accuracy > single["oof_acc"]
-    weights = {n: round(w, 6) for n, w in selection.weights.items()} if ensemble else {best: 1.0}
+    leader_acc = max(accuracy(m.oof, labels) for m in mem.values())
+    single = {"strategy": pick, "oof_acc": round(accuracy(mem[pick].oof, labels), 6),
+              "test_acc": test_accuracy({pick: 1.0}, mem, test_labels)}  # fmt: skip
+    ensemble = len(selection.weights) > 1 and selection.accuracy > leader_acc
+    weights = {n: round(w, 6) for n, w in selection.weights.items()} if ensemble else {pick: 1.0}
     return {
         "kind": "ensemble" if ensemble else "strategy",
         "members": weights,
@@ -232,21 +242,32 @@ def spread(values: list[float]) -> list[float | int]:
 
 
 def verdict_lines(rows: list[dict[str, Any]], answer: dict[str, Any], stopped: dict[str, Drop]) -> list[str]:
-    """The console lines after a cross-validated table: the winner against the runner-up, who the race stopped, and
-    the delivered answer."""
+    """The console lines after a cross-validated table: the leader against the runner-up, the single strategy picked,
+    who the race stopped, and the delivered answer."""
     lines = []
     if len(rows) > 1:
         r = rows[1]
         verdict = "not significant (tied)" if r[ROW.tied] else "significant"
-        lines.append(f"winner {rows[0][ROW.strategy]}, runner-up {r[ROW.strategy]}: out-of-fold acc "
+        lines.append(f"leader {rows[0][ROW.strategy]}, runner-up {r[ROW.strategy]}: out-of-fold acc "
                      f"{rows[0][ROW.oof_acc]:.2%} vs {r[ROW.oof_acc]:.2%}; McNemar p={fmt_p(r[ROW.p_vs_winner])}, "
                      f"corrected t-test over the folds p={fmt_p(r[ROW.p_folds])} (both Holm): {verdict}")  # fmt: skip
+        lines.append(pick_line(rows, answer["single"]["strategy"]))
     if stopped:
         parts = [f"{n} after fold {d.after_fold} ({d.acc:.1%} vs {d.leader} {d.leader_acc:.1%})"
                  for n, d in sorted(stopped.items(), key=lambda kv: kv[1].after_fold)]  # fmt: skip
         lines.append("stopped by --race (not ranked): " + ", ".join(parts))
     lines.append(answer_line(answer))
     return lines
+
+
+def pick_line(rows: list[dict[str, Any]], pick: str) -> str:
+    tied = [r[ROW.strategy] for r in rows[1:] if r[ROW.tied]]
+    leader = rows[0][ROW.strategy]
+    if not tied:
+        return f"pick: {pick} (no strategy is tied with it)"
+    why = "the leader" if pick == leader else f"tied with the leader {leader}"
+    return (f"pick: {pick}, {why}; the cheapest to train of the {len(tied) + 1} strategies the tests cannot tell "
+            f"apart ({', '.join([leader, *tied])})")  # fmt: skip
 
 
 def write_folds_csv(out_dir: Path, folded: FoldedData) -> None:

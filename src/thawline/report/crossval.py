@@ -3,6 +3,7 @@
     corrected_t_test(leader, other, k)   # Nadeau & Bengio's corrected resampled t-test over the folds' accuracies
     race_drops(fold_correct, alive, ...) # who the race stops after a fold, and why
     ensemble_selection(probs, labels)    # Caruana et al. 2004: greedy forward selection with replacement
+    parsimonious_pick(rows, costs)       # the cheapest to train of the strategies tied with the leader
 
 Why the corrected resampled t-test (Nadeau & Bengio 2003) over the folds rather than the Bayesian correlated t-test
 (Benavoli et al. 2017): both correct the variance of the mean difference for the overlap of the folds' training
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from thawline.core.runformat import ROW, SUMMARY
 from thawline.report.uncertainty import ALPHA, holm, mcnemar
 
 
@@ -154,3 +156,21 @@ def answer_line(answer: dict[str, Any]) -> str:
         f"answer: {single['strategy']} (out-of-fold acc {answer['oof_acc']:.2%}{test}; no ensemble of the "
         f"strategies beat it out of fold); {answer['forward_passes']} forward passes an image (its fold models)"
     )
+
+
+def training_cost(summary: Mapping[str, Any]) -> float:
+    """What a run's recipe trains, as trainable-parameter epochs: each phase's trainable parameters times its epochs
+    (a pure function of the strategy and the model, unlike a wall time, so the pick never depends on machine load)."""
+    phases = summary.get(SUMMARY.phases) or []
+    params = summary.get(SUMMARY.trainable_params) or []
+    return float(sum(int(n) * int(p.get("epochs", 0)) for n, p in zip(params, phases, strict=False)))
+
+
+def parsimonious_pick(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, float]) -> str:
+    """The single strategy a cross-validated comparison answers: of the leader (rows[0], best out-of-fold accuracy)
+    and the strategies tied with it (`tied`: its tests cannot put them behind), the cheapest to train; equal costs
+    go to the higher rank. The one-standard-error rule's reasoning (Breiman et al. 1984; Hastie et al., Elements of
+    Statistical Learning 7.10): among candidates the evidence cannot tell apart, prefer the simplest, here the one
+    that trains least, which is also what the user pays for. No threshold of its own: `tied` is the table's."""
+    candidates = [rows[0], *(r for r in rows[1:] if r.get(ROW.tied))]
+    return min(candidates, key=lambda r: (costs[r[ROW.strategy]], candidates.index(r)))[ROW.strategy]

@@ -383,4 +383,5 @@ def crossval_section(folder: Path) -> dict[str, Any] | None:
         "min_folds": race.get("min_folds"),
         "stopped": [{"name": n, "after_fold": d.get("after_fold"), "why": d.get("why")} for n, d in stopped],
         "refit": doc.get("refit") if isinstance(doc.get("refit"), dict) else None,
+        "pick": single.get("strategy"),
     }
