@@ -174,6 +174,11 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         help="train N trials at once, each in its own process on this machine (on CUDA one GPU each); the runs "
         "equal those of --jobs 1 (default: one after another)",
     )  # fmt: skip
+    p.add_argument(
+        "--dry-run", dest="dry_run", action="store_true",
+        help="print the plan (trials, phases, steps, images, cached phases) and how long it will take, timed here "
+        "on a few random batches; nothing is trained or written",
+    )  # fmt: skip
     p.set_defaults(func=cmd_compare)
 
 

@@ -45,6 +45,7 @@ from thawline.comparing.crossval import (
     write_folds_csv,
     write_oof,
 )
+from thawline.comparing.dryrun import compare_progress
 from thawline.comparing.executor import Executor, InProcessExecutor
 from thawline.comparing.options import (
     DEFAULT_STRATEGIES,
@@ -55,6 +56,7 @@ from thawline.comparing.options import (
     parse_strategies,
 )
 from thawline.comparing.pool import LocalPoolExecutor, WorkerSpec
+from thawline.comparing.progress import Progress
 from thawline.comparing.schedulers import (
     AllTrials,
     Halving,
@@ -179,11 +181,12 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
             save_yaml(out_dir / COMPARE_PLAN, plan)
         crossval: CrossValidated | None = None
         try:
+            progress = compare_progress(config, options)  # None when quiet (every rank but the first is)
             if options.folds:
-                crossval = cross_validate(config, names, out_dir, options)
+                crossval = cross_validate(config, names, out_dir, options, progress)
                 runs = crossval.runs
             else:
-                runs = train_grid(config, names, grid, out_dir, options)
+                runs = train_grid(config, names, grid, out_dir, options, progress)
         except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
             raise RunInterrupted(out_dir, "compare") from None
         except ThawlineError:
@@ -218,7 +221,9 @@ class CrossValidated:
     lines: list[str]  # the console lines after the table
 
 
-def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options: CompareOptions) -> CrossValidated:
+def cross_validate(
+    config: TrainConfig, names: list[str], out_dir: Path, options: CompareOptions, progress: Progress | None = None
+) -> CrossValidated:
     """`--folds K [--race]` (crossval.py): the pool decoded once and cut into folds (folds.csv), the advisor's pass
     on the first fold when asked, every strategy trained fold by fold (the race stopping some), then the ranking by
     out-of-fold accuracy, the tests against the winner and the delivered answer (oof.npz, race.json)."""
@@ -240,7 +245,7 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
         executor = InProcessExecutor(config, folded.pool, out_dir, resume=options.resume, quiet=options.quiet,
                                      fold_data=folded.fold)  # fmt: skip
     with executor:
-        results = run_schedule(schedule, executor)
+        results = run_schedule(schedule, executor, progress)
     mem = members(folded, schedule, results)
     labels = folded.pool.splits["train"].labels
     test = folded.pool.splits.get("test")
@@ -255,12 +260,18 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
 
 
 def train_grid(
-    config: TrainConfig, names: list[str], grid: list[str], out_dir: Path, options: CompareOptions
+    config: TrainConfig,
+    names: list[str],
+    grid: list[str],
+    out_dir: Path,
+    options: CompareOptions,
+    progress: Progress | None = None,
 ) -> dict[str, RunResult]:
     """Every strategy (on every model of a grid), then each ranked run on the shifted sets when asked."""
     runs: dict[str, RunResult] = {}
     for model in grid or [None]:
-        runs.update(train_model(replace(config, model=model) if model else config, names, model, out_dir, options))
+        cfg = replace(config, model=model) if model else config
+        runs.update(train_model(cfg, names, model, out_dir, options, progress))
     if options.shift_test is not None and distributed.is_main():
         sets = shift_sets(options.shift_test)
         for name, run in runs.items():
@@ -269,7 +280,12 @@ def train_grid(
 
 
 def train_model(
-    config: TrainConfig, names: list[str], model: str | None, out_dir: Path, options: CompareOptions
+    config: TrainConfig,
+    names: list[str],
+    model: str | None,
+    out_dir: Path,
+    options: CompareOptions,
+    progress: Progress | None = None,
 ) -> dict[str, RunResult]:
     """One model's trials (`model`: its name in a grid, None outside one) on its data decoded once: the advisor's
     pass first when asked (it may leave strategies out), then its scheduler's requests, run in this process (or
@@ -294,7 +310,7 @@ def train_model(
     else:
         executor = InProcessExecutor(config, data, out_dir, resume=options.resume, quiet=quiet)
     with executor:
-        results = run_schedule(scheduler, executor)
+        results = run_schedule(scheduler, executor, progress)
     return ranked_runs(scheduler, results, out_dir, config.seed)
 
 
