@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import one_error_line, tiny_config
 
+import thawline
+from thawline import ThawlineError
 from thawline.cli import main
 from thawline.comparing.options import CompareOptions
 from thawline.comparing.plan import build_plan
@@ -77,9 +79,9 @@ def test_dry_run_trains_and_writes_nothing(
     assert "head*" in printed and "estimate: 2 trainings, ~" in printed
     assert "96 images to decode first" in printed  # nothing decoded yet: every listed image
 
-    assert main([*argv[:-1], "--resume", str(out), "--dry-run"]) == 2
-    one_error_line(capsys, "--dry-run")
-    assert main([*argv[:-2], "--strategies", "head-only,nope", "--dry-run"]) == 2
+    with pytest.raises(ThawlineError, match="--dry-run plans a fresh comparison"):
+        thawline.plan_compare(tiny_config(image_folder), "head-only", out, resume=True)
+    assert main([*argv[:-3], "--strategies", "head-only,nope", "--dry-run"]) == 2
     one_error_line(capsys, "unknown strategy 'nope'")
 
 
