@@ -11,6 +11,7 @@ cached runs faster or slower: an estimate, said as one. The progress line correc
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -171,8 +172,6 @@ def sync(device: torch.device) -> None:
 
 def decode_seconds(plan: ComparePlan) -> float:
     """Seconds per image decoded, by the decode workers (one per core) together."""
-    import os
-
     if not plan.decode_images or not plan.sample_paths:
         return 0.0
     size = next(iter(plan.img_size.values()))
