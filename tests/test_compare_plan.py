@@ -40,6 +40,11 @@ def test_plan_counts_trials_steps_and_cached_phases(image_folder: Path) -> None:
     assert [(p.cached, p.steps) for p in full.phases] == [(False, 48)]
     # a second seed's head-only finds the cache filled
     assert plan.trials[Trial("head-only", None, 1)].phases[0].feature_images == 0
+    # the head solver runs after a head that trains alone to the end (head-only), not before a thaw (two-phase)
+    assert head.solved_head and not probe.solved_head
+    # random crops need the prefix on every batch: nothing trains on cached features
+    crops = build_plan(tiny_config(image_folder, epochs=4, min_scale=0.5), CompareOptions(strategies=("head-only",)))
+    assert [p.cached for t in crops.trials.values() for p in t.phases] == [False]
 
 
 def test_plan_of_halving_and_race_is_the_worst_case(image_folder: Path) -> None:
