@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from thawline.comparing.comparison import CompareResult
+    from thawline.comparing.estimate import Estimate
     from thawline.core.config import TrainConfig
     from thawline.training.run_state import RunResult
 
@@ -62,6 +63,22 @@ def compare(
     return _compare(config, strategies or DEFAULT_STRATEGIES, out, **options)
 
 
+def plan_compare(
+    config: TrainConfig,
+    strategies: str | list[str] | tuple[str, ...] | None = None,
+    out: str | Path | None = None,
+    **options: Any,
+) -> Estimate:
+    """What `compare(config, strategies, out, **options)` would train and how long it would take here, with nothing
+    trained or written (`compare --dry-run`): `.plan` holds the trials, phases and counts, `.total_seconds` the
+    estimate; `thawline.comparing.format_plan(result)` is the dry run's table."""
+    from thawline.comparing.comparison import DEFAULT_STRATEGIES
+    from thawline.comparing.dryrun import plan_compare as _plan
+    from thawline.comparing.options import CompareOptions
+
+    return _plan(config, CompareOptions.of(strategies or DEFAULT_STRATEGIES, out, **options))
+
+
 def advise(config: TrainConfig, out: str | Path | None = None, **kwargs: Any) -> Advice:
     """Probe the frozen backbone on a sample of `config.data` and predict the strategies' ranking, with no training
     (`thawline.comparing.advise.advise`: its keyword options, what it writes)."""
@@ -77,4 +94,5 @@ def make_config(**options: Any) -> TrainConfig:
     return _make(options)
 
 
-__all__ = ["OMP_WAIT_POLICY", "Advice", "ThawlineError", "__version__", "advise", "compare", "make_config", "train"]
+__all__ = ["OMP_WAIT_POLICY", "Advice", "ThawlineError", "__version__", "advise", "compare", "make_config",
+           "plan_compare", "train"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thawline.cli.options import (
     _config_from_args,
@@ -17,6 +17,9 @@ from thawline.cli.options import (
 )
 from thawline.core.errors import ThawlineError
 from thawline.core.runformat import SUMMARY
+
+if TYPE_CHECKING:
+    from thawline.core.config import TrainConfig
 
 # The subcommands import what they run inside their functions: `thawline --help`, a bad flag and `thawline cache ls`
 # answer without loading torch, timm, matplotlib or PIL.
@@ -83,6 +86,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         strategies = args.strategies or list(DEFAULT_STRATEGIES)
         _needs_folder(args, config.out)
+    if args.dry_run:
+        return _dry_run(args, config, strategies)
     result = compare(config, strategies, config.out, **compare_options(args))
     from thawline.training import distributed
 
@@ -91,6 +96,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.quiet:  # otherwise the table and the verdict line under it name the winner
         print(f"winner: {result.winner}")
     _report(result.out_dir)
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, config: TrainConfig, strategies: str | list[str]) -> int:
+    from thawline.comparing.dryrun import format_plan, plan_compare
+    from thawline.comparing.options import CompareOptions
+
+    options = CompareOptions.of(
+        strategies, config.out, models=args.models, seeds=args.seeds, halving=args.halving, advise=args.advise,
+        shift_test=args.shift_test, folds=args.folds, race=args.race, jobs=args.jobs, resume=bool(args.resume),
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    print(format_plan(plan_compare(config, options)), flush=True)
     return 0
 
 

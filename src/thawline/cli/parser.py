@@ -202,6 +202,11 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         help="a trial whose worker dies (killed, out of memory, node lost) resumes from its last checkpoint up to "
         f"R times, then is reported failed and the others are ranked (default {DEFAULT_RETRIES})",
     )  # fmt: skip
+    p.add_argument(
+        "--dry-run", dest="dry_run", action="store_true",
+        help="print the plan (trials, phases, steps, images, cached phases) and how long it will take, timed here "
+        "on a few random batches; nothing is trained or written",
+    )  # fmt: skip
     p.set_defaults(func=cmd_compare)
 
 

@@ -12,7 +12,8 @@ loads no torch (`run_comparison` and `InProcessExecutor` load theirs when first 
 - the advisor's rules that `--advise` and the halving race read: `PRIOR`, `RULES`, `RULE_WEIGHT`,
   `STRATEGY_ORDER`, `signals_from_doc`, `rank_strategies`, `far_behind`;
 - the halving race replayed from a full comparison's per-epoch metrics, without training (`replay`): `read_curves`,
-  `first_epochs`, `simulate_halving`, `halving_floor`.
+  `first_epochs`, `simulate_halving`, `halving_floor`;
+- a comparison's plan and time estimate without training (`compare --dry-run`): `plan_compare`, `format_plan`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from thawline.report.advice_rules import (
 )
 
 _LAZY = {"run_comparison": "thawline.comparing.comparison", "InProcessExecutor": "thawline.comparing.executor",
-         "LocalPoolExecutor": "thawline.comparing.pool", "WorkerSpec": "thawline.comparing.pool"}  # fmt: skip
+         "LocalPoolExecutor": "thawline.comparing.pool", "WorkerSpec": "thawline.comparing.pool",
+         "plan_compare": "thawline.comparing.dryrun", "format_plan": "thawline.comparing.dryrun"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:  # the parts that train import torch: only when asked for
@@ -69,6 +71,7 @@ __all__ = [
     "WorkerSpec",
     "far_behind",
     "first_epochs",
+    "format_plan",
     "halving_carried",
     "halving_floor",
     "halving_keep",
@@ -76,6 +79,7 @@ __all__ = [
     "halving_survivors",
     "make_trials",
     "parse_strategies",
+    "plan_compare",
     "rank_strategies",
     "read_curves",
     "run_comparison",

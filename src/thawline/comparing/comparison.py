@@ -48,6 +48,7 @@ from thawline.comparing.crossval import (
     write_folds_csv,
     write_oof,
 )
+from thawline.comparing.dryrun import compare_progress
 from thawline.comparing.executor import Executor, InProcessExecutor
 from thawline.comparing.options import (
     DEFAULT_STRATEGIES,
@@ -58,6 +59,7 @@ from thawline.comparing.options import (
     parse_strategies,
 )
 from thawline.comparing.pool import LocalPoolExecutor, WorkerSpec
+from thawline.comparing.progress import Progress
 from thawline.comparing.ray_executor import RayExecutor
 from thawline.comparing.refit import refit, refit_line
 from thawline.comparing.schedulers import (
@@ -171,11 +173,12 @@ def run_comparison(config: TrainConfig, options: CompareOptions) -> CompareResul
         crossval: CrossValidated | None = None
         failed: list[str] = []
         try:
+            progress = compare_progress(config, options)  # None when quiet (every rank but the first is)
             if options.folds:
-                crossval = cross_validate(config, names, out_dir, options)
+                crossval = cross_validate(config, names, out_dir, options, progress)
                 runs = crossval.runs
             else:
-                runs = train_grid(config, names, grid, out_dir, options, failed)
+                runs = train_grid(config, names, grid, out_dir, options, failed, progress)
         except KeyboardInterrupt:  # Ctrl-C in any strategy: the whole comparison resumes from its folder
             raise RunInterrupted(out_dir, "compare") from None
         except ThawlineError:
@@ -212,7 +215,9 @@ class CrossValidated:
     lines: list[str]  # the console lines after the table
 
 
-def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options: CompareOptions) -> CrossValidated:
+def cross_validate(
+    config: TrainConfig, names: list[str], out_dir: Path, options: CompareOptions, progress: Progress | None = None
+) -> CrossValidated:
     """`--folds K [--race]` (crossval.py): the pool decoded once and cut into folds (folds.csv), the advisor's pass
     on the first fold when asked, every strategy trained fold by fold (the race stopping some), then the ranking by
     out-of-fold accuracy, the tests against the winner and the delivered answer (oof.npz, race.json)."""
@@ -231,7 +236,7 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
         config, folded.pool, out_dir, resume=options.resume, quiet=options.quiet, fold_data=folded.fold
     ), folds=options.folds)  # fmt: skip
     with executor:
-        results = run_schedule(schedule, executor)
+        results = run_schedule(schedule, executor, progress)
     mem = members(folded, schedule, results)
     labels = folded.pool.splits["train"].labels
     test = folded.pool.splits.get("test")
@@ -252,15 +257,20 @@ def cross_validate(config: TrainConfig, names: list[str], out_dir: Path, options
 
 
 def train_grid(
-    config: TrainConfig, names: list[str], grid: list[str], out_dir: Path, options: CompareOptions,
+    config: TrainConfig,
+    names: list[str],
+    grid: list[str],
+    out_dir: Path,
+    options: CompareOptions,
     failed: list[str] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, RunResult]:
     """Every strategy (on every model of a grid), then each ranked run on the shifted sets when asked; the lines of
     the trials given up on go to `failed`."""
     runs: dict[str, RunResult] = {}
     for model in grid or [None]:
         model_config = replace(config, model=model) if model else config
-        runs.update(train_model(model_config, names, model, out_dir, options, failed))
+        runs.update(train_model(model_config, names, model, out_dir, options, failed, progress))
     if options.shift_test is not None and distributed.is_main():
         sets = shift_sets(options.shift_test)
         for name, run in runs.items():
@@ -269,8 +279,13 @@ def train_grid(
 
 
 def train_model(
-    config: TrainConfig, names: list[str], model: str | None, out_dir: Path, options: CompareOptions,
+    config: TrainConfig,
+    names: list[str],
+    model: str | None,
+    out_dir: Path,
+    options: CompareOptions,
     failed: list[str] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, RunResult]:
     """One model's trials (`model`: its name in a grid, None outside one) on its data decoded once: the advisor's
     pass first when asked (it may leave strategies out), then its scheduler's requests, run in this process (or
@@ -293,7 +308,7 @@ def train_model(
     executor = make_executor(config, out_dir, options,
                              lambda: InProcessExecutor(config, data, out_dir, resume=options.resume, quiet=quiet))
     with executor:
-        results = run_schedule(scheduler, executor)
+        results = run_schedule(scheduler, executor, progress)
     if failed is not None:
         failed.extend(getattr(executor, "failed", {}).values())
     return ranked_runs(scheduler, results, out_dir, config.seed)

@@ -7,6 +7,7 @@ trial's folder, and what that folder holds never depends on which executor train
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,8 @@ from thawline.training.trainer import train
 
 
 class Executor(Protocol):
+    on_done: Callable[[Request, float], None] | None  # told of each request as it finishes, with its seconds
+
     def run(self, request: Request) -> RunResult: ...
 
     def run_batch(self, requests: Sequence[Request]) -> dict[Request, RunResult]:
@@ -58,6 +61,7 @@ class InProcessExecutor:
     ) -> None:
         self.config, self.data, self.out_dir, self.resume, self.quiet = config, data, out_dir, resume, quiet
         self.fold_data = fold_data
+        self.on_done: Callable[[Request, float], None] | None = None  # each request's seconds, as it finishes
 
     def run(self, request: Request) -> RunResult:
         trial = request.trial
@@ -79,7 +83,13 @@ class InProcessExecutor:
 
     def run_batch(self, requests: Sequence[Request]) -> dict[Request, RunResult]:
         """The batch's requests one after another, in order."""
-        return {request: self.run(request) for request in requests}
+        results = {}
+        for request in requests:
+            start = time.perf_counter()
+            results[request] = self.run(request)
+            if self.on_done is not None:
+                self.on_done(request, time.perf_counter() - start)
+        return results
 
     def close(self) -> None:
         pass

@@ -232,26 +232,32 @@ class WorkerPool:
         names: Sequence[str] | None = None,
         after_death: str = "",
         on_death: Callable[[int, str], tuple[Callable[..., Any], tuple] | None] | None = None,
+        on_done: Callable[[int, float], None] | None = None,
     ) -> list[Any]:
         """Every job, at most `self.jobs` at a time; their results in order. `prefixes[i]`: put before each console
         line of job i; `names[i]`: what job i is, in the line that says its worker died (then `after_death`).
         `on_death(i, how)`, when given, decides about job i whose worker died: the job to run in its place (on a new
-        worker), or None to give up on it (its result is then `GAVE_UP`); without it a death stops the pool."""
+        worker), or None to give up on it (its result is then `GAVE_UP`); without it a death stops the pool.
+        `on_done(i, seconds)`: called here as job i's result arrives, with the seconds since it was handed out."""
         self._names, self._after_death = list(names or []), after_death
         jobs = list(jobs)
         pending = deque(range(len(jobs)))
         results: dict[int, Any] = {}
+        started: dict[int, float] = {}
         try:
             while pending or any(w.job is not None for w in self.workers):
                 while pending and (worker := self._idle(len(jobs))) is not None:
                     i = pending.popleft()
                     worker.job, worker.prefix = i, prefixes[i] if prefixes else ""
+                    started[i] = time.perf_counter()
                     worker.conn.send(jobs[i])
                 for worker, message in self._messages():
                     i = worker.job
                     if message[0] == "done":
                         worker.job = None
                         results[i] = message[1]
+                        if on_done is not None:
+                            on_done(i, time.perf_counter() - started[i])
                     elif message[0] == "died" and on_death is not None:
                         instead = on_death(i, f"{self.describe(worker)} {self._bury(worker)}")
                         if instead is None:
@@ -457,6 +463,7 @@ class LocalPoolExecutor:
         self.pool = WorkerPool(jobs, envs=envs, threads=self.threads)
         self.gpus = devices
         self._announced = False
+        self.on_done: Callable[[Request, float], None] | None = None  # each request's seconds, as its result arrives
 
     def run(self, request: Request) -> RunResult:
         done = self.run_batch([request])
@@ -488,8 +495,12 @@ class LocalPoolExecutor:
         results = self.pool.run_all([(run_request, (self.spec, r)) for r in requests],
                                     prefixes=[trial_tag(r, first_seed) for r in requests], names=names,
                                     after_death=f"; continue with `thawline compare --resume {resume}`",
-                                    on_death=on_death)  # fmt: skip
+                                    on_death=on_death, on_done=self._report_done(requests))  # fmt: skip
         return {r: result for r, result in zip(requests, results, strict=True) if result is not GAVE_UP}
+
+    def _report_done(self, requests: Sequence[Request]) -> Callable[[int, float], None] | None:
+        on_done = self.on_done
+        return None if on_done is None else lambda i, seconds: on_done(requests[i], seconds)
 
     def close(self) -> None:
         self.pool.close()

@@ -22,6 +22,7 @@ traceback. Ctrl-C cancels the running tasks (a Ctrl-C in each run: resumable fro
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,7 @@ class RayExecutor:
             options["runtime_env"] = {"env_vars": env}
         self._remote = ray.remote(**options)(in_ray_task)
         self.failed: dict[Request, str] = {}
+        self.on_done: Callable[[Request, float], None] | None = None  # each request's seconds, as its result arrives
         self._announced = False
 
     def run(self, request: Request) -> RunResult:
@@ -128,6 +130,7 @@ class RayExecutor:
             print(f"[ray] each trial a Ray task with {self.cpus:g} CPU(s) and {self.gpus:g} GPU(s), "
                   f"{self.threads} thread(s); cluster: {describe(ray.cluster_resources())}", flush=True)  # fmt: skip
         pending: dict[Any, tuple[Request, int]] = {self._submit(r, self.spec): (r, 0) for r in requests}
+        submitted = dict.fromkeys(requests, time.perf_counter())  # a retry's seconds count from its resubmission
         results: dict[Request, RunResult] = {}
         deaths = worker_deaths(ray)
         try:
@@ -137,11 +140,14 @@ class RayExecutor:
                 name = f"'{request.trial.name}' {trial_tag(request, self.spec.config.seed)}".strip()
                 try:
                     results[request] = ray.get(ref)
+                    if self.on_done is not None:
+                        self.on_done(request, time.perf_counter() - submitted[request])
                 except deaths as death:
                     why = first_line(death)
                     if tries < self.retries:
                         print(retry_line(name, tries + 1, self.retries, why), flush=True)
                         pending[self._submit(request, resuming(self.spec))] = (request, tries + 1)
+                        submitted[request] = time.perf_counter()
                     else:  # the comparison prints it under its table
                         self.failed[request] = failed_line(name, self.retries, why)
                 except ray.exceptions.RayTaskError as error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,15 +39,32 @@ class BatchRunner(Protocol):
     def run_batch(self, requests: Sequence[Request]) -> Mapping[Request, RunResult]: ...
 
 
-def run_schedule(scheduler: Scheduler, run: Callable[[Request], RunResult] | BatchRunner) -> dict[Request, RunResult]:
+class ScheduleProgress(Protocol):
+    """What follows a schedule as it runs (`progress.Progress`): each batch as it starts, each request as it ends."""
+
+    def batch_started(self, batch: Sequence[Request]) -> None: ...
+
+    def done(self, request: Request, seconds: float) -> None: ...
+
+
+def run_schedule(
+    scheduler: Scheduler,
+    run: Callable[[Request], RunResult] | BatchRunner,
+    progress: ScheduleProgress | None = None,
+) -> dict[Request, RunResult]:
     """Every request the scheduler asks for, run by `run`: an executor, given each batch whole (`run_batch`: its
     requests may run at the same time; the scheduler decides once all are done), or a function of one request,
     called in the order asked; the results, in the order asked. A request missing from a batch's results failed
     (its worker kept dying, `retries.py`): its trial is dropped from the schedule (`drop`), or, for a scheduler
-    that cannot go on without it, the comparison stops in one line."""
+    that cannot go on without it, the comparison stops in one line. `progress` hears of each batch and finished
+    request (an executor reports each as it finishes through its `on_done(request, seconds)`)."""
     results: dict[Request, RunResult] = {}
     run_batch = getattr(run, "run_batch", None)
+    if run_batch is not None and progress is not None:
+        run.on_done = progress.done  # type: ignore[union-attr]
     while batch := scheduler.next(results):
+        if progress is not None:
+            progress.batch_started(batch)
         if run_batch is not None:
             done = run_batch(batch)
             for request in batch:
@@ -60,7 +78,10 @@ def run_schedule(scheduler: Scheduler, run: Callable[[Request], RunResult] | Bat
                 drop(request.trial)
         else:
             for request in batch:
+                start = time.perf_counter()
                 results[request] = run(request)  # type: ignore[operator]
+                if progress is not None:
+                    progress.done(request, time.perf_counter() - start)
     return results
 
 

@@ -77,6 +77,17 @@ def _read_image_meta(meta_path: Path, data_path: Path, n: int, row_bytes: int) -
     return meta
 
 
+def is_cached(paths: Sequence[str], size: int, interpolation: str, cache_dir: Path) -> bool:
+    """Whether `build_image_cache` would find these images decoded already (a plan's question: nothing decoded,
+    nothing written but the key's memo)."""
+    folder = Path(cache_dir) / "images"
+    if not folder.is_dir():
+        return False
+    key = image_cache_key(paths, size, interpolation, folder)
+    meta = _read_image_meta(folder / f"{key}.json", folder / f"{key}.u8", len(paths), size * size * 3)
+    return meta is not None
+
+
 def build_image_cache(
     paths: Sequence[str],
     size: int,

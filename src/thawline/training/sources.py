@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from thawline.core.config import TrainConfig
 from thawline.data.batches import Batches, Normalize
 from thawline.data.feature_cache import FeatureCache, state_fingerprint
-from thawline.models.stages import Forward, Split, eval_mode, is_suffix, split_at
+from thawline.models.stages import Forward, Split, StageMap, eval_mode, is_suffix, split_at
 from thawline.training import distributed, runtime
 from thawline.training.prepare import RunSetup, SplitData
 from thawline.training.strategies import ResolvedPhase
@@ -118,15 +120,21 @@ def epoch_seed(seed: int, epoch: int, pass_index: int = 0) -> int:
     return seed * 1_000_003 + epoch + pass_index * 7_919_000_003
 
 
+def feature_split(config: TrainConfig, phase: ResolvedPhase, model: nn.Module, smap: StageMap) -> Split | None:
+    """The frozen prefix and trainable suffix `phase` trains on cached features with, or None when it trains on
+    images (a compare's plan asks this too, on a weightless model)."""
+    # cached features hold one view of each image: random crops (min_scale < 1) need the prefix on every batch
+    cacheable = config.feature_cache and config.min_scale >= 1
+    if cacheable and phase.bn in ("frozen", "eval") and is_suffix(phase.trainable, smap.head + 1):
+        return split_at(model, smap, min(phase.trainable))
+    return None
+
+
 def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool = False) -> PhaseSource:
     config, smap, model = setup.config, setup.smap, setup.model
     train, val = setup.data.splits["train"], setup.data.splits.get("val")
     bs = config.batch_size
-    split = None
-    # cached features hold one view of each image: random crops (min_scale < 1) need the prefix on every batch
-    cacheable = config.feature_cache and config.min_scale >= 1
-    if cacheable and phase.bn in ("frozen", "eval") and is_suffix(phase.trainable, smap.head + 1):
-        split = split_at(model, smap, min(phase.trainable))
+    split = feature_split(config, phase, model, smap)
     if split is None:
         return PhaseSource(
             model,
@@ -269,8 +277,16 @@ def passes_per_epoch(setup: RunSetup, phase: ResolvedPhase, steps_per_pass: int)
     repeats passes (the same number in every phase, so strategies keep equal budgets). `head_steps` applies to a
     phase that trains only the head; on cached features (the usual case) such a step costs microseconds. The
     recipe never depends on whether the cache is used. Whole passes, the nearest number to the target (>= 1)."""
-    config = setup.config
-    passes = max(1, round(config.min_steps / max(1, steps_per_pass * setup.total_epochs)))
-    if tuple(phase.trainable) == (setup.smap.head,):
-        passes = max(passes, round(config.head_steps / max(1, steps_per_pass * phase.epochs)))
+    head_only = tuple(phase.trainable) == (setup.smap.head,)
+    return epoch_passes(setup.config, steps_per_pass, setup.total_epochs, phase.epochs, head_only)
+
+
+def epoch_passes(
+    config: TrainConfig, steps_per_pass: int, total_epochs: int, phase_epochs: int, head_only: bool
+) -> int:
+    """`passes_per_epoch` from counts alone: what a compare's plan (`compare --dry-run`) reads before any model is
+    set up."""
+    passes = max(1, round(config.min_steps / max(1, steps_per_pass * total_epochs)))
+    if head_only:
+        passes = max(passes, round(config.head_steps / max(1, steps_per_pass * phase_epochs)))
     return passes
