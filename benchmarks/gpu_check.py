@@ -120,6 +120,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--out", default=None, help="folder for logs and results (default: a temp folder)")
     p.add_argument("--smoke", action="store_true", help="tiny model and data: checks this script in seconds")
+    p.add_argument(
+        "--thawline-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for thawline's runs only (repeatable), e.g. THAWLINE_PREFETCH=0 to measure "
+        "the loop without its prefetch thread; timm's runs keep the plain environment",
+    )
     a = p.parse_args()
     if a.smoke:
         a.model, a.per_class, a.val_per_class, a.size, a.img_size, a.batch_size, a.epochs, a.repeats = (
@@ -128,6 +136,7 @@ def main() -> None:
     out = Path(a.out or tempfile.mkdtemp(prefix="gpu-check-"))
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    thawline_env = env | dict(kv.split("=", 1) for kv in a.thawline_env)
     start = time.perf_counter()
     data = make_data(out / "data", a.classes, a.per_class, a.val_per_class, a.size)
     print(f"data: {a.classes} classes x {a.per_class} train JPEGs ({a.size} px) in {time.perf_counter() - start:.1f}s")
@@ -137,7 +146,9 @@ def main() -> None:
         t_out = out / f"thawline-{r}"
         line = f"repeat {r + 1}:"
         try:  # a failure of one side still measures the other (one GPU session may be all there is)
-            seconds = run_timed(thawline_cmd(a, data, t_out, out / f"cache-{r}"), out / f"thawline-{r}.log", env)
+            seconds = run_timed(
+                thawline_cmd(a, data, t_out, out / f"cache-{r}"), out / f"thawline-{r}.log", thawline_env
+            )
             summary = json.loads((t_out / "summary.json").read_text())
             results["thawline_s"].append(seconds)
             results["thawline_img_s"].append(summary["images_per_s"])

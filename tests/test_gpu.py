@@ -71,3 +71,25 @@ def test_gpu_and_cpu_runs_agree(image_folder: Path, tmp_path: Path) -> None:
     loss_c = [r["train_loss"] for r in read_jsonl(tmp_path / "cpu/metrics.jsonl")]
     assert loss_g == pytest.approx(loss_c, abs=1e-3)
     assert gpu.summary["best_val_acc"] == pytest.approx(cpu.summary["best_val_acc"], abs=0.05)
+
+
+def test_prefetched_gpu_batches_are_the_same_batches(image_folder: Path) -> None:
+    # The prefetch thread (on by default on CUDA) reads, flips, crops and normalises on its own thread, queuing its
+    # kernels between the step's: the batches must be the same tensors in the same order. (Two whole CUDA runs are
+    # not compared: cuDNN's backward may differ in the last bits from run to run with or without the thread.)
+    from thawline.training.sources import phase_source
+
+    cfg = tiny_config(image_folder, strategy="full", device="cuda", model="test_resnet", min_scale=0.5)
+    setup = setup_run(cfg, get_strategy("full"), prepare_data(cfg, quiet=True))
+    source = phase_source(setup, setup.phases[0], "full", quiet=True)
+    assert source.prefetch_to is not None and source.prefetch_to.type == "cuda"
+    ahead = list(source.epoch_batches(3, 2))
+    source.prefetch_to = None
+    plain = [(x.cuda(), y.cuda()) for x, y in source.epoch_batches(3, 2)]
+    assert len(ahead) == len(plain) > 1
+    for (xa, ya), (xp, yp) in zip(ahead, plain, strict=True):
+        assert xa.is_cuda and ya.is_cuda
+        assert torch.equal(xa, xp) and torch.equal(ya, yp)
+        assert xa.is_contiguous(memory_format=torch.channels_last) or not setup.normalize.channels_last
+    val = list(source.val_batches())
+    assert all(x.is_cuda for x, _ in val)

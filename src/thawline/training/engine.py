@@ -149,7 +149,8 @@ def evaluate(
                 all_logits.append(forward(x.to(device, non_blocking=True)).float())  # copied once, at the end
             all_labels.append(y)
     logits = torch.cat(all_logits).cpu() if all_logits else torch.zeros(0, 0)
-    labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+    # on the CPU like the logits: prefetched batches (`prefetch.py`) bring their labels to the device already
+    labels = torch.cat(all_labels).cpu() if all_labels else torch.zeros(0, dtype=torch.long)
     if across_ranks:
         logits, labels = distributed.all_gather_cat(logits), distributed.all_gather_cat(labels)
     if len(labels) == 0:

@@ -57,6 +57,8 @@ class LoopState:
     best_acc: float = -1.0
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
+    # The best epoch's validation when it ran the whole model on full images: the final val evaluation itself
+    best_eval: Any = None  # engine.EvalResult (this module imports no engine)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     done_epochs: int = 0  # epochs the restored checkpoint holds (skipped on resume)
     global_epoch: int = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,7 @@ from thawline.data.batches import Batches, Normalize
 from thawline.data.feature_cache import FeatureCache, state_fingerprint
 from thawline.models.stages import Forward, Split, StageMap, eval_mode, is_suffix, split_at
 from thawline.training import distributed, runtime
+from thawline.training.prefetch import prefetch_default, prefetched
 from thawline.training.prepare import RunSetup, SplitData
 from thawline.training.strategies import ResolvedPhase
 
@@ -33,7 +34,8 @@ class PhaseSource:
     forward: Forward
     eval_forward: Forward
     train_batches: Callable[[int, int], Batches]  # (epoch, pass) -> that pass's shuffled batches
-    val_batches: Callable[[], Batches] | None  # None: the run has no val split (a refit on train and val pooled)
+    # None: the run has no val split (a refit on train and val pooled)
+    val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None
     n_train: int
     cached: bool
     setup_seconds: float = 0.0  # feature computation not yet counted in an epoch's time
@@ -41,9 +43,17 @@ class PhaseSource:
     stores: list[FeatureCache] = field(default_factory=list)
     # Every train image's classifier input (unflipped) and label at once: read from the cache, or one frozen pass
     train_features: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The device batches are prepared for one step ahead in a background thread (`prefetch.py`); None: on the
+    # caller's thread (a feature cache filled lazily runs the model, which only the main thread may)
+    prefetch_to: torch.device | None = None
 
     def epoch_batches(self, epoch: int, passes: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one epoch: `passes` shuffled passes over the train set (1 unless data is small)."""
+        if self.prefetch_to is not None:
+            return prefetched(self._passes(epoch, passes), self.prefetch_to)
+        return self._passes(epoch, passes)
+
+    def _passes(self, epoch: int, passes: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for p in range(passes):
             yield from self.train_batches(epoch, p)
 
@@ -136,6 +146,12 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
     bs = config.batch_size
     split = feature_split(config, phase, model, smap)
     if split is None:
+        ahead = setup.device if prefetch_default(setup.device) else None
+
+        def val_batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+            batches = eval_batches(val, setup.eval_batch_size, setup.normalize)
+            return batches if ahead is None else prefetched(batches, ahead)
+
         return PhaseSource(
             model,
             model,
@@ -149,10 +165,11 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
                 balanced=config.balanced_sampler,
                 min_scale=config.min_scale,
             ),
-            (lambda: eval_batches(val, setup.eval_batch_size, setup.normalize)) if val is not None else None,
+            val_batches if val is not None else None,
             len(train),
             cached=False,
             train_features=lambda: head_inputs(setup),
+            prefetch_to=ahead,
         )
     t0 = time.perf_counter()
     # Train features are computed on first use (the first epoch runs the prefix once per image, for the view it
