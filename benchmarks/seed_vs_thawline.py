@@ -48,7 +48,9 @@ def seed_throughput(data: Path, model_name: str, size: int, strategy: str, batch
     names = [name for name, stage in smap.stage_of().items() if stage in trainable]
     spec = work / f"trainable-{model_name}-{strategy}.json"
     spec.write_text(json.dumps(names))
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY" or v != thawline.OMP_WAIT_POLICY}
+    ours = thawline.SPIN if thawline.OMP_WAIT_POLICY == "ACTIVE" else thawline.SHARED
+    ours = ours if thawline.OMP_CHOSEN_HERE else {}
+    env = {k: v for k, v in os.environ.items() if ours.get(k) != v}
     cmd = [sys.executable, str(Path(__file__).with_name("seed_loop.py")), "--data", str(data), "--model", model_name,
            "--size", str(size), "--trainable", str(spec), "--batches", str(batches)]
     out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True).stdout

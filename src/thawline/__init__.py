@@ -15,12 +15,43 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-# Before torch loads its OpenMP runtime: idle OpenMP threads sleep instead of spinning. On a CPU shared with other
-# jobs, spinning threads wait on each other whenever one is descheduled; measured on the 2-core dev machine under a
-# load average of ~4.5, lite0 training at 64 px went from 7.5 img/s (default) to 53 img/s (passive).
-# Set OMP_WAIT_POLICY yourself to override.
-OMP_WAIT_POLICY = "PASSIVE"
-os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+# Before torch loads its OpenMP runtime: how idle OpenMP threads wait, unless you set OMP_WAIT_POLICY yourself. On a
+# CPU shared with other jobs they must sleep at once (PASSIVE): spinning threads wait on each other whenever one is
+# descheduled (2-core dev machine at load ~4.5: Lite0 at 64 px trained at 7.5 img/s with libgomp's default spin, 53
+# passive; beside two busy processes, 31 img/s passive against 20 with a 30,000-iteration spin). On an idle machine a
+# short spin saves the other threads' wake-up at each of a CNN's many small ops (quiet, Lite0 at 128 px: timm
+# train.py's wall time / thawline's 0.90x passive, 1.07x with that spin). So the spin only when the machine is idle
+# as thawline starts (no other task runnable in any of a few samples of /proc/loadavg, 10 ms apart; where there is
+# none, a 1-minute load average under 0.5), else passive. A policy is set once per process, so a long compare keeps
+# the one its start saw.
+SPIN = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}
+
+
+def _idle(samples: int = 3) -> bool:
+    import time
+
+    try:
+        for i in range(samples):
+            with open("/proc/loadavg") as f:  # "0.52 0.58 0.59 R/T last-pid": R tasks runnable now, this one included
+                runnable = int(f.read().split()[3].split("/")[0])
+            if runnable > 1:
+                return False
+            if i + 1 < samples:
+                time.sleep(0.01)
+        return True
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0] < 0.5
+        except OSError:  # no load figures on this platform: the safe choice
+            return False
+
+
+# Trials trained side by side (compare --jobs, --ray) share the cores with each other: their processes get SHARED.
+SHARED = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+OMP_CHOSEN_HERE = "OMP_WAIT_POLICY" not in os.environ  # False: yours, which thawline never changes
+if OMP_CHOSEN_HERE:
+    os.environ.update(SPIN if _idle() else SHARED)
+OMP_WAIT_POLICY = os.environ["OMP_WAIT_POLICY"]  # the policy in force (yours when you set it)
 
 __version__ = "0.1.0"
 

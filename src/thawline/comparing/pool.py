@@ -66,6 +66,16 @@ class WorkerSpec:
     folds: int | None = None
 
 
+def side_by_side_env() -> dict[str, str]:
+    """The OpenMP setting of a process that trains beside others on the same cores: idle threads sleep at once
+    (`thawline.SHARED`; thawline's short spin, chosen when the machine was idle at its start, made two workers'
+    threads wait on each other: a seven-strategy demo compare with --jobs 2 ran at 14-17 img/s instead of ~55);
+    nothing when you set OMP_WAIT_POLICY yourself."""
+    import thawline
+
+    return dict(thawline.SHARED) if thawline.OMP_CHOSEN_HERE else {}
+
+
 def worker_devices(jobs: int, visible: Sequence[str], per_gpu: int = 1) -> list[str | None]:
     """The CUDA_VISIBLE_DEVICES of each of `jobs` workers: worker k the (k // per_gpu)-th of the `visible` GPUs
     (`--trials-per-gpu`: `per_gpu` small trainings packed on each; round-robin when there are more workers than
@@ -459,7 +469,7 @@ class LocalPoolExecutor:
         self.threads = default_threads() if threads is None else threads
         visible = visible_gpus(spec.config.device) if gpus is None else list(gpus)
         devices = worker_devices(jobs, visible, trials_per_gpu)
-        envs = [{"CUDA_VISIBLE_DEVICES": d} if d is not None else {} for d in devices]
+        envs = [{**side_by_side_env(), **({"CUDA_VISIBLE_DEVICES": d} if d is not None else {})} for d in devices]
         self.pool = WorkerPool(jobs, envs=envs, threads=self.threads)
         self.gpus = devices
         self._announced = False

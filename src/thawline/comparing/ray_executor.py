@@ -27,7 +27,14 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from thawline.comparing.pool import WorkerFailed, WorkerSpec, default_threads, run_request, trial_tag
+from thawline.comparing.pool import (
+    WorkerFailed,
+    WorkerSpec,
+    default_threads,
+    run_request,
+    side_by_side_env,
+    trial_tag,
+)
 from thawline.comparing.retries import DEFAULT_RETRIES, failed_line, resuming, retry_line
 from thawline.comparing.trials import Request
 from thawline.core.errors import ThawlineError
@@ -104,7 +111,7 @@ class RayExecutor:
         self.threads = threads
         # Ray's own retries would rerun the task with the first try's options; a retry must resume (retries.py)
         options: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus, "max_retries": 0}
-        if env := forwarded_env():
+        if env := {**forwarded_env(), **side_by_side_env()}:
             options["runtime_env"] = {"env_vars": env}
         self._remote = ray.remote(**options)(in_ray_task)
         self.failed: dict[Request, str] = {}
