@@ -122,7 +122,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                              "at_least_equal": sum(d >= 0 for d in answer_vs_best)},
         "answer_minus_best_member": {"mean": mean(answer_vs_member),
                                      "at_least_equal": sum(d >= 0 for d in answer_vs_member)},
-        "cost_ratio": {"mean": mean([r["cost_ratio"] for r in rows]), "each": [r["cost_ratio"] for r in rows]},
+        # a task whose timing was disturbed (`cost_note`: e.g. the process was paused) is left out of the cost
+        "cost_ratio": {"mean": mean([r["cost_ratio"] for r in rows if not r.get("cost_note")]),
+                       "each": [r["cost_ratio"] for r in rows]},
     }  # fmt: skip
 
 
@@ -139,7 +141,8 @@ def export_record(results: Path, record: Path) -> None:
               f"{r['folds_pick']} ({pct(r['regret_folds_pick'])})", pct(r["best_plain_test"]),
               f"{r['answer']['kind']}: " + " + ".join(f"{n} {w:.2f}" for n, w in r["answer"]["members"].items()),
               pct(r["answer"].get("test_acc")), ", ".join(r["stopped"]) or "—",
-              f"{r['plain_wall_s']:.0f} / {r['folds_wall_s']:.0f} ({r['cost_ratio']:.2f}x)"] for r in rows]  # fmt: skip
+              f"{r['plain_wall_s']:.0f} / {r['folds_wall_s']:.0f} ({r['cost_ratio']:.2f}x)"
+              + (f"; {r['cost_note']}" if r.get("cost_note") else "")] for r in rows]  # fmt: skip
     s = summary(rows)
     table.append(["**mean**", f"regret {pct(s['regret_plain_pick']['mean'])}",
                   f"regret {pct(s['regret_folds_pick']['mean'])}", "", "",
