@@ -139,7 +139,7 @@ def test_the_stepped_head_stays_when_the_solved_one_validates_worse(tmp_path: Pa
     from types import SimpleNamespace
 
     from thawline.training.run_state import LoopState
-    from thawline.training.trainer import _solved_candidate
+    from thawline.training.solved_head import solved_candidate
 
     x, y = blobs(10, 6, 2, spread=0.5)
     head = torch.nn.Linear(6, 2)
@@ -151,10 +151,10 @@ def test_the_stepped_head_stays_when_the_solved_one_validates_worse(tmp_path: Pa
                              setup_seconds=0.0)  # fmt: skip
     run = SimpleNamespace(setup=setup, across=False)
     stepped = EvalResult(0.7, 0.5, torch.zeros(0), torch.zeros(0))
-    row, val = _solved_candidate(run, LoopState(best_acc=1.01), source, head, stepped)  # unbeatable best epoch
+    row, val = solved_candidate(run, LoopState(best_acc=1.01), source, head, stepped)  # unbeatable best epoch
     assert row["val_acc"] == 1.0 and not row["kept"] and val is stepped
     assert torch.equal(head.weight, before[0]) and torch.equal(head.bias, before[1])
-    row, val = _solved_candidate(run, LoopState(best_acc=0.5), source, head, stepped)
+    row, val = solved_candidate(run, LoopState(best_acc=0.5), source, head, stepped)
     assert row["kept"] and val.acc == 1.0 and not torch.equal(head.weight, before[0])
     assert source.setup_seconds > 0  # the solve's time counts as the epoch's
 

@@ -167,7 +167,7 @@ def trial_plan(
     head_split = split_at(probe, smap, smap.head)
     solvable = config.head_solver and head_split is not None and isinstance(head_split.suffix, nn.Linear)
     for i, phase in enumerate(phases):
-        # trainer.solvable_head: a linear head that trains alone from this phase to the end of the run
+        # solved_head.solvable_head: a linear head that trains alone from this phase to the end of the run
         solved = solvable and all(tuple(p.trainable) == (smap.head,) for p in phases[i:])
         cached = feature_split(config, phase, probe, smap) is not None
         head_only = tuple(phase.trainable) == (smap.head,)

@@ -27,14 +27,8 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from thawline.comparing.pool import (
-    WorkerFailed,
-    WorkerSpec,
-    default_threads,
-    run_request,
-    side_by_side_env,
-    trial_tag,
-)
+from thawline.comparing.placement import default_threads, side_by_side_env
+from thawline.comparing.pool import WorkerFailed, WorkerSpec, run_request, trial_tag
 from thawline.comparing.retries import DEFAULT_RETRIES, failed_line, resuming, retry_line
 from thawline.comparing.trials import Request
 from thawline.core.errors import ThawlineError

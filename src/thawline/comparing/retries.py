@@ -7,12 +7,11 @@ An error the trial raises itself (bad input, a bug) is not a death: it is raised
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar
 
 from thawline.core.errors import ThawlineError
 
-if TYPE_CHECKING:
-    from thawline.comparing.pool import WorkerSpec
+Spec = TypeVar("Spec", bound=Any)  # an executor's frozen dataclass of what its workers train (pool.WorkerSpec)
 
 # Two more tries: a preempted or lost node is usually a one-off, a trial that dies three times (out of memory) will
 # die again; each retry continues from the last checkpoint, so at most one epoch per death is trained twice.
@@ -24,7 +23,7 @@ def check_retries(retries: int) -> None:
         raise ThawlineError(f"--retries {retries}: must be 0 or more (the times a trial whose worker died is retried)")
 
 
-def resuming(spec: WorkerSpec) -> WorkerSpec:
+def resuming(spec: Spec) -> Spec:
     """What a retry trains with: the same, continued from the run folder's last checkpoint."""
     return dataclasses.replace(spec, resume=True)
 

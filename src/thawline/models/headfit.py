@@ -3,7 +3,7 @@
 A head that trains alone on frozen features has a convex problem: it is solved to convergence by full-batch L-BFGS,
 with the L2 strength chosen by stratified cross-validation on train (the linear probe's recipe: scikit-learn's
 LogisticRegressionCV on standardised features) and a temperature fitted on the held-out folds. The trainer offers
-it as a second candidate to head-only's stepped head (`trainer._solved_candidate`): stepped with the body's recipe
+it as a second candidate to head-only's stepped head (`solved_head.solved_candidate`): stepped with the body's recipe
 (AdamW, label smoothing, one fixed weight decay) the head fell up to 6 points below that probe on some suite tasks
 and beat it by up to 7 on others. The rows are the unflipped images, as in the probe: adding the mirrored views
 moved test accuracy by -2.2 to +1.9 points on four suite tasks, no gain on average.

@@ -171,6 +171,14 @@ def phase_source(setup: RunSetup, phase: ResolvedPhase, name: str, quiet: bool =
             train_features=lambda: head_inputs(setup),
             prefetch_to=ahead,
         )
+    return _cached_source(setup, split, train, val, name, quiet)
+
+
+def _cached_source(
+    setup: RunSetup, split: Split, train: SplitData, val: SplitData | None, name: str, quiet: bool
+) -> PhaseSource:
+    """A phase that trains only the suffix after `split`: on the frozen prefix's features, cached."""
+    config, bs = setup.config, setup.config.batch_size
     t0 = time.perf_counter()
     # Train features are computed on first use (the first epoch runs the prefix once per image, for the view it
     # draws) and completed after it when more epochs follow (so those only read); a one-epoch phase, like the

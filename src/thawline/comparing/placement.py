@@ -1,0 +1,47 @@
+"""Where and how the trials of a comparison that train side by side run (`--jobs`, `--ray`): each worker's GPU,
+its thread count and its OpenMP setting. No torch at import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+
+def side_by_side_env() -> dict[str, str]:
+    """The OpenMP setting of a process that trains beside others on the same cores: idle threads sleep at once
+    (`thawline.SHARED`; thawline's short spin, chosen when the machine was idle at its start, made two workers'
+    threads wait on each other: a seven-strategy demo compare with --jobs 2 ran at 14-17 img/s instead of ~55);
+    nothing when you set OMP_WAIT_POLICY yourself."""
+    import thawline
+
+    return dict(thawline.SHARED) if thawline.OMP_CHOSEN_HERE else {}
+
+
+def worker_devices(jobs: int, visible: Sequence[str], per_gpu: int = 1) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each of `jobs` workers: worker k the (k // per_gpu)-th of the `visible` GPUs
+    (`--trials-per-gpu`: `per_gpu` small trainings packed on each; round-robin when there are more workers than
+    places); None for every worker when there is no GPU (the environment is left as it is)."""
+    return [visible[(k // per_gpu) % len(visible)] if visible else None for k in range(jobs)]
+
+
+def visible_gpus(device: str) -> list[str]:
+    """The GPUs a worker may be given: none when training on the CPU; else those of CUDA_VISIBLE_DEVICES when set
+    (their names as given), or every GPU torch counts."""
+    if device == "cpu":
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip()][: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def default_threads() -> int:
+    """The intra-op thread count a sequential compare uses here (torch's, which OMP_NUM_THREADS sets): each worker
+    uses it too, so its runs' floats are those of the sequential compare."""
+    import torch
+
+    return torch.get_num_threads()
