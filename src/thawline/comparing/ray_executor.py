@@ -10,7 +10,7 @@ the config mean the same there.
 
 Each task asks Ray for `cpus_per_trial` CPUs and `gpus_per_trial` GPUs (fractional packs trials: 0.5 puts two on
 a GPU); Ray sets the task's CUDA_VISIBLE_DEVICES to the GPU it placed it on, which the task leaves as it is. A task
-trains with the thread count of a sequential compare here (`pool.default_threads`, not Ray's OMP_NUM_THREADS=1:
+trains with the thread count of a sequential compare here (`placement.default_threads`, not Ray's OMP_NUM_THREADS=1:
 the thread count changes the floats), or, on a remote cluster, with its CPUs. This process's THAWLINE_* variables
 (the cache folder, ...) are the tasks' too.
 
