@@ -19,15 +19,25 @@ def feature(i: int, view: int) -> np.ndarray:
 
 
 class Prefix:
-    """Stands in for the frozen prefix; records which (row, view) pairs it was asked for."""
+    """Stands in for the frozen prefix; records which (row, view) pairs it was asked for (each once per call: a
+    short call is padded with repeats) and each call's size."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
+        self.sizes: list[int] = []
 
     def __call__(self, idx: np.ndarray, views: np.ndarray) -> torch.Tensor:
         assert len(idx) == len(views)
-        self.calls.extend((int(i), int(v)) for i, v in zip(idx, views, strict=True))
+        self.sizes.append(len(idx))
+        self.calls.extend(dict.fromkeys((int(i), int(v)) for i, v in zip(idx, views, strict=True)))
         return torch.from_numpy(np.stack([feature(int(i), int(v)) for i, v in zip(idx, views, strict=True)]))
+
+
+class SizeSensitivePrefix(Prefix):
+    """A prefix whose last bits depend on the call's batch size, as a kernel's may (a CPU forward on 1 image)."""
+
+    def __call__(self, idx: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        return super().__call__(idx, views) + 1e-6 * len(idx)
 
 
 def test_features_are_computed_once_per_image_and_view_on_first_read(tmp_path: Path) -> None:
@@ -110,3 +120,29 @@ def test_a_mismatched_or_corrupt_bitmap_is_not_trusted(tmp_path: Path, other) ->
     np.testing.assert_array_equal(cache.read(np.array([9]), np.array([1]))[0], feature(9, 1))
     assert prefix.calls == [(9, 1)]
     cache.close()
+
+
+def test_a_feature_does_not_depend_on_which_batch_or_process_computed_it_first(tmp_path: Path) -> None:
+    """Every prefix call has the cache's batch size (a short chunk padded with its own pairs, the padding dropped),
+    so two trials filling one cache at once in their own batch orders (`compare --jobs`) leave the same values as
+    one trial filling it alone."""
+    alone = SizeSensitivePrefix()
+    one = FeatureCache("alone", N, VIEWS, alone, 4, tmp_path)
+    one.fill_all()
+    one.close()
+    first, second = SizeSensitivePrefix(), SizeSensitivePrefix()
+    a = FeatureCache("shared", N, VIEWS, first, 4, tmp_path)
+    b = FeatureCache("shared", N, VIEWS, second, 4, tmp_path)
+    a.read(np.array([3, 1, 3, 7, 0]), np.array([0, 1, 0, 1, 0]))  # 4 distinct pairs, then a lone one
+    a.flush()
+    b.read(np.array([3, 2]), np.array([0, 1]))  # (3, 0) is a's: only (2, 1) is computed, padded to 4
+    b.flush()
+    a.fill_all()
+    b.fill_all()
+    assert set(first.sizes + second.sizes + alone.sizes) == {4}
+    files = tmp_path / "features"
+    expected = np.stack([[feature(i, v) + 4e-6 for v in range(VIEWS)] for i in range(N)])
+    for key in ("alone", "shared"):
+        np.testing.assert_array_equal(np.fromfile(files / f"{key}.f32", np.float32).reshape(expected.shape), expected)
+    a.close()
+    b.close()

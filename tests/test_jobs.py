@@ -16,11 +16,12 @@ from conftest import make_image_folder, one_error_line, tiny_config
 import thawline
 from thawline.cli import main
 from thawline.comparing.options import check_jobs
+from thawline.comparing.placement import side_by_side_env
 from thawline.comparing.pool import GAVE_UP, LocalPoolExecutor, WorkerFailed, WorkerPool, WorkerSpec, worker_devices
 from thawline.core.errors import ThawlineError
 from thawline.training.runfolder import RunInterrupted
 
-STRATEGIES = "head-only,partial,full"
+STRATEGIES = "head-only,partial,two-phase"  # two-phase and head-only fill one feature cache
 # what differs between two trainings of the same run: how long they took and how much memory they held
 TIMING = {"wall_time_s", "train_time_s", "images_per_s", "peak_rss_mb", "peak_gpu_mb", "seconds", "rss_mb"}
 
@@ -125,6 +126,23 @@ def test_ctrl_c_stops_the_workers_and_resumes(shared: dict[str, Any], monkeypatc
     assert {k: v for k, v in resumed.answer.items() if k != "runs"} == {k: v for k, v in answer.items() if k != "runs"}
 
 
+def test_a_worker_killed_mid_trial_is_retried(
+    shared: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Every trial's worker process SIGKILLs itself right after the trial's first checkpoint (the trainer's fault
+    point; the workers inherit THAWLINE_KILL_AFTER): the pool starts another worker, which resumes the trial from that
+    checkpoint, and the compare's runs are the sequential compare's, with one retry line per trial."""
+    monkeypatch.setenv("THAWLINE_KILL_AFTER", "checkpoint:1")
+    killed = thawline.compare(shared["config"], STRATEGIES, shared["root"] / "killed", halving=True, seeds=2, jobs=2)
+    monkeypatch.delenv("THAWLINE_KILL_AFTER")
+    assert_same_runs(shared["sequential"], killed.out_dir)
+    out = capsys.readouterr().out
+    retried = [line for line in out.splitlines() if line.startswith("[retry]")]
+    # 3 strategies x 2 seeds start a trial; halving's continued survivors are past their first checkpoint
+    assert len(retried) == 6 and all("retry 1 of 2, from its last checkpoint" in line for line in retried), out
+    assert not killed.failed
+
+
 def test_each_worker_sees_its_own_device_and_threads() -> None:
     """Worker k gets the k-th GPU (a fake CUDA_VISIBLE_DEVICES: no GPU is needed to see what a worker is given) and
     the thread count it was told."""
@@ -133,7 +151,10 @@ def test_each_worker_sees_its_own_device_and_threads() -> None:
     spec = WorkerSpec(tiny_config(Path("unused"), device="cpu"), Path("unused"), resume=False, quiet=True)
     executor = LocalPoolExecutor(spec, 2, threads=1, gpus=["3", "5"])
     pool = executor.pool
-    assert pool.envs == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}] and pool.threads == 1
+    # each worker's GPU, beside the OpenMP setting of side-by-side workers (none when this process inherited yours:
+    # under pytest-xdist the controller's import of thawline chose one for every worker)
+    shared_cores = side_by_side_env()
+    assert pool.envs == [{**shared_cores, "CUDA_VISIBLE_DEVICES": g} for g in ("3", "5")] and pool.threads == 1
     try:
         probe = (os.getenv, ("CUDA_VISIBLE_DEVICES",))
         assert pool.run_all([probe, probe]) == ["3", "5"]

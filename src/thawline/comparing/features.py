@@ -141,7 +141,11 @@ def collect_features(
     store = FeatureCache(key, len(split), 1, compute, setup.config.batch_size * 2, setup.cache_dir)
     if not store.complete:
         bar = tqdm(
-            total=len(split), desc=f"features {split.name}", unit="img", disable=quiet or not sys.stderr.isatty()
+            total=len(split),
+            initial=store.filled.sum(),
+            desc=f"features {split.name}",
+            unit="img",
+            disable=quiet or not sys.stderr.isatty(),
         )
         store.fill_all(bar.update)
         bar.close()

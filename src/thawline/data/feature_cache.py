@@ -39,7 +39,12 @@ class FeatureCache:
     beside it marking the rows that are complete: written and fsynced before they are marked, and only marked rows
     (or rows this process wrote) are ever read, so a killed run or a concurrent writer costs at worst a row computed
     again. Filling on first use means a phase's first epoch runs the prefix once per image, for the view it draws
-    (the plain loop's cost), instead of once per image and view up front; `fill_all` does it up front."""
+    (the plain loop's cost), instead of once per image and view up front; `fill_all` does it up front.
+
+    Every prefix call computes exactly `batch_size` pairs, a short chunk padded with repeats of its own pairs: a
+    kernel may pick another algorithm for another batch size (on the 2-core CPU, Lite0's forward differs in the last
+    bits for a batch of 1 and is identical for every size from 2 to 64), so a fixed size makes a feature's value
+    independent of which batch, epoch or concurrent trial (`compare --jobs`) computed it first."""
 
     def __init__(
         self,
@@ -126,7 +131,9 @@ class FeatureCache:
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start : start + self.batch_size]
             chunk_rows, chunk_views = chunk // self.views, chunk % self.views
-            feats = np.ascontiguousarray(self.compute(chunk_rows, chunk_views).float().cpu().numpy())
+            call = np.resize(chunk, self.batch_size)  # the fixed call size (see the class docstring)
+            feats = self.compute(call // self.views, call % self.views)[: len(chunk)]
+            feats = np.ascontiguousarray(feats.float().cpu().numpy())
             if self.feature_shape is None:
                 self.feature_shape = feats.shape[1:]
             fd = self._file()
@@ -136,14 +143,15 @@ class FeatureCache:
             self.filled[chunk_rows, chunk_views] = True
             self._dirty = True
 
-    def fill_all(self, progress: Callable[[int], None] | None = None) -> None:
-        """Every image in every view, in order (the eager cache: val splits, and every rank under DDP)."""
-        for start in range(0, self.n, self.batch_size):
-            idx = np.arange(start, min(self.n, start + self.batch_size))
-            for v in range(self.views):
-                self.fill(idx, np.full(len(idx), v))
+    def fill_all(self, progress: Callable[[float], None] | None = None) -> None:
+        """Every (image, view) pair not filled yet, in file order and in whole calls (the eager cache: val splits,
+        every rank under DDP; the rest of a lazily filled cache). `progress` gets the images' worth computed."""
+        missing = np.flatnonzero(~self.filled.reshape(-1))
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            self.fill(chunk // self.views, chunk % self.views)
             if progress:
-                progress(len(idx))
+                progress(len(chunk) / self.views)
         self.flush()
 
     def read(self, rows: np.ndarray, views: np.ndarray) -> np.ndarray:

@@ -280,10 +280,12 @@ def features(
         with eval_mode(model):
             return split.prefix(setup.normalize(rows).to(setup.device))
 
-    store = FeatureCache(key, len(data), views, compute, setup.eval_batch_size, setup.cache_dir)
+    # Prefix calls of the training batch's size: a first epoch's lazy fill then computes whole calls, unpadded.
+    store = FeatureCache(key, len(data), views, compute, config.batch_size, setup.cache_dir)
     if eager and not store.complete:
         bar = tqdm(
             total=len(data),
+            initial=store.filled.sum() / views,
             desc=f"{name}: features {data.name}",
             unit="img",
             disable=quiet or not sys.stderr.isatty(),
