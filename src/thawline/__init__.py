@@ -13,6 +13,7 @@ parts import them from its subpackage (`thawline.comparing`, `thawline.report`, 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 # Before torch loads its OpenMP runtime: how idle OpenMP threads wait, unless you set OMP_WAIT_POLICY yourself. On a
@@ -21,24 +22,34 @@ from typing import TYPE_CHECKING, Any
 # passive; beside two busy processes, 31 img/s passive against 20 with a 30,000-iteration spin). On an idle machine a
 # short spin saves the other threads' wake-up at each of a CNN's many small ops (quiet, Lite0 at 128 px: timm
 # train.py's wall time / thawline's 0.90x passive, 1.07x with that spin). So the spin only when the machine is idle
-# as thawline starts (no other task runnable in any of a few samples of /proc/loadavg, 10 ms apart; where there is
+# as thawline starts (no other task runnable in most of five looks at /proc/loadavg, 10 ms apart; where there is
 # none, a 1-minute load average under 0.5), else passive. A policy is set once per process, so a long compare keeps
 # the one its start saw.
 SPIN = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000"}
 
 
-def _idle(samples: int = 3) -> bool:
+def _runnable_now() -> int:
+    with open("/proc/loadavg") as f:  # "0.52 0.58 0.59 R/T last-pid": R tasks runnable now, this one included
+        return int(f.read().split()[3].split("/")[0])
+
+
+def _idle(samples: int = 5, runnable: Callable[[], int] = _runnable_now) -> bool:
+    """Whether no other task is runnable in most of `samples` looks, 10 ms apart: a busy task is seen in every look,
+    one passing by (a command just ending, as timm's train.py right before thawline in `benchmarks/gpu_check.py`)
+    in one or two. Decided as soon as a majority agrees."""
     import time
 
+    quiet = busy = 0
     try:
-        for i in range(samples):
-            with open("/proc/loadavg") as f:  # "0.52 0.58 0.59 R/T last-pid": R tasks runnable now, this one included
-                runnable = int(f.read().split()[3].split("/")[0])
-            if runnable > 1:
-                return False
-            if i + 1 < samples:
-                time.sleep(0.01)
-        return True
+        for _ in range(samples):
+            if runnable() > 1:
+                busy += 1
+            else:
+                quiet += 1
+            if max(quiet, busy) > samples // 2:
+                break
+            time.sleep(0.01)
+        return quiet > busy
     except (OSError, ValueError, IndexError):
         try:
             return os.getloadavg()[0] < 0.5
