@@ -22,8 +22,9 @@ from thawline.core.errors import ThawlineError
 from thawline.training.runfolder import RunInterrupted
 
 STRATEGIES = "head-only,partial,two-phase"  # two-phase and head-only fill one feature cache
-# what differs between two trainings of the same run: how long they took and how much memory they held
-TIMING = {"wall_time_s", "train_time_s", "images_per_s", "peak_rss_mb", "peak_gpu_mb", "seconds", "rss_mb"}
+# what differs between two trainings of the same run: how long they took, how much memory they held, and how idle
+# OpenMP threads waited (side-by-side workers sleep at once)
+TIMING = {"wall_time_s", "train_time_s", "images_per_s", "peak_rss_mb", "peak_gpu_mb", "seconds", "rss_mb", "omp_wait"}
 
 
 def run_folders(out: Path) -> dict[str, dict[str, Any]]:

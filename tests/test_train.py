@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,9 @@ def test_train_writes_a_complete_run_folder(image_folder: Path, tmp_path: Path) 
     assert summary == result.summary
     for key in ("best_val_acc", "test_acc", "wall_time_s", "trainable_params", "images_per_s", "peak_rss_mb"):
         assert summary[key] is not None, key
+    # how the CPU ran it: this process's threads and its OpenMP wait policy (set by `import thawline` or by you)
+    assert summary["cpu_threads"] == torch.get_num_threads()
+    assert summary["omp_wait"].startswith(os.environ["OMP_WAIT_POLICY"])
     # head only, then everything: trainable params per phase are measured, not assumed
     n_head = sum(
         p.numel() for p in build_model("test_efficientnet", "none", 3).get_classifier().parameters()

@@ -101,6 +101,8 @@ class SummaryKeys:
     images_per_s: str = "images_per_s"
     peak_rss_mb: str = "peak_rss_mb"
     peak_gpu_mb: str = "peak_gpu_mb"
+    cpu_threads: str = "cpu_threads"  # torch's intra-op threads (float sums, and the speed, depend on them)
+    omp_wait: str = "omp_wait"  # how idle OpenMP threads waited: OMP_WAIT_POLICY[, GOMP_SPINCOUNT] (CPU speed)
     layer_drift: str = "layer_drift"  # {stage: relative weight change}
     num_train: str = "num_train"  # the data's counts (COUNT_KEYS) and shares held out, as config.yaml has them
     num_val: str = "num_val"

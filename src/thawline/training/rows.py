@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
+
 from thawline.core.runformat import EPOCH, PHASE_RESULT, SUMMARY
 from thawline.models.stages import count_params, stage_drift
 from thawline.report.uncertainty import bootstrap_interval
-from thawline.training import engine
+from thawline.training import engine, runtime
 from thawline.training.run_state import LoopState, Run
 from thawline.training.sources import PhaseSource
 from thawline.training.strategies import ResolvedPhase
@@ -82,6 +84,8 @@ def _summary(
         SUMMARY.images_per_s: round(train_images / train_seconds, 2) if train_seconds > 0 else None,
         SUMMARY.peak_rss_mb: round(run.meter.peak_rss_mb, 1),
         SUMMARY.peak_gpu_mb: run.meter.peak_gpu_mb,
+        SUMMARY.cpu_threads: torch.get_num_threads(),
+        SUMMARY.omp_wait: runtime.omp_wait(),
         SUMMARY.layer_drift: stage_drift(setup.model, run.initial, setup.smap),
         **setup.data.counts(),
         SUMMARY.data_digest: setup.data.fingerprint.digests(),  # per split: which files the accuracies are on

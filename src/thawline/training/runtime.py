@@ -121,3 +121,12 @@ class MemoryMeter:
     @property
     def peak_gpu_mb(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+
+
+def omp_wait() -> str | None:
+    """How this process's idle OpenMP threads wait (set by `import thawline` unless you set it): a run's speed on a
+    CPU depends on it, so its summary records it."""
+    policy, spin = os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")
+    if policy is None:
+        return None if spin is None else f"GOMP_SPINCOUNT={spin}"
+    return policy if spin is None else f"{policy}, GOMP_SPINCOUNT={spin}"
