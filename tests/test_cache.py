@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from thawline.data.feature_cache import FeatureCache
+from thawline.data.feature_cache import FeatureCache, SplitFeatures
 
 N, VIEWS, SHAPE = 10, 2, (3, 2, 2)
 
@@ -94,7 +94,7 @@ def test_fill_all_completes_the_cache_and_a_complete_cache_is_read_only(tmp_path
     cache = FeatureCache("k", N, VIEWS, Prefix(), 3, tmp_path)
     seen = []
     cache.fill_all(seen.append)
-    assert cache.complete and sum(seen) == N
+    assert cache.complete and sum(seen) == N * VIEWS  # pairs computed
     cache.close()
     prefix = Prefix()
     reused = FeatureCache("k", N, VIEWS, prefix, 3, tmp_path)
@@ -146,3 +146,32 @@ def test_a_feature_does_not_depend_on_which_batch_or_process_computed_it_first(t
         np.testing.assert_array_equal(np.fromfile(files / f"{key}.f32", np.float32).reshape(expected.shape), expected)
     a.close()
     b.close()
+
+
+def test_splits_of_one_image_cache_share_its_rows(tmp_path: Path) -> None:
+    """The folds of `compare --folds` are subsets of one pooled image cache: a split reads image-cache rows through
+    its positions, fills only its own rows (val: only the unflipped view), and a later split computes only the
+    images no earlier one did."""
+    prefix = Prefix()
+    first_train = SplitFeatures(FeatureCache("pool", N, VIEWS, prefix, 4, tmp_path), np.array([0, 2, 4, 6, 8]), (0, 1))
+    first_val = SplitFeatures(FeatureCache("pool", N, VIEWS, prefix, 4, tmp_path), np.array([1, 3, 5, 7, 9]), (0,))
+    np.testing.assert_array_equal(
+        first_train.read(np.array([1, 4]), np.array([1, 0])), np.stack([feature(2, 1), feature(8, 0)])
+    )
+    first_train.fill_all()
+    first_val.fill_all()
+    assert first_train.complete and first_val.complete and first_val.missing() == 0
+    assert sorted(prefix.calls) == sorted(
+        [(i, v) for i in range(0, N, 2) for v in (0, 1)] + [(i, 0) for i in range(1, N, 2)]
+    )
+    first_train.close()
+    first_val.close()
+    prefix.calls.clear()
+    second_train = SplitFeatures(FeatureCache("pool", N, VIEWS, prefix, 4, tmp_path), np.array([1, 2, 3, 4]), (0, 1))
+    assert second_train.missing() == 2 and not second_train.complete  # rows 1 and 3 in view 1: val never flipped them
+    second_train.fill_all()
+    assert sorted(prefix.calls) == [(1, 1), (3, 1)]
+    np.testing.assert_array_equal(
+        second_train.read(np.array([0, 3]), np.array([1, 1])), np.stack([feature(1, 1), feature(4, 1)])
+    )
+    second_train.close()

@@ -148,7 +148,7 @@ def test_cache_ls_and_clear_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     built = build_image_cache(paths, 8, "nearest", root, workers=1)
     built.store.close()
     cache._release(built.store.path)
-    feature_key = f"resnet50_s4_v2_{built.key}_0123456789abcdef0123_3_77"
+    feature_key = f"resnet50_s4_v2_{built.key}_0123456789abcdef0123"
     _fake_entry(root, "features", feature_key, 4096, 40)
     assert main(["cache", "ls", "--cache-dir", str(root)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -156,7 +156,8 @@ def test_cache_ls_and_clear_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     images, features = lines[1], lines[2]  # most recently used first
     assert images.startswith("images")
     assert f"3 images under {tmp_path / 'photos'} at 8 px (nearest)" in images
-    assert features.startswith("features") and "resnet50 features before stage 4, 2 view(s), 3 images" in features
+    assert features.startswith("features")
+    assert "resnet50 features before stage 4, 2 view(s) of its rows (3 images under" in features
     assert f"images under {tmp_path / 'photos'}" in features
     assert lines[3].startswith("2 entries, ") and str(root) in lines[3] and "cap 20.0 GB" in lines[3]
 
@@ -192,8 +193,13 @@ def test_bad_cache_cap_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_feature_entries_say_what_they_were_computed_from() -> None:
     images = {"a" * 20: "12 images under /data/val at 224 px (bicubic)"}
     of = "(images under /data/val at 224 px (bicubic))"
-    train = cache_admin._describe_features(f"resnet50_s4_v2_{'a' * 20}_{'f' * 20}_12_77", images)
-    assert train == f"resnet50 features before stage 4, 2 view(s), 12 images {of}"
+    train = cache_admin._describe_features(f"tf_efficientnet_lite0_s4_v2_{'a' * 20}_{'f' * 20}", images)
+    rows = "(12 images under /data/val at 224 px (bicubic))"  # a row per image of the image cache
+    assert train == f"tf_efficientnet_lite0 features before stage 4, 2 view(s) of its rows {rows}"
+    mlp = cache_admin._describe_features(f"resnet50_s4_h-mlp_v1_{'a' * 20}_{'f' * 20}", images)
+    assert mlp == f"resnet50 features before stage 4 (mlp head), 1 view(s) of its rows {rows}"
+    older = cache_admin._describe_features(f"resnet50_s4_v2_{'a' * 20}_{'f' * 20}_12_77", images)  # thawline 0.1
+    assert older == f"resnet50 features before stage 4, 2 view(s), 12 images {of}"
     advise_key = f"advise_tf_efficientnet_lite0_{'a' * 20}_{'f' * 20}_amp0cl1_12_0123456789"
     advise = cache_admin._describe_features(advise_key, images)
     assert advise == f"advise probe features of tf_efficientnet_lite0, 12 images {of}"

@@ -61,6 +61,10 @@ def test_plan_of_halving_and_race_is_the_worst_case(image_folder: Path) -> None:
         [("head-only", f), ("full", f)] for f in range(3)]  # fmt: skip
     fold = folds.trials[Trial("full", None, 0, 1)]
     assert (fold.n_train, fold.n_val) == (48, 24)  # 72 pooled images, a third of them validating
+    # one feature file for the pooled images: the first fold fills its train in both views and its val unflipped,
+    # the second the rest of the 72 x 2 pairs, the third nothing
+    fills = [folds.trials[Trial("head-only", None, 0, f)].phases[0].feature_images for f in range(3)]
+    assert fills == [48 * 2 + 24, 72 * 2 - (48 * 2 + 24), 0]
 
 
 def test_dry_run_trains_and_writes_nothing(

@@ -233,6 +233,20 @@ def test_every_pooled_image_gets_one_out_of_fold_prediction_per_strategy(crossva
         assert r["p_vs_winner"] is not None and r["p_folds"] is not None and r["tied"] in (True, False)
 
 
+def test_the_folds_share_one_feature_cache(crossval) -> None:
+    """Every fold's train and val are subsets of the pooled image cache: head-only's frozen-prefix features of all
+    three folds (train in both flip views, val unflipped) live in one file, with every pooled image in view 0 and the
+    mirror image of each image some fold trained on, computed once."""
+    root, _ = crossval
+    files = sorted((root / "cache" / "features").glob("*.f32"))
+    assert len(files) == 1, files
+    meta = json.loads(files[0].with_suffix(".json").read_text())
+    n, views = meta["shape"][:2]
+    assert (n, views) == (3 * 14, 2)  # a row per pooled image
+    filled = np.unpackbits(np.frombuffer(bytes.fromhex(meta["filled"]), np.uint8), count=n * views).reshape(n, views)
+    assert filled.all()
+
+
 def test_the_answer_is_the_mean_of_its_members_and_predicts_as_one_model(crossval) -> None:
     root, result = crossval
     cmp = root / "cmp"

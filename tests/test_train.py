@@ -91,13 +91,13 @@ def test_first_epoch_runs_the_prefix_once_per_image_for_the_view_it_draws(image_
 
     import numpy as np
 
-    def filled_views(cache: Path) -> dict[int, np.ndarray]:  # views -> (images, views) bool: computed or not
+    def filled_views(cache: Path) -> dict[str, np.ndarray]:  # split -> (images, views) bool: computed or not
         filled = {}
         for meta in (cache / "features").glob("*.json"):
             m = json.loads(meta.read_text())
             n, views = m["shape"][:2]
             bits = np.unpackbits(np.frombuffer(bytes.fromhex(m["filled"]), np.uint8), count=n * views)
-            filled[views] = bits.reshape(n, views).astype(bool)
+            filled[{48: "train", 24: "val"}[n]] = bits.reshape(n, views).astype(bool)  # a row per image of the split
         return filled
 
     # the stepped head alone (the seed two-phase's one-epoch head phase is the same): each image once
@@ -105,18 +105,19 @@ def test_first_epoch_runs_the_prefix_once_per_image_for_the_view_it_draws(image_
                       head_solver=False)  # fmt: skip
     thawline.train(cfg, run_dir=tmp_path / "run", quiet=True)
     filled = filled_views(tmp_path / "cache")
-    per_image = filled[2].sum(1)  # train: plain and mirrored views, each image drawn once in epoch 1
+    per_image = filled["train"].sum(1)  # train: plain and mirrored views, each image drawn once in epoch 1
     assert (per_image == 1).all(), "each train image's prefix ran exactly once, in the view its epoch drew"
-    assert filled[1].all()  # val: one view, all of it (evaluated every epoch)
+    # val: all of it (evaluated every epoch), never mirrored (its file has train's two views, as a fold's val has)
+    assert filled["val"][:, 0].all() and not filled["val"][:, 1].any()
     # head-only's solved candidate reads every image's plain view: the drawn views plus the plain ones not drawn
     solved = replace(cfg, head_solver=True, cache_dir=str(tmp_path / "cache3"))
     thawline.train(solved, run_dir=tmp_path / "solved", quiet=True)
-    train = filled_views(tmp_path / "cache3")[2]
+    train = filled_views(tmp_path / "cache3")["train"]
     assert train[:, 0].all() and (train.sum(1) == 1 + train[:, 1]).all()
     # With another epoch ahead, the views epoch 1 did not draw are computed after it: later epochs only read.
     thawline.train(replace(cfg, epochs=2, cache_dir=str(tmp_path / "cache2")), run_dir=tmp_path / "r2",
                    quiet=True)
-    assert filled_views(tmp_path / "cache2")[2].all()
+    assert filled_views(tmp_path / "cache2")["train"].all()
 
 
 def test_resume_after_interrupt_equals_uninterrupted(

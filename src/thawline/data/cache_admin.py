@@ -94,17 +94,26 @@ def _read_json(path: Path) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
+_FEATURES_KEY = re.compile(  # sources.features: model_sK[_h-HEAD]_vV_imagekey_state (before 0.2: _n_rows after it)
+    r"(?P<model>.+)_s(?P<stage>\d+)(?:_h-(?P<head>[^_]+))?_v(?P<views>\d+)_(?P<image>[^_]+)_(?P<state>[^_]+)"
+    r"(?:_(?P<n>\d+)_\d+)?"
+)
+
+
 def _describe_features(key: str, images: dict[str, str]) -> str:
-    """What a feature cache holds, from its key: sources.features (model_sK_vV_imagekey_state_n_rows) or advise
+    """What a feature cache holds, from its key: sources.features (`_FEATURES_KEY`) or advise
     (advise_model_imagekey_state_amp_n_rows); else the image cache it was computed from, when its key is in it."""
 
     def of(image_key: str) -> str:
         return re.sub(r"^\d+ images", "images", images.get(image_key) or f"image cache {image_key}")
 
-    parts = key.rsplit("_", 6)
-    if len(parts) == 7 and re.fullmatch(r"s\d+", parts[1]) and re.fullmatch(r"v\d+", parts[2]):
-        model, stage, views, image_key, _, n, _ = parts
-        return f"{model} features before stage {stage[1:]}, {views[1:]} view(s), {n} images ({of(image_key)})"
+    if not key.startswith("advise_") and (m := _FEATURES_KEY.fullmatch(key)):
+        what = f"{m['model']} features before stage {m['stage']}" + (f" ({m['head']} head)" if m["head"] else "")
+        if m["n"]:
+            return f"{what}, {m['views']} view(s), {m['n']} images ({of(m['image'])})"
+        # today's keys: a row per image of the image cache, whose description counts them
+        rows = images.get(m["image"]) or f"image cache {m['image']}"
+        return f"{what}, {m['views']} view(s) of its rows ({rows})"
     parts = key.rsplit("_", 5)
     if key.startswith("advise_") and len(parts) == 6 and parts[4].isdigit():
         return f"advise probe features of {parts[0][len('advise_') :]}, {parts[4]} images ({of(parts[1])})"

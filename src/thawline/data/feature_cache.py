@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,15 +143,28 @@ class FeatureCache:
             self.filled[chunk_rows, chunk_views] = True
             self._dirty = True
 
-    def fill_all(self, progress: Callable[[float], None] | None = None) -> None:
-        """Every (image, view) pair not filled yet, in file order and in whole calls (the eager cache: val splits,
-        every rank under DDP; the rest of a lazily filled cache). `progress` gets the images' worth computed."""
-        missing = np.flatnonzero(~self.filled.reshape(-1))
+    def missing(self, rows: np.ndarray | None = None, views: Sequence[int] | None = None) -> np.ndarray:
+        """The (row, view) pairs not filled yet among `rows` (default: all) in `views` (default: all), as their
+        indices in the file (row * views + view), in file order."""
+        rows = np.arange(self.n) if rows is None else np.unique(np.asarray(rows, np.int64))
+        wanted = np.arange(self.views) if views is None else np.asarray(sorted(set(views)), np.int64)
+        pairs = (rows[:, None] * self.views + wanted[None, :]).reshape(-1)
+        return pairs[~self.filled.reshape(-1)[pairs]]
+
+    def fill_all(
+        self,
+        progress: Callable[[int], None] | None = None,
+        rows: np.ndarray | None = None,
+        views: Sequence[int] | None = None,
+    ) -> None:
+        """Every pair `missing(rows, views)` names, in file order and in whole calls (the eager cache: val splits,
+        every rank under DDP; the rest of a lazily filled cache). `progress` gets the pairs computed."""
+        missing = self.missing(rows, views)
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             self.fill(chunk // self.views, chunk % self.views)
             if progress:
-                progress(len(chunk) / self.views)
+                progress(len(chunk))
         self.flush()
 
     def read(self, rows: np.ndarray, views: np.ndarray) -> np.ndarray:
@@ -194,3 +207,32 @@ class FeatureCache:
             if not self._released:
                 self._released = True
                 _release(self.data_path)
+
+
+class SplitFeatures:
+    """One split's view of a feature cache whose rows are the image cache's rows: the train and val splits of the
+    folds of `compare --folds` (subsets of one pooled split) and its refit share their frozen-prefix outputs, each
+    image computed once per view for all of them. Position i of the split is image-cache row `rows[i]`; the split
+    reads only `views` (val: the unflipped view of a cache that holds both)."""
+
+    def __init__(self, store: FeatureCache, rows: np.ndarray, views: Sequence[int]) -> None:
+        self.store, self.rows, self.views = store, np.asarray(rows, np.int64), tuple(views)
+
+    def read(self, positions: np.ndarray, views: np.ndarray) -> np.ndarray:
+        return self.store.read(self.rows[positions], views)
+
+    def missing(self) -> int:
+        return len(self.store.missing(self.rows, self.views))
+
+    @property
+    def complete(self) -> bool:
+        return self.missing() == 0
+
+    def fill_all(self, progress: Callable[[int], None] | None = None) -> None:
+        self.store.fill_all(progress, self.rows, self.views)
+
+    def flush(self) -> None:
+        self.store.flush()
+
+    def close(self) -> None:
+        self.store.close()

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from thawline.core.config import TrainConfig
 from thawline.data.batches import Batches, Normalize
-from thawline.data.feature_cache import FeatureCache, state_fingerprint
+from thawline.data.feature_cache import FeatureCache, SplitFeatures, state_fingerprint
 from thawline.models.stages import Forward, Split, StageMap, eval_mode, is_suffix, split_at
 from thawline.training import distributed, runtime
 from thawline.training.prefetch import prefetch_default, prefetched
@@ -40,7 +40,7 @@ class PhaseSource:
     cached: bool
     setup_seconds: float = 0.0  # feature computation not yet counted in an epoch's time
     dropout: float = 0.0  # the dropout the model applies before its classifier (suffix over pooled features)
-    stores: list[FeatureCache] = field(default_factory=list)
+    stores: list[SplitFeatures] = field(default_factory=list)
     # Every train image's classifier input (unflipped) and label at once: read from the cache, or one frozen pass
     train_features: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
     # The device batches are prepared for one step ahead in a background thread (`prefetch.py`); None: on the
@@ -185,9 +185,9 @@ def _cached_source(
     # seed two-phase head, never pays for the views it does not draw. Under DDP the node's first rank computes
     # them all up front and the other ranks read its file.
     with distributed.local_main_first():
-        views = 2 if config.hflip else 1
+        views = (0, 1) if config.hflip else (0,)
         train_store = features(setup, split, train, views, name, quiet, eager=distributed.active())
-        val_store = features(setup, split, val, 1, name, quiet) if val is not None else None
+        val_store = features(setup, split, val, (0,), name, quiet) if val is not None else None
     channels_last = setup.normalize.channels_last
 
     def train_features() -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,52 +249,55 @@ def head_inputs(setup: RunSetup) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def features(
-    setup: RunSetup, split: Split, data: SplitData, views: int, name: str, quiet: bool, eager: bool = True
-) -> FeatureCache:
-    """Frozen-prefix outputs for every image (and its mirror image when flips are on), cached on disk.
+    setup: RunSetup, split: Split, data: SplitData, views: tuple[int, ...], name: str, quiet: bool, eager: bool = True
+) -> SplitFeatures:
+    """Frozen-prefix outputs of the split's images in `views` (1: the mirror image), cached on disk.
 
-    `eager` computes them all now (with a progress bar); otherwise each is computed when first read."""
+    The cache file holds a row per image of the split's image cache, in both views when flips are on: the folds of
+    `compare --folds` (subsets of one pooled image cache, each fold's val another fold's train) and the refit fill
+    and read one file, each image computed once per view. `eager` computes the split's now (with a progress bar);
+    otherwise each is computed when first read."""
     model, smap, config = setup.model, setup.smap, setup.config
     prefix_modules = {n.rsplit(".", 1)[0] for s in range(split.first_trainable) for n in smap.params[s]}
     state = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] in prefix_modules}
+    stored_views = 2 if config.hflip else 1
     key = "_".join(
         [
             config.model.replace("/", "_"),
             f"s{split.first_trainable}",
             *([f"h-{setup.strategy.head}"] if setup.strategy.head != "linear" else []),  # another prefix output
-            f"v{views}",
-            data.cache.key,
+            f"v{stored_views}",
+            data.cache.key,  # the image cache: its rows are this file's rows
             state_fingerprint(state),
-            str(len(data)),
-            str(hash(tuple(data.rows.tolist())) & 0xFFFFFFFF),
         ]
     )
 
     @torch.inference_mode()
-    def compute(idx: np.ndarray, views: np.ndarray) -> torch.Tensor:
-        rows = torch.from_numpy(data.cache.store.read(data.rows[idx]))
+    def compute(rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        images = torch.from_numpy(data.cache.store.read(rows))
         flip = torch.from_numpy(np.asarray(views) == 1)
         if flip.any():
-            rows[flip] = rows[flip].flip(2)  # view 1: the mirror image (NHWC: width is axis 2)
+            images[flip] = images[flip].flip(2)  # view 1: the mirror image (NHWC: width is axis 2)
         # The prefix as at inference (no dropout, BatchNorm on running statistics), also when called mid-epoch.
         with eval_mode(model):
-            return split.prefix(setup.normalize(rows).to(setup.device))
+            return split.prefix(setup.normalize(images).to(setup.device))
 
     # Prefix calls of the training batch's size: a first epoch's lazy fill then computes whole calls, unpadded.
-    store = FeatureCache(key, len(data), views, compute, config.batch_size, setup.cache_dir)
-    if eager and not store.complete:
+    store = FeatureCache(key, data.cache.store.shape[0], stored_views, compute, config.batch_size, setup.cache_dir)
+    own = SplitFeatures(store, data.rows, views)
+    if eager and not own.complete:
         bar = tqdm(
             total=len(data),
-            initial=store.filled.sum() / views,
+            initial=len(data) - own.missing() / len(views),
             desc=f"{name}: features {data.name}",
             unit="img",
             disable=quiet or not sys.stderr.isatty(),
             leave=False,
         )
-        store.fill_all(lambda n: bar.update(n))
+        own.fill_all(lambda pairs: bar.update(pairs / len(views)))
         bar.close()
         runtime.release_freed_memory()  # the prefix pass's activations: what trains next has another working set
-    return store
+    return own
 
 
 def passes_per_epoch(setup: RunSetup, phase: ResolvedPhase, steps_per_pass: int) -> int:
