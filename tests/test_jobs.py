@@ -16,7 +16,7 @@ from conftest import make_image_folder, one_error_line, tiny_config
 import thawline
 from thawline.cli import main
 from thawline.comparing.options import check_jobs
-from thawline.comparing.placement import side_by_side_env
+from thawline.comparing.placement import shared_cores_line, side_by_side_env
 from thawline.comparing.pool import GAVE_UP, LocalPoolExecutor, WorkerFailed, WorkerPool, WorkerSpec, worker_devices
 from thawline.core.errors import ThawlineError
 from thawline.training.runfolder import RunInterrupted
@@ -168,6 +168,15 @@ def test_each_worker_sees_its_own_device_and_threads() -> None:
     finally:
         executor.close()
     assert not pool.workers
+
+
+def test_workers_whose_threads_outnumber_the_cores_say_so() -> None:
+    """On a CPU each worker keeps the sequential thread count; when the workers' threads outnumber the cores, one
+    line says that an idle machine gains little (measured: the demo compare on 2 cores, docs/scale.md)."""
+    assert shared_cores_line(2, 1, 2) is None and shared_cores_line(4, 4, 16) is None
+    line = shared_cores_line(2, 2, 2)
+    assert line is not None and line.startswith("[jobs] 2 workers x 2 threads share 2 CPU core(s)")
+    assert "\n" not in line and "OMP_NUM_THREADS=1" in line
 
 
 def test_worker_errors_come_back_whole() -> None:

@@ -41,7 +41,13 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thawline.comparing.placement import default_threads, side_by_side_env, visible_gpus, worker_devices
+from thawline.comparing.placement import (
+    default_threads,
+    shared_cores_line,
+    side_by_side_env,
+    visible_gpus,
+    worker_devices,
+)
 from thawline.comparing.retries import DEFAULT_RETRIES, failed_line, resuming, retry_line
 from thawline.comparing.trials import Request
 from thawline.core.errors import ThawlineError
@@ -450,6 +456,9 @@ class LocalPoolExecutor:
             each = "one GPU each" if self.trials_per_gpu == 1 else f"{self.trials_per_gpu} per GPU"
             on = f", {each}" if any(self.gpus) else f", {self.threads} thread(s) each"
             print(f"[jobs] up to {self.jobs} trials at once in worker processes{on}", flush=True)
+            shared = None if any(self.gpus) else shared_cores_line(self.jobs, self.threads, os.cpu_count() or 1)
+            if shared:
+                print(shared, flush=True)
         first_seed, resume = self.spec.config.seed, shlex.quote(str(self.spec.out_dir))
         names = [f"'{r.trial.name}' {trial_tag(r, first_seed)}".strip() for r in requests]
         tries = [0] * len(requests)
