@@ -175,3 +175,25 @@ def test_splits_of_one_image_cache_share_its_rows(tmp_path: Path) -> None:
         second_train.read(np.array([0, 3]), np.array([1, 1])), np.stack([feature(1, 1), feature(4, 1)])
     )
     second_train.close()
+
+
+def test_a_split_whose_rows_are_filled_reads_a_read_only_file(tmp_path: Path) -> None:
+    """A val split never fills the mirror views, other folds' images stay empty: the file is never complete, yet a
+    split whose own rows are all filled only reads it (a cache in a read-only shared folder), and opens it to write
+    only when one of its rows is missing."""
+    first = SplitFeatures(FeatureCache("k", N, VIEWS, Prefix(), 4, tmp_path), np.arange(5), (0,))
+    first.fill_all()
+    first.close()
+    (tmp_path / "features" / "k.f32").chmod(0o444)
+    prefix = Prefix()
+    again = SplitFeatures(FeatureCache("k", N, VIEWS, prefix, 4, tmp_path), np.arange(5), (0,))
+    assert again.complete and not again.store.complete
+    np.testing.assert_array_equal(again.read(np.array([4]), np.array([0]))[0], feature(4, 0))
+    assert prefix.calls == [] and not again.store._writable
+    again.close()
+    (tmp_path / "features" / "k.f32").chmod(0o644)
+    more = SplitFeatures(FeatureCache("k", N, VIEWS, prefix, 4, tmp_path), np.arange(7), (0,))
+    got = more.read(np.array([0, 6]), np.array([0, 0]))
+    np.testing.assert_array_equal(got, np.stack([feature(0, 0), feature(6, 0)]))
+    assert prefix.calls == [(6, 0)] and more.store._writable
+    more.close()

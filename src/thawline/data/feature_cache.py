@@ -67,6 +67,7 @@ class FeatureCache:
         self.feature_shape: tuple[int, ...] | None = None
         self.filled = np.zeros((n, views), bool)
         self._fd: int | None = None
+        self._writable = False
         self._dirty = False
         meta = self._meta()
         if meta is not None and self.data_path.exists():
@@ -102,21 +103,25 @@ class FeatureCache:
         assert self.feature_shape is not None
         return int(np.prod(self.feature_shape)) * 4
 
-    def _file(self) -> int:
+    def _file(self, write: bool = False) -> int:
+        if self._fd is not None and write and not self._writable:
+            os.close(self._fd)  # opened to read; now a row is to be written
+            self._fd = None
         if self._fd is None:
-            # A complete cache is only read (it may sit in a read-only shared folder).
-            flags = os.O_RDONLY if self.complete else os.O_RDWR | os.O_CREAT
+            # Rows that are all filled are only read: the cache may sit in a read-only shared folder (and a split
+            # never fills every row of the file: other folds' images, val's mirror images).
+            flags = os.O_RDWR | os.O_CREAT if write else os.O_RDONLY
             with writing(self.data_path, CACHE_ELSEWHERE):
                 fd = os.open(self.data_path, flags, 0o644)
                 _share_lock(fd)
                 size = self.n * self.views * self._row_bytes
                 try:
-                    if os.fstat(fd).st_size != size:
+                    if write and os.fstat(fd).st_size != size:
                         os.ftruncate(fd, size)  # sparse: rows take disk space as they are filled
                 except BaseException:
                     os.close(fd)
                     raise
-            self._fd = fd
+            self._fd, self._writable = fd, write
         return self._fd
 
     def fill(self, rows: np.ndarray, views: np.ndarray) -> None:
@@ -136,7 +141,7 @@ class FeatureCache:
             feats = np.ascontiguousarray(feats.float().cpu().numpy())
             if self.feature_shape is None:
                 self.feature_shape = feats.shape[1:]
-            fd = self._file()
+            fd = self._file(write=True)
             with writing(self.data_path, CACHE_ELSEWHERE):
                 for pair, row in zip(chunk, feats, strict=True):
                     _pwrite_all(fd, row.tobytes(), int(pair) * self._row_bytes)
