@@ -16,7 +16,7 @@ from conftest import make_image_folder, one_error_line, tiny_config
 import thawline
 from thawline.cli import main
 from thawline.comparing.options import check_jobs
-from thawline.comparing.placement import shared_cores_line, side_by_side_env
+from thawline.comparing.placement import full_speed_jobs, shared_cores_line, side_by_side_env
 from thawline.comparing.pool import GAVE_UP, LocalPoolExecutor, WorkerFailed, WorkerPool, WorkerSpec, worker_devices
 from thawline.core.errors import ThawlineError
 from thawline.training.runfolder import RunInterrupted
@@ -177,6 +177,15 @@ def test_workers_whose_threads_outnumber_the_cores_say_so() -> None:
     line = shared_cores_line(2, 2, 2)
     assert line is not None and line.startswith("[jobs] 2 workers x 2 threads share 2 CPU core(s)")
     assert "\n" not in line and "OMP_NUM_THREADS=1" in line
+
+
+def test_the_estimate_counts_only_the_workers_that_run_at_full_speed() -> None:
+    """Each worker keeps the sequential thread count: on a CPU, as many run at full speed as the cores hold (2 cores,
+    2 threads each: one; measured on the demo compare), on GPUs one per worker."""
+    assert full_speed_jobs(2, "cpu", threads=2, cores=2) == 1
+    assert full_speed_jobs(2, "cpu", threads=1, cores=2) == 2
+    assert full_speed_jobs(4, "cpu", threads=4, cores=16) == 4 and full_speed_jobs(8, "cpu", threads=4, cores=16) == 4
+    assert full_speed_jobs(1, "cpu", threads=8, cores=2) == 1 and full_speed_jobs(3, "cpu", threads=8, cores=2) == 1
 
 
 def test_worker_errors_come_back_whole() -> None:

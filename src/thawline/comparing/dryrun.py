@@ -36,13 +36,15 @@ def compare_progress(config: TrainConfig, options: CompareOptions) -> Progress |
         return None
     guess = estimate(build_plan(config, options), config)
     print(estimate_line(guess), file=stream, flush=True)
-    return Progress(guess.plan.batches, guess.request_seconds, jobs=options.jobs, stream=stream)
+    return Progress(guess.plan.batches, guess.request_seconds, jobs=guess.plan.full_speed, stream=stream)
 
 
 def estimate_line(guess: Estimate) -> str:
     plan = guess.plan
     decode = f"decoding {plan.decode_images} images ~{clock_text(guess.decode_seconds)}, " if plan.decode_images else ""
     jobs = f", {plan.jobs} at a time" if plan.jobs > 1 else ""
+    if plan.full_speed < plan.jobs:
+        jobs += f" ({plan.full_speed} at full speed: the workers' threads outnumber the CPU cores)"
     return (f"estimate: {len(plan.requests)} trainings{jobs}, ~{clock_text(guess.total_seconds)} in all ({decode}"
             f"training ~{clock_text(guess.training_seconds)}; from {guess.costs.seconds:.1f} s of timed steps here, "
             "an estimate)")  # fmt: skip

@@ -231,9 +231,9 @@ class Estimate:
         return self.plan.decode_images * self.costs.decode
 
     def batch_seconds(self, batch: list[Request]) -> float:
-        """A batch's wall time: its requests one after another, or `jobs` at a time (as if each ran at full speed,
-        which workers sharing a CPU do not)."""
-        return sum(map(self.request_seconds, batch)) / max(1, min(self.plan.jobs, len(batch)))
+        """A batch's wall time: its requests one after another, or as many at a time as run at full speed (one per
+        GPU; on a CPU the cores over each worker's threads)."""
+        return sum(map(self.request_seconds, batch)) / max(1, min(self.plan.full_speed, len(batch)))
 
     @property
     def training_seconds(self) -> float:

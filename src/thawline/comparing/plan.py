@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from thawline.comparing.options import CompareOptions, check_options
+from thawline.comparing.placement import full_speed_jobs
 from thawline.comparing.schedulers import halving_keep, halving_rungs
 from thawline.comparing.trials import Request, Trial, make_trials
 from thawline.core.config import TrainConfig, replace
@@ -85,6 +86,7 @@ class ComparePlan:
     n_classes: int = 0
     batch_size: int = 32
     jobs: int = 1
+    full_speed: int = 1  # how many of the `jobs` run at full speed at once (placement.full_speed_jobs)
     sample_paths: list[str] = field(default_factory=list)  # a few listed images: the decode cost is timed on them
     decode_images: int = 0  # images the compare decodes before training (0: all in the image cache already)
     notes: list[str] = field(default_factory=list)  # what the plan assumes (worst cases)
@@ -109,7 +111,8 @@ def build_plan(config: TrainConfig, options: CompareOptions) -> ComparePlan:
     if options.folds:
         found = pooled(found)
     plan = ComparePlan({}, [], {}, {}, {}, {}, n_classes=len(found.classes), batch_size=config.batch_size,
-                       jobs=options.jobs, sample_paths=found.splits["train"].paths[:SAMPLE_IMAGES])
+                       jobs=options.jobs, full_speed=full_speed_jobs(options.jobs, config.device),
+                       sample_paths=found.splits["train"].paths[:SAMPLE_IMAGES])
     features: dict[tuple, int] = {}  # (model, prefix, head kind, fold) -> train feature rows computed so far
     for model in grid or [None]:
         cfg = replace(config, model=model) if model else config
