@@ -4,7 +4,8 @@ The time left is the plan's estimate of what remains (`estimate.py`) scaled by h
 ratio of their measured seconds to their estimated ones. The worst case the plan assumed for `--halving` and
 `--race` shrinks as the scheduler asks for less: when a batch comes, the strategies it leaves out are stopped, and
 the later batches hold only strategies still running. With `--jobs N` each batch's remaining time is divided by the
-trials it runs at once. On a terminal the line carries a bar; in a log it is a plain sentence.
+trials it runs at once at full speed (`placement.full_speed_jobs`: on a CPU, the cores over each worker's
+threads). On a terminal the line carries a bar; in a log it is a plain sentence.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def clock_text(seconds: float) -> str:
 
 class Progress:
     """Counts a compare's finished requests against its plan's batches (worst case) and says what is left.
-    `seconds(request)`: the plan's estimate of a request; `jobs`: how many run at once; `stream`: where the line
-    goes (None: nowhere, as with quiet); `tty`: the terminal form (default: whether `stream` is a terminal)."""
+    `seconds(request)`: the plan's estimate of a request; `jobs`: how many run at once at full speed; `stream`: where
+    the line goes (None: nowhere, as with quiet); `tty`: the terminal form (default: whether `stream` is a
+    terminal)."""
 
     def __init__(
         self,
