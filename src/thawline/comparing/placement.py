@@ -51,7 +51,7 @@ def shared_cores_line(jobs: int, threads: int, cores: int) -> str | None:
     """What `--jobs` on a CPU says when its workers' threads outnumber the cores: each keeps the sequential thread
     count (so its runs are the sequential ones), and on 2 cores, quiet, the demo compare took 192 s with `--jobs 2`
     against 181 s without (docs/scale.md); None when every thread has a core."""
-    if jobs * threads <= cores:
+    if full_speed_jobs(jobs, "cpu", threads, cores) == jobs:
         return None
     return (f"[jobs] {jobs} workers x {threads} threads share {cores} CPU core(s): on an otherwise idle machine "
             "expect little or no speed-up (OMP_NUM_THREADS=1 gives each worker one thread, and its runs other "

@@ -177,14 +177,13 @@ def trial_plan(
         passes = epoch_passes(config, steps_per_pass, total, phase.epochs, head_only)
         first = min(phase.trainable)
         filled = 0
+        key = (config.model, first, strategy.head)
         if cached and folds:  # one file for the pooled images (sources.features): a fold fills what earlier did not
-            key = (config.model, first, strategy.head)
             wanted = n_train * (views if phase.epochs > 1 else 1) + n_val
             done = features.get(key, 0)
             filled = max(0, min(wanted, (n_train + n_val) * views - done))
             features[key] = done + filled
         elif cached:  # the first epoch computes the views it draws; later epochs the rest, up front
-            key = (config.model, first, strategy.head)
             wanted = n_train * (views if phase.epochs > 1 else 1)
             done = features.get(key)
             filled = max(0, wanted - (done or 0)) + (n_val if done is None else 0)
